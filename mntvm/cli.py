@@ -1,0 +1,275 @@
+"""``mntvm`` command line: parses arguments and calls each stage's public entry, nothing more."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import MntvmError
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model")
+    g.add_argument("--alpha", type=float, default=1.0, help="width multiplier (default 1.0)")
+    g.add_argument("--resolution", type=int, default=224, help="input resolution, multiple of 32 (default 224)")
+    g.add_argument("--num-classes", type=int, default=1000)
+    g.add_argument("--batch", type=int, default=1)
+    g.add_argument("--activation", default="relu6", help="relu6 (default) or relu (as in the paper)")
+
+
+def _weights_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", help=".npz (ours) or .onnx (a trained MobileNetV1); default: seeded random")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+
+
+def _target_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="x86", help="target profile name or LLVM triple (see `mntvm targets`)")
+    p.add_argument("--targets-dir", help="a folder of your own target profiles (shadows shipped ones)")
+    p.add_argument("--mcpu", help="refine the profile's CPU")
+    p.add_argument("--mattr", help="refine the profile's CPU features, comma-separated (e.g. +neon,+dotprod)")
+
+
+def _config(a):
+    from .model import MobileNetConfig
+
+    return MobileNetConfig(alpha=a.alpha, resolution=a.resolution, num_classes=a.num_classes,
+                           batch=a.batch, activation=a.activation)
+
+
+def _mattr(a):
+    return [s for s in a.mattr.split(",") if s] if a.mattr else None
+
+
+def cmd_cost(a) -> None:
+    from .cost import cost_report, format_table
+
+    report = cost_report(_config(a))
+    print(json.dumps(report) if a.json else format_table(report))
+
+
+def cmd_export_onnx(a) -> None:
+    from . import weights as W
+    from .export import export_onnx
+
+    cfg = _config(a)
+    path = export_onnx(cfg, W.load(cfg, a.weights, a.seed), a.output)
+    print(f"wrote {path}")
+
+
+def cmd_save_weights(a) -> None:
+    from . import weights as W
+
+    cfg = _config(a)
+    print(f"wrote {W.save_npz(W.load(cfg, a.weights, a.seed), a.output)}")
+
+
+def cmd_compile(a) -> None:
+    from .compile import compile_model
+
+    out = compile_model(_config(a), a.output, target=a.target, weights=a.weights, seed=a.seed,
+                        targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a))
+    meta = json.loads((Path(out) / "metadata.json").read_text())
+    print(f"wrote {out} ({meta['target']['name']}, built in {meta['build_seconds']:.1f}s, "
+          f"schedules: {meta['schedules']['kind']})")
+
+
+def cmd_run(a) -> None:
+    import numpy as np
+
+    from .artifact import deterministic_input, load_artifact, set_threads, top_k
+
+    art = load_artifact(a.artifact)
+    if a.input:
+        try:
+            x = np.load(a.input, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise MntvmError(f"cannot read input {a.input}: {e}") from None
+    else:
+        x = deterministic_input(art.input_shape)
+    set_threads(a.threads)
+    y = art.run(x)
+    if a.output:
+        np.save(a.output, y)
+    for b, row in enumerate(top_k(y, a.top)):
+        print(f"batch {b}: " + "  ".join(f"class {c}: {p:.4f}" for c, p in row))
+
+
+def cmd_targets(a) -> None:
+    from .targets import list_profiles
+
+    profiles = list_profiles(a.targets_dir)
+    if a.json:
+        print(json.dumps([p.to_metadata() for p in profiles]))
+        return
+    width = max(len(p.name) for p in profiles)
+    for p in profiles:
+        print(f"{p.name:<{width}}  {p.family:<7} {p.description}")
+
+
+def cmd_bench(a) -> None:
+    from .bench import benchmark
+
+    r = benchmark(a.artifact, repeat=a.repeat, warmup=a.warmup, threads=a.threads, tracker=a.tracker,
+                  key=a.key, wait_s=a.wait, progress=not a.json)
+    if a.json:
+        print(json.dumps(r))
+        return
+    print(f"{r['target']} on {r['board']}, {r['threads']} threads, {r['repeat']} runs: "
+          f"median {r['median_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  min {r['min_ms']:.3f}  "
+          f"max {r['max_ms']:.3f}  (first run {r['first_run_ms']:.1f} ms, load {r['load_s']:.2f} s)")
+    print(f"max |output - numpy reference| = {r['max_abs_diff']:.2e}")
+
+
+def cmd_rpc(a) -> None:
+    from . import rpc
+
+    if a.rpc_cmd == "tracker":
+        rpc.run_tracker(a.host, a.port, a.port_end, silent=a.silent)
+    elif a.rpc_cmd == "server":
+        rpc.run_server(a.tracker, a.key, a.host, a.port, a.port_end, silent=a.silent)
+    else:
+        s = rpc.status(a.tracker)
+        print(json.dumps(s) if a.json else rpc.format_status(s))
+
+
+def cmd_board(a) -> None:
+    from . import board
+    from .rpc import parse_addr
+
+    if a.board_cmd == "prepare":
+        print(f"board userland ready: {board.prepare(a.arch)}")
+    elif a.board_cmd == "start":
+        host, port = parse_addr(a.tracker)
+        h = board.start(host, port, a.key, arch=a.arch, port=a.port)
+        print(f"board {a.arch} pid {h.pid} port {h.port} registered as '{a.key}' (log {h.log})")
+    else:
+        board.stop(a.pid)
+        print(f"stopped board pid {a.pid}")
+
+
+def cmd_demo(a) -> None:
+    """The README's main job: compile for this machine with the shipped logs, benchmark, show top-5."""
+    from .bench import benchmark
+    from .compile import compile_model
+
+    cfg = _config(a)
+    out = compile_model(cfg, a.output, target="x86")
+    meta = json.loads((Path(out) / "metadata.json").read_text())
+    print(f"compiled {cfg.tag} for {meta['target']['name']} ({meta['target'].get('summary', '')}) in "
+          f"{meta['build_seconds']:.1f}s -> {out}")
+    r = benchmark(out, repeat=a.repeat, warmup=5, threads=a.threads)
+    print(f"latency on this machine ({r['threads']} threads, {r['repeat']} runs): median {r['median_ms']:.2f} ms, "
+          f"p90 {r['p90_ms']:.2f} ms, min {r['min_ms']:.2f} ms")
+    print(f"max |output - numpy reference| = {r['max_abs_diff']:.2e}")
+    print("top-5 for the deterministic input: " + "  ".join(f"class {c}: {p:.4f}" for c, p in r["output_top5"]))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mntvm", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("cost", help="per-layer mult-adds and params (the MobileNets paper's cost model)")
+    _model_args(s)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_cost)
+
+    s = sub.add_parser("export-onnx", help="write our model with its weights as ONNX")
+    _model_args(s)
+    _weights_args(s)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_export_onnx)
+
+    s = sub.add_parser("save-weights", help="write weights (random, or imported from ONNX) as .npz")
+    _model_args(s)
+    _weights_args(s)
+    s.add_argument("-o", "--output", required=True)
+    s.set_defaults(func=cmd_save_weights)
+
+    s = sub.add_parser("compile", help="compile for a target into an artifact directory")
+    _model_args(s)
+    _weights_args(s)
+    _target_args(s)
+    s.add_argument("-o", "--output", required=True, help="artifact directory (written atomically)")
+    s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("run", help="run an artifact here and print the top-k classes")
+    s.add_argument("artifact")
+    s.add_argument("--input", help=".npy input (default: the deterministic input)")
+    s.add_argument("--output", help="save the probabilities as .npy")
+    s.add_argument("--top", type=int, default=5)
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("targets", help="list target profiles")
+    s.add_argument("--targets-dir")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_targets)
+
+    s = sub.add_parser("bench", help="benchmark an artifact here or on a board through the RPC tracker")
+    s.add_argument("artifact")
+    s.add_argument("--tracker", help="HOST:PORT of the RPC tracker (default: run here)")
+    s.add_argument("--key", help="board key registered with the tracker")
+    s.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a free board")
+    s.add_argument("--repeat", type=int, default=50)
+    s.add_argument("--warmup", type=int, default=5)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("rpc", help="TVM's RPC tracker and server (bind 127.0.0.1 by default), tracker status")
+    rs = s.add_subparsers(dest="rpc_cmd", required=True)
+    r = rs.add_parser("tracker", help="run TVM's RPC tracker in the foreground")
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=9190)
+    r.add_argument("--port-end", type=int, help="end of the port search range (default: port+10)")
+    r.add_argument("--silent", action="store_true")
+    r = rs.add_parser("server", help="run TVM's RPC server in the foreground, registered with a tracker")
+    r.add_argument("--tracker", required=True, help="HOST:PORT")
+    r.add_argument("--key", required=True)
+    r.add_argument("--host", default="127.0.0.1")
+    r.add_argument("--port", type=int, default=9090)
+    r.add_argument("--port-end", type=int)
+    r.add_argument("--silent", action="store_true")
+    r = rs.add_parser("status", help="keys registered with a tracker: total, free, pending")
+    r.add_argument("--tracker", required=True, help="HOST:PORT")
+    r.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_rpc)
+
+    s = sub.add_parser("board", help="an emulated ARM board (qemu-user) registered with a tracker")
+    bs = s.add_subparsers(dest="board_cmd", required=True)
+    b = bs.add_parser("prepare", help="build (or reuse) the cached arm64 userland with the TVM runtime")
+    b.add_argument("--arch", default="aarch64")
+    b = bs.add_parser("start", help="start the board's RPC server under qemu and register it")
+    b.add_argument("--arch", default="aarch64")
+    b.add_argument("--tracker", required=True, help="HOST:PORT")
+    b.add_argument("--key", required=True)
+    b.add_argument("--port", type=int, default=9090)
+    b = bs.add_parser("stop", help="stop a board by PID")
+    b.add_argument("pid", type=int)
+    s.set_defaults(func=cmd_board)
+
+    s = sub.add_parser("demo", help="compile MobileNetV1 for this machine, benchmark it, print top-5")
+    _model_args(s)
+    s.add_argument("-o", "--output", default="artifacts/mobilenet_v1-x86")
+    s.add_argument("--repeat", type=int, default=50)
+    s.add_argument("--threads", type=int)
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MntvmError as e:
+        print(f"mntvm: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mntvm: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

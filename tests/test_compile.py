@@ -1,0 +1,91 @@
+"""Compiled model vs ONNX Runtime on our own ONNX export (same weights, same input)."""
+import json
+
+import numpy as np
+import pytest
+
+from mntvm import weights as W
+from mntvm.artifact import load_artifact
+from mntvm.compile import compile_model
+from mntvm.errors import MntvmError
+from mntvm.export import build_onnx
+from mntvm.model import MobileNetConfig
+
+from conftest import ort_run, run_cli
+
+VARIANTS = [(0.25, 96), (0.25, 160), (1.0, 96), (1.0, 160)]
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("art")
+    out = {}
+    for alpha, res in VARIANTS:
+        cfg = MobileNetConfig(alpha=alpha, resolution=res)
+        out[(alpha, res)] = (cfg, compile_model(cfg, root / f"{alpha}_{res}", target="x86"))
+    return out
+
+
+@pytest.mark.parametrize("alpha,res", VARIANTS)
+def test_matches_onnx_runtime(compiled, alpha, res):
+    cfg, path = compiled[(alpha, res)]
+    art = load_artifact(path)
+    x = np.random.default_rng(res).uniform(-1, 1, cfg.input_shape).astype(np.float32)
+    ours = art.run(x)
+    theirs = ort_run(build_onnx(cfg, W.random_weights(cfg, 0)), x)
+    assert ours.shape == (1, 1000)
+    assert np.abs(ours - theirs).max() <= 1e-5
+    assert np.argmax(ours) == np.argmax(theirs)
+
+
+def test_metadata(compiled):
+    import tvm
+
+    cfg, path = compiled[(0.25, 96)]
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["model"] == cfg.to_dict()
+    assert meta["tvm_version"] == tvm.__version__ and meta["tvm_ffi_version"]
+    assert meta["weights_sha256"] == W.digest(W.random_weights(cfg, 0))
+    assert meta["input"] == {"name": "data", "shape": [1, 3, 96, 96], "dtype": "float32"}
+    assert meta["output"]["shape"] == [1, 1000]
+    assert meta["target"]["name"] == "x86"
+    assert meta["target"]["target"]["mcpu"] == tvm.target.codegen.llvm_get_system_cpu()
+    assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.so"]
+
+
+def test_weights_file_and_batch(tmp_path):
+    cfg = MobileNetConfig(alpha=0.25, resolution=64, num_classes=10, batch=2, activation="relu")
+    w = W.random_weights(cfg, 11)
+    W.save_npz(w, tmp_path / "w.npz")
+    art = load_artifact(compile_model(cfg, tmp_path / "a", weights=tmp_path / "w.npz"))
+    x = np.random.default_rng(0).uniform(-1, 1, cfg.input_shape).astype(np.float32)
+    assert np.abs(art.run(x) - ort_run(build_onnx(cfg, w), x)).max() <= 1e-5
+    assert art.metadata["weights_sha256"] == W.digest(w)
+
+
+def test_failed_compile_leaves_old_artifact_untouched(compiled, tmp_path):
+    cfg, path = compiled[(0.25, 96)]
+    before = {p.name: p.read_bytes() for p in path.iterdir()}
+    (tmp_path / "bad.npz").write_bytes(b"garbage")
+    with pytest.raises(MntvmError):
+        compile_model(cfg, path, weights=tmp_path / "bad.npz")
+    with pytest.raises(MntvmError):
+        compile_model(cfg, path, target="no-such-board")
+    assert {p.name: p.read_bytes() for p in path.iterdir()} == before
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")]  # no temp dirs left
+
+
+def test_cli_compile_and_run_top5(tmp_path):
+    out = tmp_path / "a"
+    run_cli("compile", "--alpha", "0.25", "--resolution", "64", "-o", str(out))
+    cfg = MobileNetConfig(alpha=0.25, resolution=64)
+    x = np.random.default_rng(9).uniform(-1, 1, cfg.input_shape).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    p = run_cli("run", str(out), "--input", str(tmp_path / "x.npy"), "--output", str(tmp_path / "y.npy"))
+    y = np.load(tmp_path / "y.npy")
+    ref = ort_run(build_onnx(cfg, W.random_weights(cfg, 0)), x)
+    assert np.abs(y - ref).max() <= 1e-5
+    top = [int(tok) for tok in p.stdout.replace(":", " ").split() if tok.isdigit()][1:6]
+    assert top == list(np.argsort(-ref[0])[:5])
+    bad = run_cli("run", str(tmp_path), check=False)
+    assert bad.returncode == 2 and "not an mntvm artifact" in bad.stderr
