@@ -38,15 +38,11 @@ def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile):
 
     mod = inference_module(cfg, weights)
     target = profile.tvm_target()
-    if profile.family in ("cuda", "opencl"):
-        from .sched_gpu import schedule_gpu
+    if profile.is_gpu:
+        from .sched_gpu import compile_gpu
 
-        with target:
-            mod = tvm.relax.transform.LegalizeOps()(mod)
-            mod = tvm.relax.get_pipeline("zero")(mod)
-        mod, rules = schedule_gpu(mod, target)
-        info = {"kind": "gpu", "rules": rules}
-        return tvm.compile(mod, target=target, relax_pipeline=None), info
+        ex, rules = compile_gpu(mod, target)
+        return ex, {"kind": "gpu-dlight", "rules": rules}
     info = {"kind": "tvm-default", "rules": []}
     return tvm.compile(mod, target=target), info
 

@@ -49,7 +49,7 @@ def test_metadata(compiled):
     assert meta["input"] == {"name": "data", "shape": [1, 3, 96, 96], "dtype": "float32"}
     assert meta["output"]["shape"] == [1, 1000]
     assert meta["target"]["name"] == "x86"
-    assert meta["target"]["target"]["mcpu"] == tvm.target.codegen.llvm_get_system_cpu()
+    assert meta["target"]["tvm_target"]["mcpu"] == tvm.target.codegen.llvm_get_system_cpu()
     assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.so"]
 
 
