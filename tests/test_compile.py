@@ -89,3 +89,54 @@ def test_cli_compile_and_run_top5(tmp_path):
     assert top == list(np.argsort(-ref[0])[:5])
     bad = run_cli("run", str(tmp_path), check=False)
     assert bad.returncode == 2 and "not an mntvm artifact" in bad.stderr
+
+
+# --- one profile of each family, the real model (alpha 0.25, low resolution) -----------------
+
+EM_X86_64, EM_AARCH64, EM_ARM = 62, 183, 40
+EF_ARM_ABI_FLOAT_HARD = 0x400
+
+
+@pytest.mark.parametrize("target,bits,machine", [
+    ("x86", 64, EM_X86_64), ("rpi4-aarch64", 64, EM_AARCH64), ("rpi4-armv7", 32, EM_ARM)])
+def test_cpu_family_artifacts(tmp_path, target, bits, machine):
+    from test_targets import assert_cpu_lib, elf_header
+
+    cfg = MobileNetConfig(alpha=0.25, resolution=64)
+    path = compile_model(cfg, tmp_path / target, target=target)
+    lib = path / "model.so"
+    assert_cpu_lib(lib, bits, machine)
+    if machine == EM_ARM:
+        assert elf_header(lib)[2] & EF_ARM_ABI_FLOAT_HARD
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["target"]["name"] == target and meta["model"] == cfg.to_dict()
+    want_cc = {"x86": None, "rpi4-aarch64": "aarch64-linux-gnu-g++", "rpi4-armv7": "arm-linux-gnueabihf-g++"}
+    assert meta["target"]["cross_compiler"] == want_cc[target]
+    assert meta["weights_sha256"] == W.digest(W.random_weights(cfg, 0))
+
+
+def test_cuda_artifact_embeds_device_binary(tmp_path):
+    from test_targets import fatbin_archs
+
+    cfg = MobileNetConfig(alpha=0.25, resolution=64)
+    path = compile_model(cfg, tmp_path / "cuda", target="cuda-sm80")
+    data = (path / "model.so").read_bytes()
+    assert ("elf", 80) in fatbin_archs(data)
+    assert b'extern "C" __global__' not in data
+    meta = json.loads((path / "metadata.json").read_text())
+    assert meta["schedules"]["kind"] == "gpu-dlight" and "dlight.gpu.Matmul" in meta["schedules"]["rules"]
+    assert meta["target"]["tvm_target"]["kind"] == "cuda" and meta["target"]["tvm_target"]["host"]
+
+
+def test_opencl_artifact_carries_kernels(tmp_path):
+    cfg = MobileNetConfig(alpha=0.25, resolution=64)
+    path = compile_model(cfg, tmp_path / "mali", target="mali")
+    data = (path / "model.so").read_bytes()
+    assert b"__kernel void" in data
+    assert json.loads((path / "metadata.json").read_text())["target"]["family"] == "opencl"
+
+
+def test_vulkan_is_refused_cleanly(tmp_path):
+    with pytest.raises(MntvmError, match="[Vv]ulkan"):
+        compile_model(MobileNetConfig(alpha=0.25, resolution=64), tmp_path / "vk", target="vulkan")
+    assert not (tmp_path / "vk").exists()
