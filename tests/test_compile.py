@@ -140,3 +140,25 @@ def test_vulkan_is_refused_cleanly(tmp_path):
     with pytest.raises(MntvmError, match="[Vv]ulkan"):
         compile_model(MobileNetConfig(alpha=0.25, resolution=64), tmp_path / "vk", target="vulkan")
     assert not (tmp_path / "vk").exists()
+
+
+def test_cli_targets_and_user_profile(tmp_path):
+    listed = {p["name"] for p in json.loads(run_cli("targets", "--json").stdout)}
+    from mntvm.paths import data_dir
+
+    assert listed == {p.stem for p in data_dir("targets").glob("*.toml")}
+    text = "\n".join('description = "my own board"' if line.startswith("description") else line
+                     for line in (data_dir("targets") / "aarch64.toml").read_text().splitlines())
+    (tmp_path / "boards").mkdir()
+    (tmp_path / "boards" / "myboard.toml").write_text(text)
+    assert "myboard" in run_cli("targets", "--targets-dir", str(tmp_path / "boards")).stdout
+    out = tmp_path / "art"
+    run_cli("compile", "--alpha", "0.25", "--resolution", "64", "--target", "myboard",
+            "--targets-dir", str(tmp_path / "boards"), "--mcpu", "cortex-a55", "--mattr", "+neon,+dotprod",
+            "-o", str(out))
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["target"]["name"] == "myboard"
+    assert meta["target"]["overrides"] == {"mcpu": "cortex-a55", "mattr": ["+neon", "+dotprod"]}
+    assert meta["target"]["tvm_target"]["mcpu"] == "cortex-a55"
+    bad = run_cli("compile", "--target", "nope", "-o", str(tmp_path / "x"), check=False)
+    assert bad.returncode == 2 and "x86" in bad.stderr and "rpi4-aarch64" in bad.stderr
