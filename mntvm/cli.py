@@ -156,7 +156,7 @@ def cmd_demo(a) -> None:
     cfg = _config(a)
     out = compile_model(cfg, a.output, target="x86")
     meta = json.loads((Path(out) / "metadata.json").read_text())
-    print(f"compiled {cfg.tag} for {meta['target']['name']} ({meta['target'].get('summary', '')}) in "
+    print(f"compiled {cfg.tag} for {meta['target']['name']} (mcpu {meta['target']['tvm_target'].get('mcpu', '?')}) in "
           f"{meta['build_seconds']:.1f}s -> {out}")
     r = benchmark(out, repeat=a.repeat, warmup=5, threads=a.threads)
     print(f"latency on this machine ({r['threads']} threads, {r['repeat']} runs): median {r['median_ms']:.2f} ms, "
