@@ -13,8 +13,9 @@ serves in-process instead, reusing TVM's own machinery:
   (UPDATE_INFO then PUT of ``key`` with a random match key), renews the match key, accepts
   clients whose match key fits, and hands each session to ``_serving``, which *forks*
   (``multiprocessing`` "fork" start method: no exec) a child running ``_ffi_api.ServerLoop``;
-- before that it registers ``mntvm.board.arch`` (returns ``platform.machine()``), which forked
-  session children inherit, so the host can ask which architecture it talks to.
+- before that it registers ``mntvm.board.arch`` (returns ``platform.machine()``) and
+  ``mntvm.profile_vm`` (``_vm_profile.py``, copied beside this script), which forked session
+  children inherit, so the host can ask which architecture it talks to and time each kernel.
 """
 import argparse
 import errno
@@ -46,6 +47,10 @@ def main(argv=None):
     @tvm_ffi.register_global_func("mntvm.board.arch", override=True)
     def _arch():
         return platform.machine()
+
+    import _vm_profile  # next to this script: per-kernel timing for `mntvm bench --per-layer`
+
+    _vm_profile.register()
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -360,6 +360,7 @@ def start(tracker_host: str, tracker_port: int, key: str, arch: str = "aarch64",
         # The server script travels into the userland at each start (cheap; always current).
         (root / "opt" / "mntvm").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(here, root / "opt" / "mntvm" / "_board_server.py")
+        shutil.copyfile(here.with_name("_vm_profile.py"), root / "opt" / "mntvm" / "_vm_profile.py")
         script = "/opt/mntvm/_board_server.py"
     else:
         script = str(here)  # qemu -L falls back to host paths that ROOT lacks

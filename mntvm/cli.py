@@ -108,17 +108,36 @@ def cmd_targets(a) -> None:
 
 
 def cmd_bench(a) -> None:
-    from .bench import benchmark
+    import os
 
-    r = benchmark(a.artifact, repeat=a.repeat, warmup=a.warmup, threads=a.threads, tracker=a.tracker,
-                  key=a.key, wait_s=a.wait, progress=not a.json)
+    from .bench import benchmark, format_per_layer, plot_per_layer
+
+    try:
+        r = benchmark(a.artifact, repeat=a.repeat, warmup=a.warmup, threads=a.threads, tracker=a.tracker,
+                      key=a.key, wait_s=a.wait, progress=not a.json, per_layer=a.per_layer or bool(a.plot),
+                      per_layer_runs=a.per_layer_runs, timeout_s=a.timeout)
+    except MntvmError as e:
+        if "stopped answering" not in str(e):
+            raise
+        # A hung board leaves a thread blocked in TVM's RPC client; interpreter shutdown would then
+        # free that session under it (abort or hang): report and leave at once.
+        print(f"mntvm: error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(2)
+    if a.plot:
+        plot_per_layer(r, a.plot)
     if a.json:
         print(json.dumps(r))
         return
     print(f"{r['target']} on {r['board']}, {r['threads']} threads, {r['repeat']} runs: "
-          f"median {r['median_ms']:.3f} ms  p90 {r['p90_ms']:.3f}  min {r['min_ms']:.3f}  "
-          f"max {r['max_ms']:.3f}  (first run {r['first_run_ms']:.1f} ms, load {r['load_s']:.2f} s)")
+          f"median {r['median_ms']:.3f} ms  mean {r['mean_ms']:.3f}  p90 {r['p90_ms']:.3f}  "
+          f"p99 {r['p99_ms']:.3f}  min {r['min_ms']:.3f}  max {r['max_ms']:.3f}  std {r['std_ms']:.3f}")
+    print(f"upload {r['upload_s']:.2f} s, load {r['load_s']:.2f} s, first run {r['first_run_ms']:.1f} ms")
     print(f"max |output - numpy reference| = {r['max_abs_diff']:.2e}")
+    if r.get("per_layer"):
+        print(format_per_layer(r))
+    if a.plot:
+        print(f"wrote {a.plot}")
 
 
 def cmd_rpc(a) -> None:
@@ -215,6 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--warmup", type=int, default=5)
     s.add_argument("--threads", type=int)
     s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.add_argument("--per-layer", action="store_true",
+                   help="also time each kernel (Relax VM instrument hook) and map it to the layers")
+    s.add_argument("--per-layer-runs", type=int, default=10, help="instrumented runs (default 10)")
+    s.add_argument("--plot", metavar="FILE.png", help="draw the per-layer times as a bar chart (implies --per-layer)")
+    s.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds allowed for the upload, the load and the first inference on a board "
+                        "(later steps: 10 s + 5x their expected time)")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("rpc", help="TVM's RPC tracker and server (bind 127.0.0.1 by default), tracker status")
