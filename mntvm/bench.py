@@ -155,6 +155,8 @@ def benchmark(
         if not _same_arch(want, here):
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}) and cannot "
                              f"run on this {here} machine: bench it on a board with --tracker/--key")
+        if threads is None:  # the profile's thread count (the runtime's own default may use fewer)
+            threads = int(art.metadata["target"].get("threads") or 0) or None
         set_threads(threads)
         worker = _Local()
         result["board"] = "local"
