@@ -1,0 +1,362 @@
+"""Per-layer speed of the CPU templates (mntvm.sched_cpu) vs measured FMA peak and ONNX Runtime.
+
+Every kernel of the lowered MobileNetV1 (stem, 13 depthwise, 13 pointwise, pool, FC, softmax, ...)
+is compiled on its own at the template's default knobs and timed with random inputs; the
+corresponding single-op ONNX model (Conv + bias + Clip) is timed with ONNX Runtime at the same
+thread count. Whole-network numbers (TVM vs ORT, 1 and 2 threads) are printed at the end.
+
+    python benchmarks/layers.py [--alpha 1.0] [--resolution 224] [--threads 1,2] [--no-ort]
+    python benchmarks/layers.py --tune pw4 --trials 16     # tiny MetaSchedule run on one task
+
+Peak: an AVX-512 / AVX2 FMA loop compiled with the system C compiler (gcc) at import; when no
+compiler is found the peak column is left out.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import tvm  # noqa: E402
+from tvm import relax  # noqa: E402
+
+from mntvm import sched_cpu as sc  # noqa: E402
+
+PEAK_C = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <pthread.h>
+#ifdef __AVX512F__
+typedef __m512 vec; enum {L=16};
+#define FMA _mm512_fmadd_ps
+#define SET _mm512_set1_ps
+#define RED(x) _mm512_reduce_add_ps(x)
+#else
+typedef __m256 vec; enum {L=8};
+#define FMA _mm256_fmadd_ps
+#define SET _mm256_set1_ps
+static float RED(__m256 x){float t[8]; _mm256_storeu_ps(t,x); return t[0];}
+#endif
+static long N = 100000000;
+static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
+/* Best rate over many ~5 ms windows: these machines are shared, and a window in which the
+   thread was preempted says nothing about the core. */
+static double best[64];
+static void* run(void* arg){
+  long id=(long)arg; vec a[24]; vec b=SET(1.0000001f), c=SET(1e-9f);
+  for(int i=0;i<24;i++) a[i]=SET((float)i);
+  for(int w=0; w<60; w++){
+    double t0=now();
+    for(long n=0;n<N;n++){
+      #pragma GCC unroll 24
+      for(int i=0;i<24;i++) a[i]=FMA(a[i],b,c);
+      #pragma GCC unroll 24
+      for(int i=0;i<24;i++) a[i]=FMA(a[i],c,b);
+    }
+    double r=(double)N*48*L*2/(now()-t0)/1e9; if(r>best[id]) best[id]=r;
+  }
+  float s=0; for(int i=0;i<24;i++) s+=RED(a[i]);
+  if(s==1234.5f) printf("x");
+  return 0;
+}
+int main(int argc,char**argv){
+  int nt=atoi(argv[1]); N=atol(argv[2]); pthread_t th[64];
+  for(long i=0;i<nt;i++) pthread_create(&th[i],0,run,(void*)i);
+  double tot=0;
+  for(int i=0;i<nt;i++){ pthread_join(th[i],0); tot+=best[i]; }
+  printf("%f\n", tot);
+  return 0;
+}
+"""
+
+
+def measure_peak(threads: int, avx512: bool = True) -> float | None:
+    """FMA peak in GFLOP/s on ``threads`` threads (best of 3), or None without a C compiler."""
+    d = Path(tempfile.gettempdir()) / f"mntvm_peak3_{'512' if avx512 else '256'}"
+    exe = d / "peak"
+    if not exe.exists():
+        d.mkdir(exist_ok=True)
+        (d / "peak.c").write_text(PEAK_C)
+        flags = ["-mavx512f"] if avx512 else ["-mavx2", "-mfma"]
+        try:
+            subprocess.run(["gcc", "-O3", *flags, str(d / "peak.c"), "-o", str(exe), "-lpthread"],
+                           check=True, capture_output=True)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+    out = subprocess.run([str(exe), str(threads), "200000"], capture_output=True, text=True)
+    return float(out.stdout.strip() or 0) or None
+
+
+def _flops_of(func: tvm.tirx.PrimFunc) -> tuple[str, float]:
+    """(kind, flops) of one of our PrimFuncs from its buffer shapes."""
+    blocks = sc._all_blocks(func)
+    rules = [sc._rule_of(b) for b in blocks if sc._rule_of(b)]
+    params = [[int(x) for x in p.shape] for p in func.params]
+    if not rules:
+        return "other", 0.0
+    r = rules[0]
+    out = params[-1]
+    if r == sc.RULE_PW:
+        n, ob, p, v = out
+        ib = params[0][1]
+        return "pw", 2.0 * n * ob * v * p * ib * v
+    if r == sc.RULE_DW:
+        n, cb, p, v = out
+        _, kh, kw, _ = params[1]
+        return "dw", 2.0 * n * cb * v * p * kh * kw
+    if r == sc.RULE_STEM:
+        n, ob, p, v = out
+        _, c, kh, kw, _ = params[1]
+        return "stem", 2.0 * n * ob * v * p * c * kh * kw
+    if r == sc.RULE_DENSE:
+        nb, k, v = params[1]
+        return "fc", 2.0 * out[0] * nb * v * k
+    return r.replace("mntvm_", ""), 0.0
+
+
+def kernel_calls(mod: tvm.IRModule):
+    """[(name, PrimFunc)] in execution order of main's call_tir bindings."""
+    main = mod["main"]
+    out = []
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    for blk in main.body.blocks:
+        for b in blk.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and v.op.same_as(call_tir):
+                gv = v.args[0]
+                out.append((gv.name_hint, mod[gv]))
+    return out
+
+
+def time_kernel(func, target, dev, number=10, repeat=7):
+    rt = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target).mod
+    args = []
+    for p in func.params:
+        b = p
+        args.append(tvm.runtime.tensor(np.random.rand(*[int(x) for x in b.shape]).astype(b.dtype), dev))
+    f = rt.time_evaluator("main", dev, number=number, repeat=repeat, min_repeat_ms=10)
+    return float(np.min(f(*args).results))
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX Runtime single layers and whole network
+# ---------------------------------------------------------------------------------------------
+def _ort_session(model, threads):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_time(sess, feeds, min_s=0.3, repeat=7):
+    for _ in range(3):
+        sess.run(None, feeds)
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            sess.run(None, feeds)
+        if time.perf_counter() - t0 > 0.02:
+            break
+        n *= 2
+    best = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            sess.run(None, feeds)
+        best.append((time.perf_counter() - t0) / n)
+    return float(np.min(best)), float(np.median(best))
+
+
+def ort_layer_model(spec, act="relu6"):
+    """Single Conv(+bias)+Clip ONNX model for one LayerSpec (NCHW)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.RandomState(0)
+    if spec.kind == "fc":
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, spec.in_channels])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, spec.out_channels])
+        w = numpy_helper.from_array(rng.rand(spec.in_channels, spec.out_channels).astype("float32"), "w")
+        b = numpy_helper.from_array(rng.rand(spec.out_channels).astype("float32"), "b")
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"])
+        g = helper.make_graph([node], "fc", [x], [y], [w, b])
+        return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), (1, spec.in_channels)
+    cin, cout, k = spec.in_channels, spec.out_channels, spec.kernel
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, cin, spec.in_hw, spec.in_hw])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    w = numpy_helper.from_array(rng.rand(*spec.weight_shape).astype("float32") * 0.1, "w")
+    b = numpy_helper.from_array(rng.rand(cout).astype("float32"), "b")
+    lo = numpy_helper.from_array(np.array(0.0, "float32"), "lo")
+    hi = numpy_helper.from_array(np.array(6.0, "float32"), "hi")
+    p = spec.padding
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["c"], kernel_shape=[k, k], strides=[spec.stride] * 2,
+                            pads=[p] * 4, group=spec.groups)
+    clip = helper.make_node("Clip", ["c", "lo", "hi"], ["y"])
+    g = helper.make_graph([conv, clip], spec.name, [x], [y], [w, b, lo, hi])
+    return onnx.helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)]), (1, cin, spec.in_hw, spec.in_hw)
+
+
+# ---------------------------------------------------------------------------------------------
+def build_network(cfg, target, vector_bits, seed=0):
+    from mntvm.compile import inference_module
+    from mntvm.weights import random_weights
+
+    w = random_weights(cfg, seed)
+    mod = inference_module(cfg, w)
+    low = sc.lower_cpu(mod, target, vector_bits)
+    sched = sc.apply_default_schedules(low, target, vector_bits)
+    return w, mod, low, sched
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--vector-bits", type=int, default=512)
+    ap.add_argument("--mcpu", default="sapphirerapids")
+    ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-layers", action="store_true")
+    ap.add_argument("--tune", default=None, help="tune one kernel (e.g. mntvm_pw4) with MetaSchedule")
+    ap.add_argument("--trials", type=int, default=16)
+    ap.add_argument("--work-dir", default=None)
+    args = ap.parse_args(argv)
+
+    from mntvm.model import MobileNetConfig, layer_specs
+    from mntvm import reference
+
+    cfg = MobileNetConfig(alpha=args.alpha, resolution=args.resolution)
+    threads = [int(t) for t in args.threads.split(",")]
+    target = tvm.target.Target({"kind": "llvm", "mcpu": args.mcpu, "num-cores": max(threads)})
+    dev = tvm.cpu()
+    w, mod, low, sched = build_network(cfg, target, args.vector_bits)
+
+    if args.tune:
+        return tune_one(low, args.tune, target, args.trials, args.work_dir, dev)
+
+    specs = {s.name: s for s in layer_specs(cfg)}
+    conv_specs = [s for s in layer_specs(cfg)]  # execution order: stem, dw1, pw1, ..., fc
+    calls = kernel_calls(sched)
+    # map our kernels to LayerSpecs in order (stem/dw/pw/fc are one kernel each, in order)
+    weighted = [c for c in calls if _flops_of(c[1])[0] in ("stem", "dw", "pw", "fc")]
+    names = {id(c): s.name for c, s in zip(weighted, conv_specs)}
+    del specs
+
+    peaks = {t: measure_peak(t, args.vector_bits >= 512) for t in threads}
+    ort_ok = not args.no_ort
+    if ort_ok:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            ort_ok = False
+
+    results = {}
+    if not args.no_layers:
+        for t in threads:
+            sc.set_num_threads(t)
+            for c in calls:
+                results[(id(c), t)] = time_kernel(c[1], target, dev)
+    ort_layers = {}
+    if ort_ok and not args.no_layers:
+        for s in conv_specs:
+            model, shape = ort_layer_model(s, cfg.activation)
+            for t in threads:
+                sess = _ort_session(model, t)
+                ort_layers[(s.name, t)] = _ort_time(sess, {"x": np.random.rand(*shape).astype("float32")})[0]
+
+    if not args.no_layers:
+        hdr = f"{'layer':<8}{'kernel':<14}{'MFLOP':>8}"
+        for t in threads:
+            hdr += f" | {t}T us{'':>2}{'GFLOP/s':>8}{'%peak':>7}{'ORT us':>9}{'ORT/us':>7}"
+        print(hdr)
+        tot = {t: 0.0 for t in threads}
+        tot_ort = {t: 0.0 for t in threads}
+        for c in calls:
+            kind, fl = _flops_of(c[1])
+            lname = names.get(id(c), kind)
+            line = f"{lname:<8}{c[0]:<14}{fl / 1e6:>8.2f}"
+            for t in threads:
+                tt = results[(id(c), t)]
+                tot[t] += tt
+                gf = fl / tt / 1e9 if fl else 0.0
+                pk = peaks[t]
+                pct = f"{100 * gf / pk:>6.0f}%" if pk and fl else f"{'':>7}"
+                o = ort_layers.get((lname, t))
+                if o:
+                    tot_ort[t] += o
+                line += f" | {tt * 1e6:>8.1f}{gf:>8.1f}{pct}" + (f"{o * 1e6:>9.1f}{o / tt:>7.2f}" if o else f"{'':>16}")
+            print(line)
+        line = f"{'sum':<8}{'':<14}{'':>8}"
+        for t in threads:
+            line += f" | {tot[t] * 1e6:>8.1f}{'':>15}" + (f"{tot_ort[t] * 1e6:>9.1f}{tot_ort[t] / tot[t]:>7.2f}" if ort_ok else "")
+        print(line)
+        print("peak GFLOP/s:", {t: round(p, 1) if p else None for t, p in peaks.items()})
+
+    # whole network
+    ex = tvm.compile(sched, target=target)
+    vm = relax.VirtualMachine(ex, dev)
+    x = np.random.RandomState(1).rand(*cfg.input_shape).astype("float32")
+    xt = tvm.runtime.tensor(x, dev)
+    out = vm["main"](xt).numpy()
+    ref = reference.forward(cfg, w, x)
+    print(f"network max abs diff vs numpy float64 reference: {np.abs(out - ref).max():.2e}")
+    ft = vm.time_evaluator("main", dev, number=10, repeat=15)
+    sess = {}
+    if ort_ok:
+        from mntvm.export import build_onnx
+
+        onnx_model = build_onnx(cfg, w)
+        for t in threads:
+            sess[t] = _ort_session(onnx_model, t)
+        o = sess[threads[0]].run(None, {sess[threads[0]].get_inputs()[0].name: x})[0]
+        print(f"ORT max abs diff vs reference: {np.abs(o - ref).max():.2e}")
+    for rnd in range(2):
+        for t in threads:
+            sc.set_num_threads(t)
+            r = ft(xt).results
+            line = f"network {t}T: TVM median {np.median(r) * 1e3:.2f} ms (min {np.min(r) * 1e3:.2f})"
+            if ort_ok:
+                name = sess[t].get_inputs()[0].name
+                mn, med = _ort_time(sess[t], {name: x}, repeat=15)
+                line += f" | ORT median {med * 1e3:.2f} ms (min {mn * 1e3:.2f}) | ORT/TVM {med / np.median(r):.2f}"
+            print(line, flush=True)
+    return 0
+
+
+def tune_one(low, name, target, trials, work_dir, dev):
+    """Tiny MetaSchedule run of our rule on one kernel; writes a JSON database and applies it."""
+    import shutil
+
+    work_dir = work_dir or tempfile.mkdtemp(prefix="mntvm_tune_")
+    func = low[name]
+    t0 = time.time()
+    db = sc.tune_tir_task(func, target, work_dir, trials)
+    print(f"tuned {name}: {trials} trials in {time.time() - t0:.0f}s, database in {work_dir}")
+    tuned = sc.apply_database(low, db, target)
+    default = sc.apply_default_schedules(low, target)
+    t_def = time_kernel(default[name], target, dev)
+    t_tun = time_kernel(tuned[name], target, dev)
+    kind, fl = _flops_of(func)
+    print(f"{name}: default {t_def * 1e6:.1f} us ({fl / t_def / 1e9:.1f} GFLOP/s), "
+          f"tuned {t_tun * 1e6:.1f} us ({fl / t_tun / 1e9:.1f} GFLOP/s)")
+    del shutil
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
