@@ -555,8 +555,8 @@ def apply_default_schedules(mod: tvm.IRModule, target, vector_bits: int | None =
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        if func.attrs is not None and "mntvm_scheduled" in func.attrs:
-            continue
+        if func.attrs is not None and ("mntvm_scheduled" in func.attrs or "tirx.is_scheduled" in func.attrs):
+            continue  # ours already, or applied from a tuning database
         rules = [(b.name_hint, _rule_of(b)) for b in _all_blocks(func) if _rule_of(b)]
         if rules:
             sch = Schedule(tvm.IRModule({"main": func}))
@@ -880,3 +880,73 @@ def lower_cpu(mod: tvm.IRModule, target, vector_bits: int) -> tvm.IRModule:
         relax.transform.DeadCodeElimination(),
     ])
     return seq(mod)
+
+
+# ----------------------------------------------------------------------------------------------
+# MetaSchedule tuning of the rules
+# ----------------------------------------------------------------------------------------------
+def _ms_build(mod, target, _params):
+    """Builder f_build: plain tvm.compile (the default imports tensor intrinsics: 17-45 s)."""
+    return tvm.compile(mod, target=target).mod
+
+
+def tune_space():
+    """Space generator with only our custom rules (no ParallelVectorizeUnroll on the root block,
+    whose postproc would reject our already-parallel schedules)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.space_generator.PostOrderApply(
+        sch_rules=[ms.schedule_rule.ApplyCustomRule()],
+        postprocs=[ms.postproc.DisallowDynamicLoop()],
+        mutator_probs={ms.mutator.MutateTileSize(): 1.0},
+    )
+
+
+def tunable_tasks(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    """The PrimFuncs of a ``lower_cpu`` module that carry one of our rules, by name."""
+    out = {}
+    for gv, func in mod.functions.items():
+        if isinstance(func, tirx.PrimFunc) and any(_rule_of(b) for b in _all_blocks(func)):
+            out[gv.name_hint] = func
+    return out
+
+
+def tune_tasks(funcs, target, work_dir: str, trials: int, *, trials_per_task: int | None = None,
+               num_trials_per_iter: int = 16, max_workers: int | None = None, number: int = 5,
+               repeat: int = 3, min_repeat_ms: int = 20, seed: int | None = None):
+    """Tune our rules' knobs on ``funcs`` (a PrimFunc, or {name: PrimFunc}, e.g.
+    ``tunable_tasks(lower_cpu(...))``) with MetaSchedule; returns the JSON database in ``work_dir``
+    (``database_workload.json`` / ``database_tuning_record.json``)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if isinstance(funcs, tirx.PrimFunc):
+        funcs = {"main": funcs}
+    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    mod = tvm.IRModule({name: f.without_attr("global_symbol") if f.attrs and "global_symbol" in f.attrs else f
+                        for name, f in funcs.items()})
+    builder = ms.builder.LocalBuilder(f_build=_ms_build, max_workers=max_workers or 1, timeout_sec=120)
+    runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
+        number=number, repeat=repeat, min_repeat_ms=min_repeat_ms, enable_cpu_cache_flush=False))
+    return ms.tune_tir(
+        mod, target, work_dir, max_trials_global=trials, max_trials_per_task=trials_per_task,
+        num_trials_per_iter=num_trials_per_iter, builder=builder, runner=runner,
+        space=tune_space(), seed=seed)
+
+
+def tune_tir_task(func, target, work_dir: str, trials: int, **kw):
+    """Tune one PrimFunc (see :func:`tune_tasks`)."""
+    return tune_tasks(func, target, work_dir, trials, **kw)
+
+
+def load_database(work_dir: str):
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.database.JSONDatabase(work_dir=work_dir, allow_missing=False)
+
+
+def apply_database(mod: tvm.IRModule, db, target, vector_bits: int | None = None) -> tvm.IRModule:
+    """Apply tuned records to a ``lower_cpu`` module, then default schedules to the rest."""
+    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    with target, db:
+        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+    return apply_default_schedules(mod, target, vector_bits)

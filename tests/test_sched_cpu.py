@@ -1,0 +1,227 @@
+"""CPU conv templates (mntvm.sched_cpu): numerics vs numpy at default and randomly sampled knobs,
+the Relax lowering of a small MobileNet, and a tiny MetaSchedule run of one rule."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax, te  # noqa: E402
+from tvm.s_tir import Schedule  # noqa: E402
+
+from mntvm import sched_cpu as sc  # noqa: E402
+
+
+def _target():
+    cpu = tvm.target.codegen.llvm_get_system_cpu()
+    return tvm.target.Target({"kind": "llvm", "mcpu": cpu, "num-cores": 2})
+
+
+TARGET = _target()
+DEV = tvm.cpu()
+FAM = sc.family_for(TARGET, 512)
+
+
+def _run(func_mod, arrays, out_shape):
+    rt = tvm.compile(func_mod, target=TARGET).mod
+    args = [tvm.runtime.tensor(a, DEV) for a in arrays] + [tvm.runtime.tensor(np.zeros(out_shape, "float32"), DEV)]
+    rt["main"](*args)
+    return args[-1].numpy()
+
+
+def _schedule(tensors, block, rule, decisions=None, seed=None, fam=FAM):
+    """decisions=None and seed=None: family defaults; seed given: random sampled knobs."""
+    sch = Schedule(te.create_prim_func(tensors), seed=seed)
+    if seed is not None:
+        b = sch.get_sblock(block)
+        extra = (sc._pool_vec(sch, b),) if rule == sc.RULE_POOL else ()
+        {sc.RULE_PW: sc.schedule_pointwise, sc.RULE_DW: sc.schedule_depthwise, sc.RULE_STEM: sc.schedule_stem,
+         sc.RULE_DENSE: sc.schedule_dense, sc.RULE_POOL: sc.schedule_pool}[rule](sch, b, None, *extra)
+    else:
+        sc.schedule_with_rule(sch, block, rule, fam, decisions)
+    return sch.mod
+
+
+def _blocked(x, v):
+    """NCHW -> (N, C/V, H*W, V), zero-padded channels."""
+    n, c, h, w = x.shape
+    cb = -(-c // v)
+    xp = np.zeros((n, cb * v, h, w), x.dtype)
+    xp[:, :c] = x
+    return xp.reshape(n, cb, v, h * w).transpose(0, 1, 3, 2).copy()
+
+
+def _unblocked(y, c, h, w):
+    n, cb, p, v = y.shape
+    return y.transpose(0, 1, 3, 2).reshape(n, cb * v, h, w)[:, :c]
+
+
+def _conv_ref(x, w, stride, pad, groups):
+    n, c, h, wd = x.shape
+    o, cg, kh, kw = w.shape
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad))).astype(np.float64)
+    ho = (h + 2 * pad - kh) // stride + 1
+    wo = (wd + 2 * pad - kw) // stride + 1
+    out = np.zeros((n, o, ho, wo))
+    og = o // groups
+    for g in range(groups):
+        for i in range(kh):
+            for j in range(kw):
+                patch = xp[:, g * cg:(g + 1) * cg, i:i + stride * ho:stride, j:j + stride * wo:stride]
+                out[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", patch, w[g * og:(g + 1) * og, :, i, j])
+    return out
+
+
+SEEDS = [None, 1, 2, 3]
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("v", [16, 4])
+def test_pointwise(seed, v):
+    rng = np.random.RandomState(0)
+    i_c, o_c, h = 2 * v, 3 * v, 6
+    data = te.placeholder((1, i_c // v, h * h, v), name="data")
+    wt = te.placeholder((o_c // v, i_c // v, v, v), name="w")
+    b = te.placeholder((o_c // v, v), name="b")
+    out = sc.pointwise_te(data, wt, b, ("clip", 0.0, 6.0))
+    mod = _schedule([data, wt, b, out], "conv_pw", sc.RULE_PW, seed=seed)
+    x = rng.randn(1, i_c // v, h * h, v).astype("float32")
+    w = rng.randn(o_c // v, i_c // v, v, v).astype("float32")
+    bb = rng.randn(o_c // v, v).astype("float32")
+    got = _run(mod, [x, w, bb], (1, o_c // v, h * h, v))
+    ref = np.clip(np.einsum("bpi,obiv->opv", x[0].astype(np.float64), w) + bb[:, None, :], 0, 6)
+    np.testing.assert_allclose(got[0], ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("stride,h", [(1, 6), (2, 8), (2, 7)])
+def test_depthwise(seed, stride, h):
+    v, c = 16, 32
+    rng = np.random.RandomState(1)
+    pad = (1, 1, 1, 1)
+    data = te.placeholder((1, c // v, h * h, v), name="data")
+    wt = te.placeholder((c // v, 3, 3, v), name="w")
+    b = te.placeholder((c // v, v), name="b")
+    out = sc.depthwise_te(data, wt, b, ("relu",), h, h, stride, pad)
+    ho = (h + 2 - 3) // stride + 1
+    mod = _schedule([data, wt, b, out], "conv_dw", sc.RULE_DW, seed=seed)
+    x = rng.randn(1, c, h, h).astype("float32")
+    w = rng.randn(c, 1, 3, 3).astype("float32")
+    bb = rng.randn(c).astype("float32")
+    wp = w[:, 0].reshape(c // v, v, 3, 3).transpose(0, 2, 3, 1).copy()
+    got = _run(mod, [_blocked(x, v), wp, bb.reshape(c // v, v)], (1, c // v, ho * ho, v))
+    ref = np.maximum(_conv_ref(x, w, stride, 1, c) + bb[None, :, None, None], 0)
+    np.testing.assert_allclose(_unblocked(got, c, ho, ho), ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_stem(seed):
+    v, c, o, h = 16, 3, 32, 10
+    rng = np.random.RandomState(2)
+    data = te.placeholder((1, c, h, h), name="data")
+    wt = te.placeholder((o // v, c, 3, 3, v), name="w")
+    b = te.placeholder((o // v, v), name="b")
+    out = sc.stem_te(data, wt, b, ("clip", 0.0, 6.0), 2, (1, 1, 1, 1))
+    ho = 5
+    mod = _schedule([data, wt, b, out], "conv_stem", sc.RULE_STEM, seed=seed)
+    x = rng.randn(1, c, h, h).astype("float32")
+    w = rng.randn(o, c, 3, 3).astype("float32")
+    bb = rng.randn(o).astype("float32")
+    wp = w.reshape(o // v, v, c, 3, 3).transpose(0, 2, 3, 4, 1).copy()
+    got = _run(mod, [x, wp, bb.reshape(o // v, v)], (1, o // v, ho * ho, v))
+    ref = np.clip(_conv_ref(x, w, 2, 1, 1) + bb[None, :, None, None], 0, 6)
+    np.testing.assert_allclose(_unblocked(got, o, ho, ho), ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_dense_and_pool(seed):
+    v, k, n_out = 16, 64, 37
+    rng = np.random.RandomState(3)
+    nb = -(-n_out // v)
+    data = te.placeholder((1, k), name="data")
+    wt = te.placeholder((nb, k, v), name="w")
+    b = te.placeholder((n_out,), name="b")
+    out = sc.dense_te(data, wt, b, n_out)
+    mod = _schedule([data, wt, b, out], "dense", sc.RULE_DENSE, seed=seed)
+    x = rng.randn(1, k).astype("float32")
+    w = rng.randn(k, n_out).astype("float32")
+    bb = rng.randn(n_out).astype("float32")
+    wp = np.zeros((k, nb * v), "float32")
+    wp[:, :n_out] = w
+    got = _run(mod, [x, wp.reshape(k, nb, v).transpose(1, 0, 2).copy(), bb], (1, n_out))
+    np.testing.assert_allclose(got, x.astype(np.float64) @ w + bb, atol=1e-4, rtol=1e-5)
+
+    c, p = 40, 9  # 40 channels in 3 blocks of 16 (8 padded)
+    data = te.placeholder((1, 3, p, v), name="data")
+    out = sc.pool_te(data, c)
+    mod = _schedule([data, out], "pool_sum", sc.RULE_POOL, seed=seed if seed is not None else 7)
+    x = rng.randn(1, 3, p, v).astype("float32")
+    got = _run(mod, [x], (1, c, 1, 1))
+    ref = x.transpose(0, 1, 3, 2).reshape(1, 48, p).mean(-1)[:, :c]
+    np.testing.assert_allclose(got[:, :, 0, 0], ref, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_net():
+    from mntvm.compile import inference_module
+    from mntvm.model import MobileNetConfig
+    from mntvm.weights import random_weights
+
+    # alpha 0.25: 8-channel stem / first block -> exercises the channel padding to V=16
+    cfg = MobileNetConfig(alpha=0.25, resolution=64, num_classes=10)
+    w = random_weights(cfg, 0)
+    return cfg, w, inference_module(cfg, w)
+
+
+def _kernel_names(mod):
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    out = []
+    for blk in mod["main"].body.blocks:
+        for b in blk.bindings:
+            if isinstance(b.value, relax.Call) and b.value.op.same_as(call_tir):
+                out.append(b.value.args[0].name_hint)
+    return out
+
+
+@pytest.mark.parametrize("vector_bits", [512, 256])
+def test_lower_cpu_network(small_net, vector_bits):
+    from mntvm import reference
+
+    cfg, w, mod = small_net
+    low = sc.lower_cpu(mod, TARGET, vector_bits)
+    names = _kernel_names(low)
+    # stem, 13 x (dw, pw), pool, (reshape), fc, softmax -- nothing else, no layout transforms
+    assert sum(n.startswith("mntvm_conv") for n in names) == 1
+    assert sum(n.startswith("mntvm_dw") for n in names) == 13
+    assert sum(n.startswith("mntvm_pw") for n in names) == 13
+    assert not any("unblock" in n or "layout" in n or "conv2d" in n for n in names), names
+    assert len(sc.tunable_tasks(low)) >= 5
+    sched = sc.apply_default_schedules(low, TARGET, vector_bits)
+    ex = tvm.compile(sched, target=TARGET)
+    vm = relax.VirtualMachine(ex, DEV)
+    x = np.random.RandomState(5).rand(*cfg.input_shape).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(x, DEV)).numpy()
+    ref = reference.forward(cfg, w, x)
+    assert np.abs(got - ref).max() <= 1e-5
+
+
+def test_tune_one_task_and_apply(small_net, tmp_path):
+    from mntvm import reference
+
+    cfg, w, mod = small_net
+    low = sc.lower_cpu(mod, TARGET, 512)
+    tasks = sc.tunable_tasks(low)
+    name = sorted(n for n in tasks if n.startswith("mntvm_pw"))[-1]
+    db = sc.tune_tasks({name: tasks[name]}, TARGET, str(tmp_path), trials=4, num_trials_per_iter=4,
+                       number=2, repeat=1, min_repeat_ms=1)
+    assert (tmp_path / "database_tuning_record.json").stat().st_size > 0
+    db2 = sc.load_database(str(tmp_path))
+    tuned = sc.apply_database(low, db2, TARGET)
+    assert "tirx.is_scheduled" in tuned[name].attrs  # came from the database, not our defaults
+    ex = tvm.compile(tuned, target=TARGET)
+    vm = relax.VirtualMachine(ex, DEV)
+    x = np.random.RandomState(6).rand(*cfg.input_shape).astype("float32")
+    got = vm["main"](tvm.runtime.tensor(x, DEV)).numpy()
+    assert np.abs(got - reference.forward(cfg, w, x)).max() <= 1e-5
+    del db
