@@ -184,6 +184,45 @@ def cmd_demo(a) -> None:
     print("top-5 for the deterministic input: " + "  ".join(f"class {c}: {p:.4f}" for c, p in r["output_top5"]))
 
 
+def cmd_sweep(a) -> None:
+    """α×resolution sweep: compile, benchmark (here or on every board under a key), report."""
+    import os
+
+    from .sweep import (DEFAULT_ALPHAS, DEFAULT_RESOLUTIONS, format_table, parse_list, plot_png,
+                        sweep, write_plot, write_report)
+
+    alphas = parse_list(a.alphas, float, "--alphas") if a.alphas else list(DEFAULT_ALPHAS)
+    resolutions = parse_list(a.resolutions, int, "--resolutions") if a.resolutions else list(DEFAULT_RESOLUTIONS)
+    r = sweep(a.target, alphas, resolutions, tracker=a.tracker, key=a.key, repeat=a.repeat, warmup=a.warmup,
+              threads=a.threads, budget_ms=a.budget_ms, out=a.out, resume=a.resume, seed=a.seed,
+              wait_s=a.wait, timeout_s=a.timeout, attempts=a.attempts, progress=not a.json,
+              targets_dir=a.targets_dir)
+    png = plot_png(r) if (a.plot or a.report) and r["variants"] else None
+    if a.plot and png:
+        write_plot(r, a.plot)
+    if a.report and png:
+        write_report(r, a.report, png)
+    if a.json:
+        print(json.dumps(r))
+    else:
+        print(format_table(r))
+        for what, path in (("plot", a.plot), ("report", a.report)):
+            if path and png:
+                print(f"wrote {what} {path}")
+    rc = 0
+    if r["failed"]:
+        print(f"mntvm: error: {len(r['failed'])} variant(s) failed: "
+              + "; ".join(f"{f['alpha']:g}/{f['resolution']}: {f['errors'][-1]['error']}" for f in r["failed"]),
+              file=sys.stderr)
+        rc = 2
+    if r.get("hung_attempts") or rc:
+        # A hung board leaves a thread blocked in TVM's RPC client, which interpreter shutdown
+        # would free under it: leave at once, everything is written.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(rc)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mntvm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -281,6 +320,30 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--repeat", type=int, default=50)
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("sweep", help="alpha x resolution sweep: latency vs cost and top-1, over every board under a key")
+    s.add_argument("--target", required=True, help="target profile name (see `mntvm targets`)")
+    s.add_argument("--targets-dir", help="a folder of your own target profiles (shadows shipped ones)")
+    s.add_argument("--alphas", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)")
+    s.add_argument("--resolutions", help="input resolutions, comma-separated (default 224,192,160,128)")
+    s.add_argument("--tracker", help="HOST:PORT of the RPC tracker (default: run here)")
+    s.add_argument("--key", help="board key: every board registered under it runs variants concurrently")
+    s.add_argument("--repeat", type=int, default=30, help="timed runs per variant (default 30)")
+    s.add_argument("--warmup", type=int, default=3, help="untimed runs per variant (default 3)")
+    s.add_argument("--threads", type=int, help="runtime threads on the board (default: its own)")
+    s.add_argument("--budget-ms", type=float, help="name the most accurate variant whose median fits this")
+    s.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
+    s.add_argument("--plot", metavar="FILE.png", help="latency vs top-1 (Pareto front) and vs mult-adds")
+    s.add_argument("--report", metavar="FILE.html", help="one self-contained HTML page: table, plots, setup")
+    s.add_argument("--out", metavar="FILE.jsonl", help="append each variant's result as one JSON line")
+    s.add_argument("--resume", action="store_true", help="keep the results already in --out, run only the rest")
+    s.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
+    s.add_argument("--wait", type=float, help="seconds to wait for the tracker to hand out a board "
+                                              "(default: --timeout)")
+    s.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds one variant may run on a board before the board counts as hung (default 600)")
+    s.add_argument("--attempts", type=int, default=3, help="tries per variant with a tracker (default 3)")
+    s.set_defaults(func=cmd_sweep)
     return p
 
 
