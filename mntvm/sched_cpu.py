@@ -30,31 +30,44 @@ replays them at fixed values, which is how the defaults are applied without any 
 Public entry points
 -------------------
 ``lower_cpu(mod, target, vector_bits)``
-    Relax MobileNet (after BN folding, weights bound as constants) -> legalized, fused module;
-    every conv is one of our PrimFuncs.
-``apply_default_schedules(mod, target)``
-    Schedules every PrimFunc that carries one of our rules at the family's default knobs; other
-    PrimFuncs (softmax, reshape, ...) get the dlight CPU rules or a simple parallel/vectorize.
-``tune_space(target)`` / ``tune_tir_task(...)``
-    The space generator for MetaSchedule (only our rule + the postprocs it needs), see the
-    module ``benchmarks/layers.py --tune`` for a worked example.
+    Relax MobileNet (after BN folding, weights bound as constants) -> module of ``call_tir``s:
+    ``mntvm_conv`` (stem), 13 x (``mntvm_dw*``, ``mntvm_pw*``), ``mntvm_pool``, a reshape,
+    ``mntvm_dense`` and TOPI's softmax. A Relax rewrite (``_Lowerer``, a PyExprMutator) matches
+    ``conv2d -> add(const bias) -> clip/relu`` chains, ``mean``/global ``avg_pool2d`` and
+    ``matmul(x, permute_dims(const))`` (+ bias) and emits our computes with ``bb.call_te``;
+    anything else goes through ``LegalizeOps`` as usual (if such an op consumes a blocked value,
+    an ``unblock`` kernel is inserted for it). Then AnnotateTIROpPattern, FoldConstant,
+    FuseOps, FuseTIR, DeadCodeElimination.
+``apply_default_schedules(mod, target, vector_bits=None)``
+    Schedules every PrimFunc carrying one of our rules at the family's default knobs (no
+    tuning); functions already scheduled (``tirx.is_scheduled``, e.g. from a database) are left
+    alone; other PrimFuncs (softmax, reshape) get a small generic schedule or none.
+``tunable_tasks(mod)`` / ``tune_tasks(funcs, target, work_dir, trials)`` / ``load_database`` /
+``apply_database(mod, db, target)``
+    MetaSchedule over our knobs. ``tune_tasks`` runs ``ms.tune_tir`` with ``tune_space()`` (a
+    PostOrderApply with only ``ApplyCustomRule``, postproc ``DisallowDynamicLoop``, mutator
+    ``MutateTileSize``), a LocalBuilder whose ``f_build`` is plain ``tvm.compile`` and a
+    LocalRunner; the JSON database lands in ``work_dir``. ``apply_database`` runs
+    ``relax.transform.MetaScheduleApplyDatabase`` on the *lowered* module (its PrimFuncs are the
+    task workloads, so records match) and then ``apply_default_schedules`` for the rest.
 
 Build
 -----
 ::
 
-    mod = lower_cpu(mod, target, vector_bits=512)
-    mod = apply_default_schedules(mod, target)
-    ex = tvm.compile(mod, target=target)          # relax_pipeline="default" is fine: its
-                                                  # LegalizeOps finds nothing left to legalize
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "sapphirerapids", "num-cores": 2})
+    mod = lower_cpu(mod, target, vector_bits=512)     # 256 for AVX2, 128 for NEON
+    mod = apply_default_schedules(mod, target)         # or apply_database(mod, db, target)
+    ex = tvm.compile(mod, target=target)               # default relax_pipeline is fine: its
+                                                       # LegalizeOps finds nothing left, and
+                                                       # RewriteDataflowReshape turns the reshape
+                                                       # into a view
     vm = relax.VirtualMachine(ex, tvm.cpu())
 
-With a tuned database instead of the defaults: ``with db: mod = relax.transform.
-MetaScheduleApplyDatabase()(lower_cpu(...))`` (the task keys are the fused PrimFuncs produced
-by ``lower_cpu``), then ``apply_default_schedules`` for the functions the database missed.
+Do not pass ``relax_pipeline="zero"`` (it would re-run FuseOps/FuseTIR, harmless, but pointless).
 
 Threads: the TVM runtime pool reads ``TVM_NUM_THREADS`` at start-up; at run time
-``tvm.get_global_func("runtime.config_threadpool")(0, n)`` changes it (see ``set_num_threads``).
+``set_num_threads(n)`` (``runtime.config_threadpool(0, n)``) resizes it.
 """
 from __future__ import annotations
 
@@ -546,9 +559,22 @@ def _generic_schedule(func: tirx.PrimFunc, target) -> tirx.PrimFunc:
         return func
 
 
+def _infer_vector_bits(mod: tvm.IRModule) -> int | None:
+    """The V that lower_cpu used, read off a blocked (N, C/V, P, V) conv output (V * 32 bits)."""
+    for func in mod.functions.values():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        for b in _all_blocks(func):
+            if _rule_of(b) in (RULE_PW, RULE_DW, RULE_STEM):
+                return int(b.writes[0].source.shape[-1]) * 32
+    return None
+
+
 def apply_default_schedules(mod: tvm.IRModule, target, vector_bits: int | None = None) -> tvm.IRModule:
     """Schedule every PrimFunc carrying one of our rules at the family's default knobs."""
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    if vector_bits is None:
+        vector_bits = _infer_vector_bits(mod)
     fam = family_for(target, vector_bits)
     mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions), attrs=mod.attrs)
     new = {}
