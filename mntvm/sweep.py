@@ -636,7 +636,7 @@ def format_table(result: dict) -> str:
              f"(TVM {result['tvm_version']}, {result['schedules']['id']}, repeat {result['repeat']})", head]
     for r in result["variants"]:
         p = {True: "*", False: "", None: "?"}[r["pareto"]]
-        lines.append(f"{r['alpha']:>5g} {r['resolution']:>4d} {r['madds'] / 1e6:>7.1f} {r['params'] / 1e6:>7.3f} "
+        lines.append(f"{str(float(r['alpha'])):>5} {r['resolution']:>4d} {r['madds'] / 1e6:>7.1f} {r['params'] / 1e6:>7.3f} "
                      f"{_fmt(r['top1'], '.1f'):>5} {r['median_ms']:>10.3f} {r['p90_ms']:>9.3f} "
                      f"{r['gflops']:>8.2f} {r['max_abs_diff']:>9.1e} {p:>6}  {r['board']}"
                      + (f"  (retried: {_retry_text(r)})" if r.get("retried") else ""))
@@ -666,7 +666,7 @@ def plot_png(result: dict) -> bytes:
         pts = [r for r in acc if r["alpha"] == a]
         if pts:
             ax1.scatter([r["median_ms"] for r in pts], [r["top1"] for r in pts], color=colors[a], s=42,
-                        label=f"α={a:g}", zorder=3)
+                        label=f"α={float(a)!s}", zorder=3)
     front = sorted((r for r in acc if r.get("pareto")), key=lambda r: r["median_ms"])
     if front:
         ax1.plot([r["median_ms"] for r in front], [r["top1"] for r in front], "-", color="crimson", lw=1.6,
@@ -680,8 +680,15 @@ def plot_png(result: dict) -> bytes:
     if missing:
         ax1.text(0.01, 0.01, "no published top-1: " + ", ".join(missing), transform=ax1.transAxes, fontsize=7,
                  color="dimgrey", va="bottom")
+    lat = [r["median_ms"] for r in recs]
+    wide = max(lat) / max(min(lat), 1e-9) > 8  # a wide range: log axes keep small variants apart
+    if wide:
+        ax1.set_xscale("log")
+        ax2.set_xscale("log")
+    if max(r["madds"] for r in recs) / max(min(r["madds"] for r in recs), 1) > 8:
+        ax2.set_yscale("log")
     ax1.margins(x=0.12, y=0.08)
-    ax1.set_xlabel("median latency (ms)")
+    ax1.set_xlabel("median latency (ms" + (", log scale)" if wide else ")"))
     ax1.set_ylabel("ImageNet top-1 (%), published TF-slim checkpoints")
     ax1.set_title("latency vs accuracy")
     ax1.grid(alpha=0.3)
@@ -691,12 +698,12 @@ def plot_png(result: dict) -> bytes:
     for a in alphas:
         pts = [r for r in recs if r["alpha"] == a]
         ax2.scatter([r["median_ms"] for r in pts], [r["madds"] / 1e6 for r in pts], color=colors[a], s=42,
-                    label=f"α={a:g}", zorder=3)
+                    label=f"α={float(a)!s}", zorder=3)
     for r in recs:
         ax2.annotate(f"{label(r['alpha'], r['resolution'])}\n{r['gflops']:.1f} GFLOP/s",
                      (r["median_ms"], r["madds"] / 1e6), textcoords="offset points", xytext=(5, -2), fontsize=7)
     ax2.margins(x=0.15, y=0.08)
-    ax2.set_xlabel("median latency (ms)")
+    ax2.set_xlabel("median latency (ms" + (", log scale)" if wide else ")"))
     ax2.set_ylabel("mult-adds (millions, paper cost model)")
     ax2.set_title("latency vs mult-adds (labels: achieved GFLOP/s)")
     ax2.grid(alpha=0.3)
@@ -723,7 +730,7 @@ def report_html(result: dict, png: bytes | None = None) -> str:
     rows = []
     for r in result["variants"]:
         cls = ' class="pareto"' if r["pareto"] else ""
-        cells = [f"{r['alpha']:g}", str(r["resolution"]), f"{r['madds'] / 1e6:.1f}", f"{r['params'] / 1e6:.3f}",
+        cells = [str(float(r["alpha"])), str(r["resolution"]), f"{r['madds'] / 1e6:.1f}", f"{r['params'] / 1e6:.3f}",
                  _fmt(r["top1"], ".1f", "unpublished"), f"{r['median_ms']:.3f}", f"{r['p90_ms']:.3f}",
                  f"{r['gflops']:.2f}", f"{r['max_abs_diff']:.1e}", {True: "yes", False: "no", None: "n/a"}[r["pareto"]],
                  r.get("board") or "", _retry_text(r)]
