@@ -610,12 +610,16 @@ _OP = {}
 
 def _op(name):
     if name not in _OP:
-        _OP[name] = tvm.ir.Op.get(name)
+        try:
+            _OP[name] = tvm.ir.Op.get(name)
+        except Exception:  # noqa: BLE001 - op not registered in this TVM build
+            _OP[name] = None
     return _OP[name]
 
 
 def _is_call(e, name):
-    return isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.same_as(_op(name))
+    op = _op(name)
+    return op is not None and isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op) and e.op.same_as(op)
 
 
 def _sinfo_shape(e):
