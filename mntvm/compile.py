@@ -32,18 +32,39 @@ def inference_module(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray]):
     return relax.transform.BindParams("main", consts)(mod)
 
 
-def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile):
-    """Lower, schedule and build; returns ``(relax.Executable, schedule_info dict)``."""
+def lower(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile):
+    """The CPU path's lowered module: every conv is one of our template PrimFuncs (unscheduled)."""
+    from .sched_cpu import lower_cpu
+
+    return lower_cpu(inference_module(cfg, weights), profile.tvm_target(), profile.vector_bits)
+
+
+def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, schedules=None):
+    """Lower, schedule and build; returns ``(relax.Executable, schedule_info dict)``.
+
+    CPU families: our templates (:mod:`mntvm.sched_cpu`), with tuned records from ``schedules``
+    (a :class:`mntvm.tune.ScheduleDB` or None) where they exist and template defaults elsewhere.
+    GPU families: DLight rules (:mod:`mntvm.sched_gpu`).
+    """
     import tvm
 
-    mod = inference_module(cfg, weights)
     target = profile.tvm_target()
     if profile.is_gpu:
         from .sched_gpu import compile_gpu
 
-        ex, rules = compile_gpu(mod, target)
+        ex, rules = compile_gpu(inference_module(cfg, weights), target)
         return ex, {"kind": "gpu-dlight", "rules": rules}
-    info = {"kind": "tvm-default", "rules": []}
+    from .sched_cpu import apply_default_schedules, tunable_tasks
+
+    low = lower(cfg, weights, profile)
+    tasks = sorted(tunable_tasks(low))
+    info = {"kind": "templates", "tasks": len(tasks), "tuned": [], "defaults": tasks, "database": None}
+    mod = low
+    if schedules is not None:
+        mod, tuned = schedules.apply(low, target)
+        info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
+                    defaults=[t for t in tasks if t not in tuned])
+    mod = apply_default_schedules(mod, target, profile.vector_bits)
     return tvm.compile(mod, target=target), info
 
 
@@ -56,8 +77,15 @@ def compile_model(
     targets_dir: str | os.PathLike | None = None,
     mcpu: str | None = None,
     mattr: list[str] | None = None,
+    schedules: str | os.PathLike | None = "default",
+    force_schedules: bool = False,
 ) -> Path:
-    """Compile ``cfg`` for ``target`` into ``out_dir`` and return its path."""
+    """Compile ``cfg`` for ``target`` into ``out_dir`` and return its path.
+
+    ``schedules``: "default" (the target's shipped database in ``schedules/<target>/``, if any),
+    a database folder, or None/"none" (template defaults only). A database tuned for another
+    target is refused unless ``force_schedules``.
+    """
     import tvm
     import tvm_ffi
 
@@ -65,9 +93,12 @@ def compile_model(
 
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
     profile.check_toolchain()
+    from .tune import open_schedules
+
+    db = None if profile.is_gpu else open_schedules(schedules, profile, force=force_schedules)
     w = W.load(cfg, weights, seed)
     t0 = time.perf_counter()
-    ex, sched_info = build(cfg, w, profile)
+    ex, sched_info = build(cfg, w, profile, db)
     build_s = time.perf_counter() - t0
     out_dir = Path(out_dir)
     with write_artifact(out_dir) as tmp:
