@@ -68,10 +68,38 @@ def cmd_compile(a) -> None:
     from .compile import compile_model
 
     out = compile_model(_config(a), a.output, target=a.target, weights=a.weights, seed=a.seed,
-                        targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a))
+                        targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a), schedules=a.schedules,
+                        force_schedules=a.force_schedules)
     meta = json.loads((Path(out) / "metadata.json").read_text())
-    print(f"wrote {out} ({meta['target']['name']}, built in {meta['build_seconds']:.1f}s, "
-          f"schedules: {meta['schedules']['kind']})")
+    s = meta["schedules"]
+    print(f"wrote {out} ({meta['target']['name']}, built in {meta['build_seconds']:.1f}s, schedules: {s['kind']})")
+    if "tasks" in s:
+        db = s["database"]
+        print(f"schedules: {len(s['tuned'])}/{s['tasks']} tasks from "
+              f"{db['name'] + ' (' + db['sha256'] + ')' if db else 'no database'}; "
+              f"template defaults for: {', '.join(s['defaults']) or 'none'}")
+
+
+def cmd_tune(a) -> None:
+    from .tune import tune
+
+    r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
+             targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules)
+    if a.json:
+        print(json.dumps(r))
+        return
+    for name, t in r["tasks"].items():
+        best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
+        print(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}")
+    print(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
+          + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
+
+
+def cmd_schedules(a) -> None:
+    from .tune import prune
+
+    n = prune(a.sources, keep=a.keep, out=a.output)
+    print(f"kept {n} records (best {a.keep} per workload) -> {a.output or a.sources[0]}")
 
 
 def cmd_run(a) -> None:
@@ -249,7 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     _weights_args(s)
     _target_args(s)
     s.add_argument("-o", "--output", required=True, help="artifact directory (written atomically)")
+    s.add_argument("--schedules", default="default",
+                   help="tuned database: 'default' (shipped in schedules/), a folder, or 'none' (template defaults)")
+    s.add_argument("--force-schedules", action="store_true", help="apply a database tuned for another target")
     s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("tune", help="tune the conv templates with MetaSchedule into a schedules database")
+    _model_args(s)
+    _target_args(s)
+    s.add_argument("--trials", type=int, default=32, help="measured trials per task (default 32)")
+    s.add_argument("--ops", default="all", help="all, or a comma list of pw,dw,stem,fc,pool")
+    s.add_argument("--tracker", help="HOST:PORT: measure on boards through the RPC tracker")
+    s.add_argument("--key", help="board key registered with the tracker")
+    s.add_argument("-o", "--output", help="database folder (default: schedules/<target>/)")
+    s.add_argument("--force-schedules", action="store_true", help="continue a database tuned for another target")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_tune)
+
+    s = sub.add_parser("schedules", help="merge/prune schedules databases (keep the best records)")
+    s.add_argument("sources", nargs="+", help="database folders (merged in order)")
+    s.add_argument("--keep", type=int, default=1, help="records to keep per workload (default 1)")
+    s.add_argument("-o", "--output", help="write here (default: the first source, in place)")
+    s.set_defaults(func=cmd_schedules)
 
     s = sub.add_parser("run", help="run an artifact here and print the top-k classes")
     s.add_argument("artifact")

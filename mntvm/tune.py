@@ -172,11 +172,12 @@ def _rule_of_func(func) -> str | None:
 
 
 def _task_mod(func):
-    import tvm
+    """The workload module exactly as MetaSchedule keys it (``tune_context._normalize_mod``)."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     if func.attrs is not None and "global_symbol" in func.attrs:
         func = func.without_attr("global_symbol")
-    return tvm.IRModule({"main": func})
+    return _normalize_mod(func)
 
 
 def _builder():
@@ -268,22 +269,27 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     mods = {n: _task_mod(f) for n, f in tasks.items()}
     todo = {n: max(0, trials - _count(db, m)) for n, m in mods.items()}
     total, done, t0 = sum(todo.values()), 0, time.time()
-    summary = {"database": str(path), "tasks": {}, "trials_run": 0, "skipped": []}
+    summary = {"database": str(path), "tasks": {}, "trials_run": 0, "skipped": [], "exhausted": []}
     for name, mod in mods.items():
         left = todo[name]
         if left == 0:
             summary["skipped"].append(name)
         while left > 0:
             n = min(chunk, left)
+            before = _count(db, mod)
             with tempfile.TemporaryDirectory() as work:
                 ms.tune_tir(mod, ttarget, work, max_trials_global=n, num_trials_per_iter=n,
-                            builder=_builder(), runner=runner, database=db, space=tune_space(),
-                            )
-            left -= n
-            done += n
+                            builder=_builder(), runner=runner, database=db, space=tune_space())
+            added = _count(db, mod) - before
+            done += added
+            left -= added
+            if added == 0:  # the search found no new candidate: this task's space is exhausted
+                summary["exhausted"].append(name)
+                total -= left
+                left = 0
             if progress:
                 frac = done / max(total, 1)
-                eta = (time.time() - t0) / frac * (1 - frac)
+                eta = (time.time() - t0) / max(frac, 1e-9) * (1 - frac)
                 best = _best_ms(db, mod)
                 sys.stderr.write(f"\rtune [{'#' * int(30 * frac):<30}] {done}/{total} trials  "
                                  f"{name}: best {best if best is not None else float('nan'):.4f} ms  "
