@@ -282,7 +282,7 @@ def _remote_func(sess, name):
 # per-layer report
 
 
-_CONV_WORDS = ("conv",)
+_CONV_WORDS = ("conv", "mntvm_dw", "mntvm_pw")  # TVM default names, and our templates (sched_cpu)
 _FC_WORDS = ("matmul", "dense", "linear")
 _POOL_WORDS = ("mean", "pool")
 
