@@ -72,7 +72,6 @@ Threads: the TVM runtime pool reads ``TVM_NUM_THREADS`` at start-up; at run time
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable
 
 import numpy as np
@@ -334,63 +333,54 @@ def schedule_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
     return sch
 
 
-def schedule_depthwise(sch: Schedule, block, d: dict | None = None, wo: int | None = None) -> Schedule:
-    """Depthwise: rows x column tiles, w_t output columns (x cb_t channel vectors) accumulate
-    in registers, taps unrolled, channels vectorized, padding predicated inline."""
-    conv = block
+def _row_tiled(sch: Schedule, conv, d: dict | None, wo: int | None, ch_key: str):
+    """Shared outer structure of the depthwise and stem templates: the epilogue's (channel block,
+    P) loops become rows × column tiles; ``ch_t`` channel vectors × ``w_t`` columns accumulate in
+    registers. Returns the conv's inner loops (to order and unroll per template)."""
     if wo is None:
         wo = int(sch.get(conv).annotations["mntvm_wo"])
     epi = _single_consumer_epilogue(sch, conv)
     n, cb, p, v = sch.get_loops(epi)[-4:]
     h, w = sch.split(p, [None, wo])
-    cb0, cb1 = sch.split(cb, _tile(sch, cb, 2, 4, d, "cb"))
+    cb0, cb1 = sch.split(cb, _tile(sch, cb, 2, 4, d, ch_key))
     w0, w1 = sch.split(w, _tile(sch, w, 2, 16, d, "w"))
     sch.reorder(n, cb0, h, w0, cb1, w1, v)
-    fused = sch.fuse(n, cb0, h)
-    sch.parallel(fused)
+    sch.parallel(sch.fuse(n, cb0, h))
     sch.compute_at(conv, w0, preserve_unit_loops=True)
     sch.vectorize(v)
     sch.unroll(w1)
     sch.unroll(cb1)
-    c_n, c_cb, c_p, c_v, c_kh, c_kw = sch.get_loops(conv)[-6:]
-    sch.reorder(c_kh, c_kw, c_n, c_cb, c_p, c_v)
     sch.set_scope(conv, 0, "local")
+
+
+def schedule_depthwise(sch: Schedule, block, d: dict | None = None, wo: int | None = None) -> Schedule:
+    """Depthwise: rows x column tiles, w_t output columns (x cb_t channel vectors) accumulate
+    in registers, taps unrolled, channels vectorized, padding predicated inline."""
+    _row_tiled(sch, block, d, wo, "cb")
+    c_n, c_cb, c_p, c_v, c_kh, c_kw = sch.get_loops(block)[-6:]
+    sch.reorder(c_kh, c_kw, c_n, c_cb, c_p, c_v)
     sch.vectorize(c_v)
     for l in (c_kh, c_kw, c_n, c_cb, c_p):
         sch.unroll(l)
-    sch.decompose_reduction(conv, c_kh)
+    sch.decompose_reduction(block, c_kh)
     return sch
 
 
 def schedule_stem(sch: Schedule, block, d: dict | None = None, wo: int | None = None) -> Schedule:
-    conv = block
-    if wo is None:
-        wo = int(sch.get(conv).annotations["mntvm_wo"])
-    epi = _single_consumer_epilogue(sch, conv)
-    n, ob, p, v = sch.get_loops(epi)[-4:]
-    h, w = sch.split(p, [None, wo])
-    ob0, ob1 = sch.split(ob, _tile(sch, ob, 2, 4, d, "ob"))
-    w0, w1 = sch.split(w, _tile(sch, w, 2, 16, d, "w"))
-    sch.reorder(n, ob0, h, w0, ob1, w1, v)
-    fused = sch.fuse(n, ob0, h)
-    sch.parallel(fused)
-    sch.compute_at(conv, w0, preserve_unit_loops=True)
-    sch.vectorize(v)
-    sch.unroll(w1)
-    sch.unroll(ob1)
-    c_n, c_ob, c_p, c_v, c_c, c_kh, c_kw = sch.get_loops(conv)[-7:]
+    """Stem: as depthwise, reducing over input channels and taps (input channels outermost)."""
+    _row_tiled(sch, block, d, wo, "ob")
+    c_n, c_ob, c_p, c_v, c_c, c_kh, c_kw = sch.get_loops(block)[-7:]
     sch.reorder(c_c, c_kh, c_kw, c_n, c_ob, c_p, c_v)
-    sch.set_scope(conv, 0, "local")
     sch.vectorize(c_v)
     for l in (c_kh, c_kw, c_n, c_ob, c_p):
         sch.unroll(l)
-    sch.decompose_reduction(conv, c_c)
+    sch.decompose_reduction(block, c_c)
     return sch
 
 
 def schedule_dense(sch: Schedule, block, d: dict | None = None) -> Schedule:
     acc = block
-    epi = _single_consumer_epilogue(sch, acc)
+    _single_consumer_epilogue(sch, acc)
     n, nb, v, k = sch.get_loops(acc)[-4:]
     nb0, nb1 = sch.split(nb, _tile(sch, nb, 2, 8, d, "nb"))
     sch.reorder(n, nb0, k, nb1, v)
@@ -719,7 +709,6 @@ class _Lowerer(relax.PyExprMutator):
     def _nchw_of(self, old):
         info = self.blocked[old]
         if info.nchw is None:
-            n = _sinfo_shape(info.var)[0]
             call = self.builder_.call_te(unblock_te, info.var, info.c, info.h, info.w,
                                          primfunc_name_hint="mntvm_unblock")
             info.nchw = self.builder_.emit(call, name_hint=old.name + "_nchw")
