@@ -29,6 +29,16 @@ RESULT_KEYS = STAT_KEYS + ("repeat", "threads", "target", "upload_s", "load_s", 
                            "max_abs_diff")
 
 
+def check_run_args(repeat: int, warmup: int, threads: int | None) -> None:
+    """One-line errors for timing arguments (shared with the sweep, which checks before compiling)."""
+    if repeat < 1:
+        raise MntvmError(f"--repeat must be >= 1 (got {repeat})")
+    if warmup < 0:
+        raise MntvmError(f"--warmup must be >= 0 (got {warmup})")
+    if threads is not None and threads < 1:
+        raise MntvmError(f"--threads must be >= 1 (got {threads})")
+
+
 def summarize(times_ms) -> dict:
     t = np.asarray(times_ms, dtype=np.float64)
     return {
@@ -118,12 +128,7 @@ def benchmark(
     ``result["per_layer"]`` (see :func:`per_layer_report`). ``on_board(board)`` is called with
     the board's address as soon as the tracker hands one out.
     """
-    if repeat < 1:
-        raise MntvmError(f"repeat must be >= 1 (got {repeat})")
-    if warmup < 0:
-        raise MntvmError(f"warmup must be >= 0 (got {warmup})")
-    if threads is not None and threads < 1:
-        raise MntvmError(f"threads must be >= 1 (got {threads})")
+    check_run_args(repeat, warmup, threads)
     art = load_artifact(artifact_dir)
     x = deterministic_input(art.input_shape, input_seed)
     result = {"target": art.metadata["target"]["name"], "repeat": repeat, "warmup": warmup}
@@ -396,7 +401,7 @@ def format_per_layer(r: dict, top: int = 12) -> str:
             g = f"{ly['gflops']:.2f}" if ly["gflops"] else "-"
             rows.append(f"  {ly['layer']:<8} {ly['type']:<10} {ly['kernels']:>7} {ly['mean_ms']:>9.4f} "
                         f"{100 * ly['share']:>6.1f}% {g:>8}")
-    rows.append(f"  slowest kernels:")
+    rows.append("  slowest kernels:")
     rows.append(f"  {'#':>4} {'kernel':<34} {'layer':<8} {'ms':>9} {'share':>7} {'GFLOP/s':>8}")
     for k in sorted(pl["kernels"], key=lambda k: -k["mean_ms"])[:top]:
         g = f"{k['gflops']:.2f}" if k["gflops"] else "-"

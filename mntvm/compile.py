@@ -17,7 +17,6 @@ import numpy as np
 
 from . import weights as W
 from .artifact import LIB_NAME, META_NAME, write_artifact, write_json_atomic
-from .errors import MntvmError
 from .model import MobileNetConfig, build_relax
 
 

@@ -305,7 +305,7 @@ def sweep(
     ``attempts`` is per variant with a tracker (a local run is not retried).
     """
     from . import weights as W
-    from .bench import benchmark
+    from .bench import benchmark, check_run_args
     from .cost import cost_report
     from .model import MobileNetConfig
     from .targets import get_profile
@@ -314,12 +314,7 @@ def sweep(
     cfgs = [MobileNetConfig(alpha=float(a), resolution=int(r)) for a in alphas for r in resolutions]
     if not cfgs:
         raise MntvmError("nothing to sweep: give at least one alpha and one resolution")
-    if repeat < 1:
-        raise MntvmError(f"--repeat must be >= 1 (got {repeat})")
-    if warmup < 0:
-        raise MntvmError(f"warmup must be >= 0 (got {warmup})")
-    if threads is not None and threads < 1:
-        raise MntvmError(f"--threads must be >= 1 (got {threads})")
+    check_run_args(repeat, warmup, threads)
     if budget_ms is not None and not budget_ms > 0:
         raise MntvmError(f"--budget-ms must be > 0 (got {budget_ms:g})")
     if not timeout_s > 0 or attempts < 1:
