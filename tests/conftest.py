@@ -39,3 +39,13 @@ def small_cfg():
     from mntvm.model import MobileNetConfig
 
     return MobileNetConfig(alpha=0.25, resolution=96)
+
+
+@pytest.fixture(scope="module")
+def tracker():
+    """``mntvm rpc tracker`` on a free loopback port for one test module, stopped by PID."""
+    from rpc_fixtures import Tracker
+
+    t = Tracker()
+    yield t
+    t.stop()

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 from conftest import run_cli
-from rpc_fixtures import Server, Tracker, bench_json, cli_popen, free_port, stop_group, tracker_status, wait_for
+from rpc_fixtures import Server, bench_json, cli_popen, free_port, stop_group, tracker_status, wait_for
 
 from mntvm import MntvmError
 from mntvm.bench import RESULT_KEYS, artifact_arch, benchmark
@@ -32,13 +32,6 @@ def x86_art(tmp_path_factory):
 def a64_art(tmp_path_factory):
     return compile_model(MobileNetConfig(alpha=0.25, resolution=64), tmp_path_factory.mktemp("a64") / "a",
                          target="aarch64")
-
-
-@pytest.fixture(scope="module")
-def tracker():
-    t = Tracker()
-    yield t
-    t.stop()
 
 
 @pytest.fixture(scope="module")

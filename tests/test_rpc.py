@@ -9,16 +9,9 @@ import time
 
 import pytest
 from conftest import run_cli
-from rpc_fixtures import Server, Tracker, free_port
+from rpc_fixtures import Server, free_port
 
 from mntvm import MntvmError, rpc
-
-
-@pytest.fixture(scope="module")
-def tracker():
-    t = Tracker()
-    yield t
-    t.stop()
 
 
 @pytest.fixture(scope="module")
