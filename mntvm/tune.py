@@ -191,7 +191,12 @@ def _builder():
 def _runner(tracker: str | None, key: str | None):
     from tvm.s_tir import meta_schedule as ms
 
-    cfg = ms.runner.EvaluatorConfig(number=5, repeat=3, min_repeat_ms=20, enable_cpu_cache_flush=False)
+    # Measure as the kernel runs inside the network: its input was just written by the previous
+    # layer (warm), its weights were last touched an inference ago (cold: 4-17 MB of weights do not
+    # stay in L2). TVM's "cache_flush_cpu_non_first_arg" flushes every argument but the first
+    # before each repeat, so number=1; warm-cache timing favoured tiles that lose 10-50 % in the
+    # network (pw12/pw13 ran 0.33 ms alone, 0.55 ms in the network).
+    cfg = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
     if not tracker:
         return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60)
     from .rpc import open_session, parse_addr
