@@ -1,4 +1,6 @@
-"""The emulated aarch64 board: prepare, start under a tracker, run cross-compiled code, stop.
+"""The emulated aarch64 board: prepare, start under a tracker, run cross-compiled code, stop; and
+the whole MobileNetV1 (α 0.25 / 96) through our ARM templates, at default and at randomly sampled
+knobs, run on the board and compared with ONNX Runtime (issue #5).
 
 Needs the host packages in ``mntvm.board.APT_PACKAGES`` (debootstrap, qemu-user-static,
 g++-aarch64-linux-gnu), root for the first ``prepare`` and network to the Debian mirror and PyPI.
@@ -188,3 +190,181 @@ def test_start_fails_loudly_without_tracker(sysroot):
     with pytest.raises(MntvmError, match="did not register"):
         board.start("127.0.0.1", dead, key="nobody", arch=ARCH, port=_free_port(), timeout=8)
     assert time.monotonic() - t0 < 30
+
+
+# ----------------------------------------------------------------------------------------------
+# issue #5: the whole MobileNetV1 through our ARM (NEON) templates, run on the emulated board and
+# compared with ONNX Runtime, at the templates' default knobs and at randomly sampled knobs.
+
+A64_PROFILE = "rpi4-aarch64"
+KNOB_SEED = 1000  # task i (sorted by name) samples its knobs with seed KNOB_SEED + i
+TOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def mobilenet_ref():
+    """α 0.25 / 96 MobileNetV1, its (seeded random) weights, the documented deterministic input,
+    and ONNX Runtime's softmax output for them on our ONNX export (the independent reference)."""
+    from conftest import ort_run
+    from mntvm import weights as W
+    from mntvm.artifact import deterministic_input
+    from mntvm.export import build_onnx
+    from mntvm.model import MobileNetConfig
+
+    cfg = MobileNetConfig(alpha=0.25, resolution=96)
+    w = W.random_weights(cfg, 0)
+    x = deterministic_input(cfg.input_shape, 0)
+    return cfg, w, x, ort_run(build_onnx(cfg, w), x)
+
+
+@pytest.fixture(scope="module")
+def a64_board(sysroot, tracker):
+    """One emulated aarch64 board for the MobileNet tests below; yields (tracker, key)."""
+    key = f"mntvm-test-{ARCH}-net-{_free_port()}"
+    handle = board.start(*tracker, key=key, arch=ARCH, port=_free_port())
+    try:
+        yield tracker, key
+    finally:
+        board.stop(handle)
+
+
+def _run_on_board(a64_board, art_dir, x):
+    """Upload ``art_dir``'s model.so to the board (under a unique name), run ``main(x)`` in the
+    Relax VM there and return the output; the session is closed before returning."""
+    import tvm
+    from tvm import relax, rpc
+
+    from mntvm.artifact import load_artifact
+
+    (host, port), key = a64_board
+    art = load_artifact(art_dir)
+    remote = rpc.connect_tracker(host, port).request(key, priority=1, session_timeout=300)
+    try:
+        assert board_arch_ok(remote)
+        name = f"{art_dir.name}-{_free_port()}.so"
+        remote.upload(str(art.lib_path), target=name)
+        dev = remote.cpu()
+        vm = relax.VirtualMachine(remote.load_module(name), dev)
+        out = vm["main"](tvm.runtime.tensor(x, dev)).numpy()
+        del vm, dev
+    finally:
+        del remote
+    return out
+
+
+def _decisions(trace) -> list:
+    """The sampled knob values of a trace, in instruction order."""
+    out = []
+    for inst in trace.insts:
+        if inst in trace.decisions:
+            d = trace.decisions[inst]
+            out.append([int(v) for v in d] if inst.kind.name == "SamplePerfectTile" else int(d))
+    return out
+
+
+def _random_knob_db(cfg, w, profile, path, seed):
+    """A schedules database (the folder ``mntvm tune`` writes) holding, for every tunable task of
+    the lowered network, one record whose knobs are drawn at random from the template's space.
+
+    Each record's trace is made as MetaSchedule's ApplyCustomRule makes one: a traced
+    ``Schedule(workload, seed)`` handed to the registered rule ``s_tir.meta_schedule.cpu.<rule>``
+    with no decisions, so every ``sample_perfect_tile``/``sample_categorical`` draws. (Not through
+    ``TuneContext``/``generate_design_space``: building a TuneContext imports
+    ``tvm.s_tir.tensor_intrin``, 17-70 s here.) Returns ``{task: (random knobs, default knobs,
+    random TIR differs from default TIR)}``.
+    """
+    import json
+
+    import tvm
+    import tvm_ffi
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+
+    from mntvm import sched_cpu as sc
+    from mntvm.compile import lower
+    from mntvm.tune import META, _task_mod
+
+    target = profile.tvm_target()
+    fam = sc.family_for(target, profile.vector_bits)
+    tasks = sc.tunable_tasks(lower(cfg, w, profile))
+    path.mkdir(parents=True)
+    (path / META).write_text(json.dumps({
+        "format": 1, "target": profile.to_metadata(), "tvm_version": tvm.__version__,
+        "trials": {name: 1 for name in tasks}, "note": f"random knobs, seed {seed}"}))
+    db = ms.database.JSONDatabase(work_dir=str(path))
+    report = {}
+    for i, (name, func) in enumerate(sorted(tasks.items())):
+        wl = _task_mod(func)  # the workload exactly as compile's MetaScheduleApplyDatabase keys it
+        rand = s_tir.Schedule(wl, seed=seed + i)
+        dflt = s_tir.Schedule(wl)
+        rules = [(b.name_hint, sc._rule_of(b)) for b in sc._all_blocks(wl["main"]) if sc._rule_of(b)]
+        assert rules, name
+        for block, rule in rules:
+            tvm.get_global_func(f"s_tir.meta_schedule.cpu.{rule}")(rand, rand.get_sblock(block))
+            sc.schedule_with_rule(dflt, block, rule, fam)  # what apply_default_schedules does
+        db.commit_tuning_record(ms.database.TuningRecord(
+            rand.trace, db.commit_workload(wl), run_secs=[1e-3], target=target))
+        report[name] = (_decisions(rand.trace), _decisions(dflt.trace),
+                        not tvm_ffi.structural_equal(rand.mod, dflt.mod))
+    return report
+
+
+def test_mobilenet_default_knobs_on_board(mobilenet_ref, a64_board, tmp_path):
+    """compile_model for rpi4-aarch64 at the templates' default knobs (no database): the output on
+    the emulated board matches ONNX Runtime within 1e-5."""
+    from mntvm.artifact import load_artifact
+    from mntvm.compile import compile_model
+
+    cfg, w, x, ref = mobilenet_ref
+    t0 = time.monotonic()
+    art = load_artifact(compile_model(cfg, tmp_path / "default", target=A64_PROFILE, weights=w,
+                                      schedules=None))
+    built = time.monotonic() - t0
+    s = art.metadata["schedules"]
+    assert s["kind"] == "templates" and s["tuned"] == [] and len(s["defaults"]) == s["tasks"] >= 20
+    assert art.metadata["target"]["name"] == A64_PROFILE
+    t0 = time.monotonic()
+    got = _run_on_board(a64_board, art.path, x)
+    ran = time.monotonic() - t0
+    diff = float(np.abs(got - ref).max())
+    print(f"{A64_PROFILE} default knobs: compile {built:.1f} s, board {ran:.1f} s, "
+          f"max |ours - onnxruntime| = {diff:.2e}")
+    assert got.shape == ref.shape
+    assert diff <= TOL, diff
+
+
+def test_mobilenet_random_knobs_on_board(mobilenet_ref, a64_board, tmp_path):
+    """Every tunable task at randomly sampled knobs (a seeded sample per task, written as a
+    schedules database and applied by compile_model, as tuned logs are): the output on the
+    emulated board matches ONNX Runtime within 1e-5, and the sampled knobs are not the defaults."""
+    from mntvm.artifact import load_artifact
+    from mntvm.compile import compile_model
+    from mntvm.targets import get_profile
+
+    cfg, w, x, ref = mobilenet_ref
+    t0 = time.monotonic()
+    report = _random_knob_db(cfg, w, get_profile(A64_PROFILE), tmp_path / "db", KNOB_SEED)
+    art = load_artifact(compile_model(cfg, tmp_path / "random", target=A64_PROFILE, weights=w,
+                                      schedules=tmp_path / "db"))
+    built = time.monotonic() - t0
+    # every task ran on its random record, none fell back to the defaults
+    s = art.metadata["schedules"]
+    assert s["kind"] == "templates+database" and s["defaults"] == [], s
+    assert s["tuned"] == sorted(report)
+    # not vacuous: most tasks' knobs (and so their scheduled TIR) differ from the defaults
+    knobbed = {n: r for n, r in report.items() if r[0]}
+    changed = sorted(n for n, (rnd, dft, tir_differs) in knobbed.items() if rnd != dft)
+    for n, (rnd, dft, tir_differs) in sorted(report.items()):
+        print(f"  {n:12s} random {rnd}  default {dft}")
+        assert tir_differs == (rnd != dft), n  # the knobs are all that differs
+    assert len(knobbed) >= len(report) - 1  # only the pool has no knobs
+    assert len(changed) >= 0.75 * len(knobbed), (changed, knobbed)
+    t0 = time.monotonic()
+    got = _run_on_board(a64_board, art.path, x)
+    ran = time.monotonic() - t0
+    diff = float(np.abs(got - ref).max())
+    print(f"{A64_PROFILE} random knobs (seed {KNOB_SEED}, {len(changed)}/{len(knobbed)} tasks off "
+          f"their defaults): db + compile {built:.1f} s, board {ran:.1f} s, "
+          f"max |ours - onnxruntime| = {diff:.2e}")
+    assert got.shape == ref.shape
+    assert diff <= TOL, diff
