@@ -96,10 +96,33 @@ def cmd_tune(a) -> None:
 
 
 def cmd_schedules(a) -> None:
-    from .tune import prune
+    from . import tune as T
 
-    n = prune(a.sources, keep=a.keep, out=a.output)
-    print(f"kept {n} records (best {a.keep} per workload) -> {a.output or a.sources[0]}")
+    if a.schedules_cmd == "show":
+        r = T.show(a.path)
+        if a.json:
+            print(json.dumps(r))
+            return
+        t = r["target"]
+        keys = ", ".join(f"{k} {v}" for k, v in t["tvm_target"].items())
+        print(f"{r['path']}: tuned for {t['name']} ({keys}) with TVM {r['tvm_version']}")
+        rows = [("#", "task", "rule", "input -> output", "trials", "best ms")]
+        for k in r["tasks"]:
+            shape = " -> ".join("x".join(map(str, s)) for s in (k["input_shape"], k["output_shape"]) if s)
+            trials = f"{k['trials']}" + (f" ({k['failed']} failed)" if k["failed"] else "")
+            best = f"{k['best_ms']:.4f}" if k["best_ms"] is not None else "-"
+            rows.append((str(k["workload"]), k["name"] or "-", k["rule"] or "-", shape, trials, best))
+        w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(c.rjust(w[i]) if i in (0, 4, 5) else c.ljust(w[i]) for i, c in enumerate(row)).rstrip())
+        print(f"{len(r['tasks'])} workloads, {r['records']} records")
+        return
+    if a.schedules_cmd == "merge":
+        r = T.merge(a.sources, a.output, top_k=a.top_k)
+    else:
+        r = T.merge([a.path], a.output or a.path, top_k=a.top_k)
+    print(f"kept {r['records']} of {r['records_in']} records (best {r['top_k']} per workload, "
+          f"{r['workloads']} workloads) -> {r['path']}")
 
 
 def cmd_run(a) -> None:
@@ -294,10 +317,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tune)
 
-    s = sub.add_parser("schedules", help="merge/prune schedules databases (keep the best records)")
-    s.add_argument("sources", nargs="+", help="database folders (merged in order)")
-    s.add_argument("--keep", type=int, default=1, help="records to keep per workload (default 1)")
-    s.add_argument("-o", "--output", help="write here (default: the first source, in place)")
+    s = sub.add_parser("schedules", help="show, merge or prune schedules databases")
+    ss = s.add_subparsers(dest="schedules_cmd", required=True)
+    c = ss.add_parser("show", help="target, TVM version and, per task, trials and best latency")
+    c.add_argument("path", metavar="DIR", help="schedules database folder")
+    c.add_argument("--json", action="store_true", help="print one JSON object")
+    c = ss.add_parser("merge", help="best record per workload over several databases of one target")
+    c.add_argument("sources", nargs="+", metavar="DIR", help="schedules database folders")
+    c.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="database folder to write (atomically; may be one of the sources)")
+    c.add_argument("--top-k", type=int, default=1, help="records to keep per workload (default 1)")
+    c = ss.add_parser("prune", help="keep the K fastest records per workload")
+    c.add_argument("path", metavar="DIR", help="schedules database folder")
+    c.add_argument("--top-k", type=int, required=True, help="records to keep per workload")
+    c.add_argument("-o", "--output", metavar="OUT", help="write here (default: DIR, in place, atomically)")
     s.set_defaults(func=cmd_schedules)
 
     s = sub.add_parser("run", help="run an artifact here and print the top-k classes")

@@ -10,13 +10,15 @@ says nothing about another.
 Tuning is resumable: records are appended per measured batch, a torn last line (kill -9) is dropped
 on the next open, and a re-run tunes only the trials a task still lacks.
 
-Public entry: :func:`tune`; compile uses :func:`open_schedules`.
+Public entries: :func:`tune`; :func:`show`, :func:`merge` and :func:`prune` (``mntvm schedules``)
+inspect, merge and prune databases; compile uses :func:`open_schedules`.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -57,23 +59,31 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _read_lines(path: Path) -> list:
-    """JSON lines of a database file; a torn final line (a kill mid-write) is dropped and the file
-    rewritten atomically; any other bad line is a corrupt log."""
+def _parse_lines(path: Path) -> tuple[list, bool]:
+    """``([(line number, row), ...], torn)`` of a JSON-lines database file, without touching it: a
+    torn final line (a kill mid-write) is left out and reported; any other bad line is a corrupt log."""
     if not path.exists():
-        return []
+        return [], False
     raw = path.read_text().splitlines()
     rows, torn = [], False
     for i, line in enumerate(raw):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append((i + 1, json.loads(line)))
         except json.JSONDecodeError:
             if i == len(raw) - 1:
                 torn = True
                 continue
             raise MntvmError(f"corrupt schedules log {path}: line {i + 1} is not JSON") from None
+    return rows, torn
+
+
+def _read_lines(path: Path) -> list:
+    """JSON lines of a database file; a torn final line (a kill mid-write) is dropped and the file
+    rewritten atomically; any other bad line is a corrupt log."""
+    numbered, torn = _parse_lines(path)
+    rows = [r for _, r in numbered]
     if torn:
         _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
@@ -306,47 +316,217 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
         sys.stderr.write("\n")
     summary["trials_run"] = done
     meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
+    names = meta.setdefault("tasks", {})  # workload hash -> "<model>/<task>", for `mntvm schedules show`
+    for name, mod in mods.items():
+        if db.has_workload(mod):
+            shash = str(db.commit_workload(mod).as_json()[0])
+            names[shash] = sorted(set(names.get(shash, [])) | {f"{cfg.tag}/{name}"})
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     _write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     summary["seconds"] = time.time() - t0
     return summary
 
 
-def prune(path: str | os.PathLike, keep: int = 1, out: str | os.PathLike | None = None) -> int:
-    """Keep the ``keep`` fastest records per workload (merging sources if ``path`` is a list)."""
-    srcs = [Path(p) for p in (path if isinstance(path, (list, tuple)) else [path])]
-    workloads: dict[str, int] = {}
+# ---- inspecting, merging and pruning databases (``mntvm schedules show|merge|prune``) -------------
+
+FAILED_SECS = 1e10  # what MetaSchedule records as the run time of a candidate that failed to build/run
+
+
+@dataclass
+class _Loaded:
+    """A database read for show/merge/prune: nothing in its folder is ever rewritten by reading it
+    (a torn last line is only left out in memory)."""
+
+    path: Path
+    meta: dict
+    workloads: list  # [(line, [structural hash, serialized IRModule]), ...]
+    records: list  # [(line, workload index, record), ...]; record = [trace, run_secs, target, args_info]
+
+
+def _load(path) -> _Loaded:
+    path = Path(path)
+    if not (path / META).is_file():
+        raise MntvmError(f"{path} is not a schedules database (no {META})")
+    try:
+        meta = json.loads((path / META).read_text())
+    except json.JSONDecodeError as e:
+        raise MntvmError(f"corrupt schedules database {path / META}: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("target"), dict):
+        raise MntvmError(f"corrupt schedules database {path / META}: no target")
+    workloads, _ = _parse_lines(path / WORKLOADS)
+    for line, w in workloads:
+        if not (isinstance(w, list) and len(w) == 2 and all(isinstance(x, str) for x in w)):
+            raise MntvmError(f"corrupt schedules log {path / WORKLOADS}: line {line} is not a workload")
+    records = []
+    for line, r in _parse_lines(path / RECORDS)[0]:
+        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and not isinstance(r[0], bool)
+                and 0 <= r[0] < len(workloads)):
+            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} does not refer to a known workload")
+        rec = r[1]
+        secs = rec[1] if isinstance(rec, list) and len(rec) >= 2 else False
+        if secs is not None and not (isinstance(secs, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in secs)):
+            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} is not a tuning record")
+        records.append((line, r[0], rec))
+    return _Loaded(path, meta, workloads, records)
+
+
+def _mean_secs(rec) -> float:
+    """Mean measured seconds of a record; inf for a failed or unmeasured one (MetaSchedule's IsValid)."""
+    secs = [float(s) for s in (rec[1] or [])]
+    if not secs or all(s >= FAILED_SECS for s in secs):
+        return float("inf")
+    return sum(secs) / len(secs)
+
+
+def _target_summary(meta: dict) -> dict:
+    t = meta.get("target", {})
+    return {"name": t.get("name"), "tvm_target": _target_essentials(t.get("tvm_target", {}))}
+
+
+def _describe_workload(db: _Loaded, line: int, w: list) -> dict:
+    """Rule and argument shapes of a workload, read back from its serialized IRModule."""
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        func = ms.database.Workload.from_json(w).mod["main"]
+        args = ms.arg_info.ArgInfo.from_prim_func(func)
+        shapes = [[int(x) for x in a.shape] for a in args]
+        rule = _rule_of_func(func)
+    except Exception as e:  # noqa: BLE001 - TVM raises several types for a bad workload
+        raise MntvmError(f"corrupt schedules log {db.path / WORKLOADS}: line {line} does not deserialize "
+                         f"({str(e).splitlines()[-1] if str(e) else type(e).__name__})") from None
+    return {"rule": rule, "input_shape": shapes[0] if shapes else None,
+            "output_shape": shapes[-1] if shapes else None}
+
+
+def show(path) -> dict:
+    """What a database holds: its target, TVM version and, per workload (task), its name when
+    ``tune`` recorded it, rule, shapes, trials (record lines), failed trials and best time in ms."""
+    db = _load(path)
+    names = db.meta.get("tasks", {}) if isinstance(db.meta.get("tasks"), dict) else {}
+    tasks = []
+    for i, (line, w) in enumerate(db.workloads):
+        recs = [rec for _, wi, rec in db.records if wi == i]
+        costs = [_mean_secs(rec) for rec in recs]
+        best = min(costs, default=float("inf"))
+        name = names.get(w[0])
+        tasks.append({"workload": i, "hash": w[0],
+                      "name": ", ".join(name) if isinstance(name, list) else name,
+                      **_describe_workload(db, line, w), "trials": len(recs),
+                      "failed": sum(c == float("inf") for c in costs),
+                      "best_ms": 1e3 * best if best < float("inf") else None})
+    return {"path": str(db.path), "target": _target_summary(db.meta), "tvm_version": db.meta.get("tvm_version"),
+            "tasks": tasks, "records": len(db.records)}
+
+
+def merge(sources, out, top_k: int = 1) -> dict:
+    """Write the ``top_k`` fastest records per workload over all ``sources`` to ``out``.
+
+    Sources must be tuned for the same target. ``out`` (which may be one of the sources) is built
+    in a temporary folder beside it, checked to load, then swapped in: an existing ``out`` is never
+    half-written, and a failure leaves every file as it was. Returns a summary.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not sources:
+        raise MntvmError("no schedules databases to merge")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise MntvmError(f"--top-k must be >= 1 (got {top_k})")
+    dbs = [_load(s) for s in sources]  # every source parsed and checked before anything is written
+    first = dbs[0]
+    want = _target_essentials(first.meta["target"].get("tvm_target", {}))
+    for db in dbs[1:]:
+        theirs = _target_essentials(db.meta["target"].get("tvm_target", {}))
+        if theirs != want:
+            diff = ", ".join(f"{k}: {theirs.get(k)!r} vs {want.get(k)!r}" for k in sorted(set(want) | set(theirs))
+                             if want.get(k) != theirs.get(k))
+            raise MntvmError(f"cannot merge {db.path}: tuned for target '{db.meta['target'].get('name')}', "
+                             f"not '{first.meta['target'].get('name')}' like {first.path} ({diff})")
+    index: dict[str, int] = {}  # structural hash -> output workload index
     wl_rows: list = []
-    per: dict[int, list] = {}
-    meta = None
-    for src in srcs:
-        if not (src / META).is_file():
-            raise MntvmError(f"{src} is not a schedules database (no {META})")
-        m = json.loads((src / META).read_text())
-        if meta and _target_essentials(m["target"]["tvm_target"]) != _target_essentials(meta["target"]["tvm_target"]):
-            raise MntvmError(f"cannot merge {src}: tuned for '{m['target']['name']}', not '{meta['target']['name']}'")
-        meta = meta or m
-        sdb = ScheduleDB(src, m)
-        wls, recs = sdb._check_consistency()
+    per: dict[int, dict] = {}  # output workload index -> {record JSON: record}
+    meta = json.loads(json.dumps(first.meta))
+    names = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
+    for db in dbs:
         remap = {}
-        for i, w in enumerate(wls):
-            k = json.dumps(w, sort_keys=True)
-            if k not in workloads:
-                workloads[k] = len(wl_rows)
+        for i, (_, w) in enumerate(db.workloads):
+            if w[0] not in index:
+                index[w[0]] = len(wl_rows)
                 wl_rows.append(w)
-            remap[i] = workloads[k]
-        for wi, rec in recs:
-            per.setdefault(remap[wi], []).append(rec)
+            remap[i] = index[w[0]]
+        for _, wi, rec in db.records:
+            per.setdefault(remap[wi], {}).setdefault(json.dumps(rec, sort_keys=True), rec)
+        if db is not first:
+            theirs = db.meta.get("tasks") if isinstance(db.meta.get("tasks"), dict) else {}
+            for h, n in theirs.items():
+                names[h] = sorted(set(names.get(h, [])) | set(n))
+            for n, t in (db.meta.get("trials") or {}).items():
+                meta.setdefault("trials", {}).setdefault(n, t)
+    if names:
+        meta["tasks"] = names
+    kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi].values(), key=_mean_secs)[:top_k]
+            if _mean_secs(r) < float("inf")]
+    meta["merged"] = {"sources": [str(db.path) for db in dbs], "top_k": top_k,
+                      "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = _replace_db(out, {WORKLOADS: "".join(json.dumps(w) + "\n" for w in wl_rows),
+                            RECORDS: "".join(json.dumps(r) + "\n" for r in kept),
+                            META: json.dumps(meta, indent=2, sort_keys=True) + "\n"})
+    return {"path": str(out), "sources": [str(db.path) for db in dbs], "top_k": top_k,
+            "workloads": len(wl_rows), "records_in": sum(len(db.records) for db in dbs), "records": len(kept)}
 
-    def cost(rec):
-        secs = [float(s) for s in (rec[1] or [])]
-        return sum(secs) / len(secs) if secs else float("inf")
 
-    dest = Path(out) if out else srcs[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi], key=cost)[:keep] if cost(r) < float("inf")]
-    _write_atomic(dest / WORKLOADS, "".join(json.dumps(w) + "\n" for w in wl_rows))
-    _write_atomic(dest / RECORDS, "".join(json.dumps(r) + "\n" for r in kept))
-    if dest != srcs[0] or not (dest / META).exists():
-        _write_atomic(dest / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return len(kept)
+def prune(path, keep: int = 1, out=None) -> int:
+    """Keep the ``keep`` fastest records per workload of ``path`` (a list of paths is merged), in
+    place or into ``out``, atomically; returns the number of records kept."""
+    srcs = list(path) if isinstance(path, (list, tuple)) else [path]
+    return merge(srcs, out if out is not None else srcs[0], top_k=keep)["records"]
+
+
+def _replace_db(out, files: dict) -> Path:
+    """Write ``files`` as the database folder ``out``: built in a temp folder beside it, checked to
+    load with MetaSchedule, then renamed over it (other files already in ``out`` are carried over)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    out = Path(out)
+    if out.is_symlink():
+        out = out.resolve()
+    if out.exists() and not (out / META).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise MntvmError(f"{out} exists and is not a schedules database; not replacing it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
+    try:
+        if out.is_dir():
+            shutil.copymode(out, tmp)
+            for p in out.iterdir():
+                if p.name not in files and p.is_file() and not p.name.startswith("."):
+                    shutil.copy2(p, tmp / p.name)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)
+        for name, text in files.items():
+            with open(tmp / name, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            ms.database.JSONDatabase(work_dir=str(tmp), allow_missing=False)
+        except Exception as e:  # noqa: BLE001 - TVM raises several types for a bad file
+            raise MntvmError(f"the result for {out} does not load in MetaSchedule "
+                             f"({str(e).splitlines()[-1] if str(e) else type(e).__name__}); nothing written") from None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "db")
+            try:
+                os.replace(tmp, out)
+            except BaseException:
+                os.replace(old / "db", out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

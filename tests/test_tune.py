@@ -1,9 +1,11 @@
 """Tuning the templates, applying the log in compile (proved by the applied trace), resume after
-kill -9, torn/corrupt logs, foreign-target refusal, prune/merge, and remote tuning via the tracker."""
+kill -9, torn/corrupt logs, foreign-target refusal, `mntvm schedules show|merge|prune`, and remote
+tuning via the tracker."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,7 +21,7 @@ from mntvm.errors import MntvmError
 from mntvm.export import build_onnx
 from mntvm.model import MobileNetConfig
 from mntvm.targets import get_profile
-from mntvm.tune import RECORDS, _task_mod, open_schedules, prune, tune
+from mntvm.tune import META, RECORDS, WORKLOADS, _task_mod, open_schedules, prune, tune
 
 from conftest import ROOT, ort_run, run_cli
 from rpc_fixtures import Server, Tracker
@@ -107,28 +109,169 @@ def test_torn_and_corrupt_logs(tuned, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_prune_and_merge_keep_the_best(tuned, tmp_path):
+@pytest.fixture(scope="module")
+def other(tmp_path_factory):
+    """A second database for the same target: the FC task again, with its own trials."""
+    out = tmp_path_factory.mktemp("db") / "other"
+    tune(CFG, "x86", trials=2, ops="fc", out=out, progress=False, chunk=2)
+    return out
+
+
+def _records(path):
+    """{workload hash: [mean seconds of each record line]}, read straight from the JSON files
+    (MetaSchedule's failed measurements, 1e10 s, kept as such)."""
+    hashes = [json.loads(line)[0] for line in (path / WORKLOADS).read_text().splitlines()]
+    out = {h: [] for h in hashes}
+    for line in (path / RECORDS).read_text().splitlines():
+        wi, rec = json.loads(line)
+        out[hashes[wi]].append(sum(map(float, rec[1])) / len(rec[1]))
+    return out
+
+
+def _best(means):
+    ok = [m for m in means if m < 1e10]
+    return min(ok) if ok else None
+
+
+def _snapshot(*dirs):
+    return {p: p.read_bytes() for d in dirs if d.exists() for p in sorted(d.iterdir())}
+
+
+def test_show(tuned, tmp_path):
+    out, summary = tuned
+    want = _records(out)
+    r = json.loads(run_cli("schedules", "show", str(out), "--json").stdout)
+    assert r["path"] == str(out) and r["tvm_version"] == json.loads((out / META).read_text())["tvm_version"]
+    assert r["target"]["name"] == "x86" and r["target"]["tvm_target"]["kind"] == "llvm"
+    assert "keys" not in r["target"]["tvm_target"]  # the essential keys only
+    assert r["records"] == sum(map(len, want.values()))
+    assert [t["hash"] for t in r["tasks"]] == list(want) and [t["workload"] for t in r["tasks"]] == list(range(len(want)))
+    for t in r["tasks"]:
+        assert t["trials"] == len(want[t["hash"]]) >= 3
+        assert t["best_ms"] == pytest.approx(1e3 * _best(want[t["hash"]]), rel=1e-12)
+        assert t["rule"] in ("mntvm_pw", "mntvm_dense") and t["output_shape"][0] == 1
+    # tune recorded which task each workload is, so show names them; the FC's output is (1, classes)
+    names = {t["name"].split("/")[1]: t for t in r["tasks"]}
+    assert set(names) == set(summary["tasks"]) and all(t["name"].startswith(CFG.tag + "/") for t in r["tasks"])
+    assert names["mntvm_dense"]["rule"] == "mntvm_dense" and names["mntvm_dense"]["output_shape"] == [1, CFG.num_classes]
+    assert names["mntvm_dense"]["trials"] == len(want[names["mntvm_dense"]["hash"]])
+
+    plain = run_cli("schedules", "show", str(out)).stdout.splitlines()
+    assert plain[0].startswith(f"{out}: tuned for x86 (kind llvm") and "TVM 0.27" in plain[0]
+    assert plain[-1] == f"{len(want)} workloads, {r['records']} records"
+    for t, line in zip(r["tasks"], plain[2:-1]):
+        cols = line.split()
+        assert cols[:3] == [str(t["workload"]), t["name"], t["rule"]]
+        assert cols[-1] == f"{t['best_ms']:.4f}" and str(t["trials"]) in cols
+
+    # a database from before tune kept task names still shows, by rule and shapes
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    meta = json.loads((old / META).read_text())
+    del meta["tasks"]
+    (old / META).write_text(json.dumps(meta))
+    r2 = json.loads(run_cli("schedules", "show", str(old), "--json").stdout)
+    assert [t["name"] for t in r2["tasks"]] == [None] * len(want)
+    assert [{**t, "name": None} for t in r["tasks"]] == r2["tasks"]
+    assert run_cli("schedules", "show", str(old)).stdout.splitlines()[2].split()[1] == "-"
+
+
+def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_path):
     out, _ = tuned
-    other = tmp_path / "other"
-    tune(CFG, "x86", trials=2, ops="fc", out=other, progress=False, chunk=2)
-
-    def best_per_workload(path):
-        wl = [json.dumps(json.loads(l), sort_keys=True) for l in (path / "database_workload.json").read_text().splitlines()]
-        best = {}
-        for line in (path / RECORDS).read_text().splitlines():
-            wi, rec = json.loads(line)
-            t = sum(map(float, rec[1])) / len(rec[1])
-            best[wl[wi]] = min(best.get(wl[wi], float("inf")), t)
-        return best
-
-    want = best_per_workload(out)
-    for k, v in best_per_workload(other).items():
-        want[k] = min(want.get(k, float("inf")), v)
+    want = {}
+    for src in (out, other):
+        for h, means in _records(src).items():
+            want.setdefault(h, []).extend(means)
+    before = _snapshot(out, other)
     merged = tmp_path / "merged"
-    n = prune([out, other], keep=1, out=merged)
-    assert n == len(want) and best_per_workload(merged) == pytest.approx(want)
-    assert len((merged / RECORDS).read_text().splitlines()) == len(want)
-    open_schedules(merged, get_profile("x86")).database()  # loads
+    p = run_cli("schedules", "merge", str(out), str(other), "-o", str(merged))
+    assert "-> " + str(merged) in p.stdout
+    got = _records(merged)
+    assert set(got) == set(want)
+    for h, means in got.items():
+        assert means == [_best(want[h])] if _best(want[h]) is not None else means == []
+    assert _snapshot(out, other) == before  # sources untouched
+    meta = json.loads((merged / META).read_text())
+    assert meta["target"] == json.loads((out / META).read_text())["target"]
+    assert meta["merged"]["sources"] == [str(out), str(other)] and meta["tasks"]
+    open_schedules(merged, get_profile("x86")).database()  # loads for compile
+    # the Python API callers used before the subcommands: prune(list) merges
+    assert prune([out, other], keep=1, out=tmp_path / "merged2") == len(got)
+    assert _records(tmp_path / "merged2") == got
+
+    # merging again over an existing OUT replaces it whole
+    p = run_cli("schedules", "merge", str(other), "-o", str(merged))
+    assert _records(merged) == {h: [_best(m)] for h, m in _records(other).items()}
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(other, foreign)
+    meta = json.loads((foreign / META).read_text())
+    meta["target"] = get_profile("x86-avx2").to_metadata()
+    (foreign / META).write_text(json.dumps(meta))
+    before = _snapshot(merged)
+    for dest in (tmp_path / "new", merged):
+        p = run_cli("schedules", "merge", str(out), str(foreign), "-o", str(dest), check=False)
+        assert p.returncode == 2 and p.stderr.count("\n") == 1
+        assert p.stderr.startswith(f"mntvm: error: cannot merge {foreign}: tuned for target 'x86-avx2', not 'x86'")
+    assert not (tmp_path / "new").exists() and _snapshot(merged) == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_prune_keeps_exactly_the_k_best(tuned, tmp_path, k):
+    out, _ = tuned
+    want = {h: sorted(m for m in means if m < 1e10)[:k] for h, means in _records(out).items()}
+    assert any(len(m) > k for m in _records(out).values())  # something to prune
+    db = tmp_path / "db"
+    shutil.copytree(out, db)
+    (db / "NOTES.txt").write_text("mine\n")
+    pruned = tmp_path / "pruned"
+    run_cli("schedules", "prune", str(db), "--top-k", str(k), "-o", str(pruned))
+    assert {h: sorted(m) for h, m in _records(pruned).items()} == want
+    assert _records(db) == _records(out)  # -o leaves the source alone
+    p = run_cli("schedules", "prune", str(db), "--top-k", str(k))  # in place
+    assert {h: sorted(m) for h, m in _records(db).items()} == want
+    assert f"kept {sum(map(len, want.values()))} of {sum(map(len, _records(out).values()))} records" in p.stdout
+    assert (db / "NOTES.txt").read_text() == "mine\n"  # what else was in the folder stays
+    r = json.loads(run_cli("schedules", "show", str(db), "--json").stdout)
+    assert [t["trials"] for t in r["tasks"]] == [len(m) for m in want.values()]
+    open_schedules(db, get_profile("x86")).database()
+
+
+def test_schedules_commands_on_corrupt_and_torn_logs(tuned, other, tmp_path):
+    out, _ = tuned
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    lines = (bad / RECORDS).read_text().splitlines()
+    (bad / RECORDS).write_text("\n".join(lines[:2] + ['[0, [[["GetSBlock"'] + lines[2:]) + "\n")
+    merged = tmp_path / "merged"
+    run_cli("schedules", "merge", str(other), "-o", str(merged))
+    before = _snapshot(bad, other, merged)
+    for args in (["show", str(bad)], ["show", str(bad), "--json"], ["prune", str(bad), "--top-k", "1"],
+                 ["prune", str(bad), "--top-k", "1", "-o", str(tmp_path / "p")],
+                 ["merge", str(other), str(bad), "-o", str(merged)]):
+        p = run_cli("schedules", *args, check=False)
+        assert p.returncode == 2 and p.stdout == "", args
+        assert p.stderr == f"mntvm: error: corrupt schedules log {bad / RECORDS}: line 3 is not JSON\n", args
+        assert _snapshot(bad, other, merged) == before, args  # byte for byte
+    assert not (tmp_path / "p").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+    # a record pointing past the workloads is named by its line too
+    (bad / RECORDS).write_text("\n".join(lines[:4] + ["[999, [[], [1.0], null, null]]"] + lines[4:]) + "\n")
+    p = run_cli("schedules", "show", str(bad), check=False)
+    assert p.returncode == 2 and f"{bad / RECORDS}: line 5 does not refer to a known workload" in p.stderr
+
+    # a torn last line (a kill mid-write) is only left out: show reads around it, touching nothing
+    torn = tmp_path / "torn"
+    shutil.copytree(out, torn)
+    with open(torn / RECORDS, "a") as f:
+        f.write('[0, [[["GetSBlock"')
+    before = _snapshot(torn)
+    r = json.loads(run_cli("schedules", "show", str(torn), "--json").stdout)
+    assert r["records"] == len(lines) and _snapshot(torn) == before
+    run_cli("schedules", "prune", str(torn), "--top-k", "1")
+    assert len((torn / RECORDS).read_text().splitlines()) == sum(_best(m) is not None for m in _records(out).values())
 
 
 def test_resume_after_kill(tmp_path):
