@@ -10,13 +10,22 @@ Remote work is bounded: every RPC call runs on one worker thread with a deadline
 upload/load/the first inference, derived from the measured first inference for the timed runs),
 so a board that dies or hangs gives a one-line :class:`MntvmError`, never a hang.
 
-Public entries: :func:`benchmark`, :func:`format_per_layer`, :func:`plot_per_layer`.
+Side by side with other runtimes: :func:`compare` times a local artifact and ONNX Runtime (plus
+OpenVINO and TFLite+XNNPACK where installed) on the same weights and input, interleaved, one
+process per thread count; :func:`format_compare` prints it.
+
+Public entries: :func:`benchmark`, :func:`format_per_layer`, :func:`plot_per_layer`,
+:func:`compare`, :func:`format_compare`, :func:`artifact_weights`.
 """
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +60,44 @@ def summarize(times_ms) -> dict:
 def reference_output(art: Artifact, x: np.ndarray) -> np.ndarray:
     """The host-side numpy reference for the artifact's model and weights."""
     from . import reference
+    from .model import MobileNetConfig
+
+    return reference.forward(MobileNetConfig.from_dict(art.metadata["model"]), artifact_weights(art), x)
+
+
+def artifact_weights(art: Artifact, weights=None) -> dict:
+    """The weights ``art`` was compiled from, rebuilt and checked against its ``weights_sha256``.
+
+    ``weights`` (an ``.npz``/``.onnx`` path or a dict) is used when given; otherwise the recorded
+    source: the seeded random init, or the recorded weights file if it is still there. Anything
+    that cannot be reproduced or does not match the sha256 is a one-line :class:`MntvmError`.
+    """
     from . import weights as W
     from .model import MobileNetConfig
 
-    cfg = MobileNetConfig.from_dict(art.metadata["model"])
-    src = art.metadata.get("weights_source", "")
-    if src.startswith("random(seed="):
+    meta = art.metadata
+    cfg = MobileNetConfig.from_dict(meta["model"])
+    src = str(meta.get("weights_source", ""))
+    if weights is not None:
+        origin = "the given weights" if isinstance(weights, Mapping) else f"weights file {weights}"
+        w = W.load(cfg, weights)
+    elif src.startswith("random(seed="):
+        origin = f"the random weights {src}"
         w = W.random_weights(cfg, int(src[len("random(seed="):-1]))
-    else:
+    elif src == "dict" or not src:
+        raise MntvmError(f"{art.path} was compiled from in-memory weights that are not recorded: "
+                         "pass the same weights (an .npz or .onnx file) to reproduce them")
+    elif Path(src).is_file():
+        origin = f"weights file {src}"
         w = W.load(cfg, src)
-    if W.digest(w) != art.metadata["weights_sha256"]:
-        raise MntvmError(f"{art.path}: weights {src} no longer match the artifact's sha256")
-    return reference.forward(cfg, w, x)
+    else:
+        raise MntvmError(f"{art.path} was compiled from weights file {src}, which is not here: "
+                         "pass that file (--weights) to reproduce its weights")
+    got, want = W.digest(w), meta.get("weights_sha256")
+    if got != want:
+        raise MntvmError(f"{origin} do not match {art.path}'s weights (sha256 {got[:12]}…, the "
+                         f"artifact has {str(want)[:12]}…): not the weights it was compiled from")
+    return w
 
 
 class _Progress:
@@ -492,3 +527,398 @@ def _local_arch() -> str:
     import platform
 
     return platform.machine()
+
+
+# ----------------------------------------------------------------------------------------------
+# side by side with other runtimes
+
+
+PEERS = ("ort", "openvino", "tflite")
+_PEER_MODULE = {"ort": "onnxruntime", "openvino": "openvino", "tflite": "ai_edge_litert"}
+_PEER_PIP = {"ort": "onnxruntime", "openvino": "openvino", "tflite": "ai-edge-litert"}
+_PEER_LABEL = {"ours": "mntvm (TVM)", "ort": "ONNX Runtime", "openvino": "OpenVINO",
+               "tflite": "TFLite+XNNPACK"}
+COMPARE_TOL = 1e-5  # max |ours - ORT| allowed
+COMPARE_KEYS = ("ours_median_ms", "ours_p90_ms", "ort_median_ms", "ort_p90_ms", "ratio", "max_abs_diff")
+_WARMUP = 10  # untimed runs of each runtime before the interleaved rounds
+
+
+def compare(
+    artifact_dir: str | Path,
+    peers=("ort",),
+    threads=(1, 2),
+    rounds: int = 20,
+    per_round: int = 5,
+    weights=None,
+    tracker: str | None = None,
+    input_seed: int = 0,
+    timeout_s: float = 1800.0,
+) -> dict:
+    """Time a local artifact against ONNX Runtime (and optional peers) on the same weights and input.
+
+    The weights the artifact was compiled from are rebuilt (:func:`artifact_weights`; ``weights``
+    is needed when they came from a file that is not at its recorded path) and exported to ONNX
+    (and, for TFLite, to a ``.tflite`` flatbuffer). Each thread count runs in a fresh process
+    (TVM's pool does not re-pin cleanly when resized in-process): ``TVM_NUM_THREADS``, ORT's
+    ``intra_op_num_threads``, OpenVINO's ``INFERENCE_NUM_THREADS`` and TFLite's ``num_threads``
+    all set to it. There the outputs are compared first (ours vs ORT must agree within 1e-5, else
+    :class:`MntvmError`), then every runtime gets 10 untimed runs and ``rounds`` interleaved
+    rounds of ``per_round`` timed runs each (so drift on a shared machine hits all alike).
+
+    ``peers``: any of ``"ort"``, ``"openvino"``, ``"tflite"``; ONNX Runtime is always measured
+    (the reference for ``ratio`` and the agreement check). A peer whose module is not installed
+    is skipped and listed in ``not_installed``; one that is installed but fails is reported in
+    ``peer_errors``.
+
+    Returns ``{"model": tag, "threads": {"1": {...}, ...}, ...}`` where each thread count has
+    :data:`COMPARE_KEYS` (``ratio`` = ours median / ORT median, ``max_abs_diff`` = max |ours -
+    ORT|) plus, per measured optional peer P, ``P_median_ms``, ``P_p90_ms``, ``ratio_P`` (ours /
+    P) and ``P_max_abs_diff`` (vs ours).
+    """
+    import importlib.util
+
+    from . import weights as W
+    from .export import export_onnx
+    from .model import MobileNetConfig
+
+    if tracker:
+        raise MntvmError("--compare runs here only (ONNX Runtime and the peers run on this machine): "
+                         "drop --tracker/--key, or bench the board without --compare")
+    peers = [peers] if isinstance(peers, str) else list(peers)
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise MntvmError(f"unknown peer {unknown[0]!r} for --compare: choose from {', '.join(PEERS)}")
+    counts = [threads] if isinstance(threads, int) else list(threads)
+    if not counts:
+        raise MntvmError("--compare needs at least one thread count")
+    for n in counts:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise MntvmError(f"thread counts must be integers >= 1 (got {n!r})")
+    counts = list(dict.fromkeys(int(n) for n in counts))
+    if rounds < 1 or per_round < 1:
+        raise MntvmError(f"rounds and per-round must be >= 1 (got {rounds} and {per_round})")
+
+    art = load_artifact(artifact_dir)
+    meta = art.metadata
+    tgt = meta["target"]
+    family = tgt.get("family")
+    if family in ("cuda", "opencl", "vulkan"):
+        raise MntvmError(f"{art.path} is a {family} GPU artifact ({tgt.get('name')}): --compare times "
+                         "CPU runtimes, so compile for this machine's CPU (e.g. --target x86)")
+    here, want = _local_arch(), artifact_arch(meta)
+    if not _same_arch(want, here):
+        raise MntvmError(f"{art.path} is built for {want} ({tgt.get('name')}) and cannot run on this "
+                         f"{here} machine: --compare runs only here")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise MntvmError("--compare needs ONNX Runtime, which is not installed: pip install onnxruntime")
+    wanted = ["ort"] + [p for p in dict.fromkeys(peers) if p != "ort"]
+    measured = [p for p in wanted if importlib.util.find_spec(_PEER_MODULE[p]) is not None]
+    not_installed = [p for p in wanted if p not in measured]
+
+    cfg = MobileNetConfig.from_dict(meta["model"])
+    w = artifact_weights(art, weights)
+    sched = meta.get("schedules") or {}
+    result = {
+        "artifact": str(art.path), "model": cfg.tag, "config": cfg.to_dict(), "target": tgt.get("name"),
+        "schedules": sched.get("kind"), "tuned_tasks": len(sched.get("tuned") or []),
+        "tasks": sched.get("tasks"), "weights_source": meta.get("weights_source"),
+        "weights_sha256": meta.get("weights_sha256"), "input_seed": input_seed, "rounds": rounds,
+        "per_round": per_round, "warmup": _WARMUP, "peers": measured, "not_installed": not_installed,
+        "peer_errors": {}, "versions": {}, "threads": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="mntvm-compare-") as tmp:
+        spec = {"artifact": str(Path(art.path).resolve()), "peers": measured, "rounds": rounds,
+                "per_round": per_round, "input_seed": input_seed, "tol": COMPARE_TOL,
+                "onnx": str(export_onnx(cfg, w, Path(tmp) / "model.onnx"))}
+        if "tflite" in measured:
+            try:
+                path = Path(tmp) / "model.tflite"
+                path.write_bytes(_tflite_model(cfg, W.fold_batchnorm(W.validate(cfg, w))))
+                spec["tflite"] = str(path)
+            except Exception as e:  # noqa: BLE001 - an installed but incompatible ai_edge_litert
+                result["peer_errors"]["tflite"] = _one_line(e)
+                measured.remove("tflite")
+        for n in counts:
+            r = _run_compare_worker({**spec, "threads": n}, timeout_s)
+            for p, msg in r.pop("peer_errors").items():
+                result["peer_errors"].setdefault(p, msg)
+            result["versions"].update(r.pop("versions"))
+            result["threads"][str(n)] = r
+    result["peers"] = [p for p in measured if p not in result["peer_errors"]]
+    return result
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+
+
+def _run_compare_worker(spec: dict, timeout_s: float) -> dict:
+    """Run :func:`_compare_worker` in a fresh process for one thread count and return its result."""
+    import signal
+
+    n = spec["threads"]
+    root = str(Path(__file__).resolve().parent.parent)
+    env = {**os.environ, "TVM_NUM_THREADS": str(n),
+           "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
+    code = "import sys; from mntvm.bench import _compare_worker; sys.exit(_compare_worker(sys.argv[1]))"
+    try:
+        p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
+                           env=env, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        raise MntvmError(f"the comparison at {n} thread{'s' * (n != 1)} took longer than {timeout_s:.0f} s") from None
+    last = (p.stdout.strip().splitlines() or [""])[-1]
+    try:
+        r = json.loads(last)
+    except json.JSONDecodeError:
+        r = None
+    if isinstance(r, dict) and "error" in r:
+        raise MntvmError(r["error"])
+    if p.returncode == 0 and isinstance(r, dict):
+        return r
+    if p.returncode < 0:
+        sig = signal.Signals(-p.returncode).name
+        hint = (": the artifact may use instructions this CPU lacks (compile it with --target x86)"
+                if sig == "SIGILL" else "")
+        raise MntvmError(f"the comparison process at {n} thread{'s' * (n != 1)} died of {sig}{hint}")
+    err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
+    raise MntvmError(f"the comparison process at {n} thread{'s' * (n != 1)} failed (exit {p.returncode}): "
+                     f"{err[-1].strip() if err else 'no message'}")
+
+
+def _time(fn, n: int) -> list[float]:
+    # Between blocks, let the other runtimes' spinning worker threads park (pools spin after work;
+    # on few cores they would steal each other's cycles), then one untimed call.
+    time.sleep(0.05)
+    fn()
+    out = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _compare_worker(spec_json: str) -> int:
+    """Child-process side of :func:`compare` (one thread count): prints one JSON line."""
+    try:
+        r = _measure_side_by_side(json.loads(spec_json))
+    except MntvmError as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+        return 2
+    print(json.dumps(r), flush=True)
+    return 0
+
+
+def _measure_side_by_side(spec: dict) -> dict:
+    import onnxruntime as ort
+    import tvm
+
+    n = spec["threads"]
+    art = load_artifact(spec["artifact"])
+    x = deterministic_input(art.input_shape, spec["input_seed"])
+    set_threads(n)
+    vm = art.load_vm()
+    xt = tvm.runtime.tensor(x)
+    tvm_threads = int(tvm.get_global_func("runtime.NumThreads")())
+    versions = {"tvm": tvm.__version__, "onnxruntime": ort.__version__}
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = n
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(spec["onnx"], so, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x}
+    # name -> (timed call, output as numpy)
+    run = {"ours": (lambda: vm["main"](xt), lambda: vm["main"](xt).numpy()),
+           "ort": (lambda: sess.run(None, feed), lambda: sess.run(None, feed)[0])}
+    errors: dict[str, str] = {}
+    for p in spec["peers"]:
+        if p == "ort":
+            continue
+        try:
+            run[p], versions[_PEER_MODULE[p]] = _PEER_SETUP[p](spec, x, n)
+        except Exception as e:  # noqa: BLE001 - an installed peer that cannot run the model
+            errors[p] = _one_line(e)
+
+    outs = {name: np.asarray(f[1](), dtype=np.float32) for name, f in run.items()}
+    diffs = {name: float(np.abs(outs["ours"] - out.reshape(outs["ours"].shape)).max())
+             for name, out in outs.items() if name != "ours"}
+    if not diffs["ort"] <= spec["tol"]:
+        raise MntvmError(f"outputs disagree at {n} thread{'s' * (n != 1)}: max |ours - ONNX Runtime| = "
+                         f"{diffs['ort']:.2e} > {spec['tol']:.0e}")
+    for _, (fn, _) in run.items():
+        _time(fn, _WARMUP)
+    times: dict[str, list[float]] = {name: [] for name in run}
+    for _ in range(spec["rounds"]):
+        for name, (fn, _) in run.items():
+            times[name] += _time(fn, spec["per_round"])
+
+    def med(name):
+        return float(np.median(times[name]))
+
+    def p90(name):
+        return float(np.percentile(times[name], 90))
+
+    r = {"ours_median_ms": med("ours"), "ours_p90_ms": p90("ours"), "ort_median_ms": med("ort"),
+         "ort_p90_ms": p90("ort"), "max_abs_diff": diffs["ort"], "tvm_num_threads": tvm_threads}
+    r["ratio"] = r["ours_median_ms"] / r["ort_median_ms"]
+    for p in run:
+        if p in ("ours", "ort"):
+            continue
+        r[f"{p}_median_ms"], r[f"{p}_p90_ms"] = med(p), p90(p)
+        r[f"ratio_{p}"] = r["ours_median_ms"] / r[f"{p}_median_ms"]
+        r[f"{p}_max_abs_diff"] = diffs[p]
+    r["peer_errors"] = errors
+    r["versions"] = versions
+    return r
+
+
+def _setup_openvino(spec: dict, x: np.ndarray, n: int):
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(spec["onnx"]), "CPU", {
+        "INFERENCE_NUM_THREADS": n, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",  # else bf16 on CPUs that have it
+    })
+    req = compiled.create_infer_request()
+    req.set_input_tensor(ov.Tensor(np.ascontiguousarray(x)))
+
+    def out():
+        req.infer()
+        return np.array(req.get_output_tensor(0).data)
+
+    return (req.infer, out), ov.__version__
+
+
+def _setup_tflite(spec: dict, x: np.ndarray, n: int):
+    import ai_edge_litert
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=spec["tflite"], num_threads=n)  # XNNPACK is the default delegate
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    out_index = it.get_output_details()[0]["index"]
+
+    def out():
+        it.invoke()
+        return it.get_tensor(out_index).copy()
+
+    return (it.invoke, out), getattr(ai_edge_litert, "__version__", "?")
+
+
+_PEER_SETUP = {"openvino": _setup_openvino, "tflite": _setup_tflite}
+
+
+def _tflite_model(cfg, folded) -> bytes:
+    """Our network (batchnorm folded) as a TFLite flatbuffer, NHWC, built with ai_edge_litert's schema.
+
+    Stride-2 convs get an explicit PAD (TFLite's SAME pads 0/1 there, PyTorch-style 1/1 is ours).
+    """
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as fb
+
+    from .model import layer_specs
+
+    op_t, opt_t, f32, i32 = fb.BuiltinOperator, fb.BuiltinOptions, fb.TensorType.FLOAT32, fb.TensorType.INT32
+    act = fb.ActivationFunctionType.RELU6 if cfg.activation == "relu6" else fb.ActivationFunctionType.RELU
+    tensors, buffers, ops, codes, code_index = [], [fb.BufferT()], [], [], {}
+
+    def tensor(name, shape, data=None, dtype=f32):
+        t = fb.TensorT()
+        t.name, t.shape, t.type, t.buffer = name, [int(d) for d in shape], dtype, 0
+        if data is not None:
+            b = fb.BufferT()
+            b.data = np.frombuffer(np.ascontiguousarray(data).tobytes(), dtype=np.uint8)
+            buffers.append(b)
+            t.buffer = len(buffers) - 1
+        tensors.append(t)
+        return len(tensors) - 1
+
+    def op(code, ins, outs, opt_type, opts):
+        if code not in code_index:
+            c = fb.OperatorCodeT()
+            c.builtinCode, c.deprecatedBuiltinCode, c.version = code, min(code, 127), 1
+            code_index[code] = len(codes)
+            codes.append(c)
+        o = fb.OperatorT()
+        o.opcodeIndex, o.inputs, o.outputs = code_index[code], ins, outs
+        o.builtinOptionsType, o.builtinOptions = opt_type, opts
+        ops.append(o)
+
+    r = cfg.resolution
+    x = data = tensor("data", (1, r, r, 3))
+    for s in layer_specs(cfg):
+        if s.kind == "fc":
+            pooled = tensor("pool", (1, s.in_channels))
+            o = fb.ReducerOptionsT()
+            o.keepDims = False
+            op(op_t.MEAN, [x, tensor("pool_axes", (2,), np.array([1, 2], np.int32), i32)], [pooled],
+               opt_t.ReducerOptions, o)
+            logits = tensor("logits", (1, s.out_channels))
+            op(op_t.FULLY_CONNECTED, [pooled, tensor("fc.weight", (s.out_channels, s.in_channels), folded["fc.weight"]),
+                                      tensor("fc.bias", (s.out_channels,), folded["fc.bias"])],
+               [logits], opt_t.FullyConnectedOptions, fb.FullyConnectedOptionsT())
+            prob = tensor("prob", (1, s.out_channels))
+            o = fb.SoftmaxOptionsT()
+            o.beta = 1.0
+            op(op_t.SOFTMAX, [logits], [prob], opt_t.SoftmaxOptions, o)
+            x = prob
+            continue
+        pad, hw = s.padding, s.in_hw
+        if pad and (s.stride != 1 or s.kernel != 2 * pad + 1):
+            hw = s.in_hw + 2 * pad
+            padded = tensor(f"{s.name}_pad", (1, hw, hw, s.in_channels))
+            op(op_t.PAD, [x, tensor(f"{s.name}_pads", (4, 2), np.array([[0, 0], [pad, pad], [pad, pad], [0, 0]],
+                                                                       np.int32), i32)],
+               [padded], opt_t.PadOptions, fb.PadOptionsT())
+            x, padding = padded, fb.Padding.VALID
+        else:
+            padding = fb.Padding.SAME if pad else fb.Padding.VALID
+        wt = folded[f"{s.name}.weight"]
+        if s.kind == "depthwise":
+            o = fb.DepthwiseConv2DOptionsT()
+            o.depthMultiplier = 1
+            code, opt_type, wt = op_t.DEPTHWISE_CONV_2D, opt_t.DepthwiseConv2DOptions, wt.transpose(1, 2, 3, 0)
+        else:
+            o = fb.Conv2DOptionsT()
+            code, opt_type, wt = op_t.CONV_2D, opt_t.Conv2DOptions, wt.transpose(0, 2, 3, 1)
+        o.padding, o.strideW, o.strideH, o.fusedActivationFunction = padding, s.stride, s.stride, act
+        o.dilationWFactor = o.dilationHFactor = 1
+        y = tensor(f"{s.name}_out", (1, s.out_hw, s.out_hw, s.out_channels))
+        op(code, [x, tensor(f"{s.name}.weight", wt.shape, wt), tensor(f"{s.name}.bias", (s.out_channels,),
+                                                                     folded[f"{s.name}.bias"])],
+           [y], opt_type, o)
+        x = y
+    sub = fb.SubGraphT()
+    sub.tensors, sub.inputs, sub.outputs, sub.operators, sub.name = tensors, [data], [x], ops, "main"
+    model = fb.ModelT()
+    model.version, model.operatorCodes, model.subgraphs, model.buffers = 3, codes, [sub], buffers
+    model.description = f"mntvm {cfg.tag}"
+    b = flatbuffers.Builder(1024)
+    b.Finish(model.Pack(b), file_identifier=b"TFL3")
+    return bytes(b.Output())
+
+
+def format_compare(r: dict) -> str:
+    """The side-by-side table of :func:`compare`'s result, one row per runtime and thread count."""
+    rows = [f"{r['model']} ({r['target']}, schedules {r['schedules']}, {r['tuned_tasks']}/{r['tasks']} tasks "
+            f"tuned): {r['rounds']}x{r['per_round']} interleaved runs each, one process per thread count"]
+    rows.append(f"{'threads':>7}  {'runtime':<15} {'median ms':>10} {'p90 ms':>10} {'ours/it':>8} {'max|diff|':>10}")
+    for n, t in r["threads"].items():
+        rows.append(f"{n:>7}  {_PEER_LABEL['ours']:<15} {t['ours_median_ms']:>10.3f} {t['ours_p90_ms']:>10.3f}")
+        for p in r["peers"]:
+            if p == "ort":
+                med, p90, ratio, diff = t["ort_median_ms"], t["ort_p90_ms"], t["ratio"], t["max_abs_diff"]
+            elif f"{p}_median_ms" in t:
+                med, p90, ratio, diff = t[f"{p}_median_ms"], t[f"{p}_p90_ms"], t[f"ratio_{p}"], t[f"{p}_max_abs_diff"]
+            else:
+                continue
+            rows.append(f"{'':>7}  {_PEER_LABEL[p]:<15} {med:>10.3f} {p90:>10.3f} {ratio:>8.3f} {diff:>10.1e}")
+    rows.append("ours/it = our median / its median (< 1: ours is faster); max|diff| = max |its output - ours|")
+    for p, msg in r.get("peer_errors", {}).items():
+        rows.append(f"{_PEER_LABEL[p]} is installed but failed: {msg}")
+    if r.get("not_installed"):
+        rows.append("not installed (skipped): " + ", ".join(
+            f"{_PEER_LABEL[p]} (pip install {_PEER_PIP[p]})" for p in r["not_installed"]))
+    return "\n".join(rows)

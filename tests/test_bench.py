@@ -1,21 +1,27 @@
 """`mntvm bench`: locally and through TVM's tracker (x86 server on loopback, and the emulated
 aarch64 board), the JSON contract, per-layer timing and its plot, and the board faults (killed,
-hung, wrong architecture), each a one-line error in bounded time."""
+hung, wrong architecture), each a one-line error in bounded time; side by side with ONNX Runtime
+(`bench.compare`, benchmarks/vs_peers.py) and its refusals."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import ROOT, run_cli
 from rpc_fixtures import Server, bench_json, cli_popen, free_port, stop_group, tracker_status, wait_for
 
 from mntvm import MntvmError
-from mntvm.bench import RESULT_KEYS, artifact_arch, benchmark
+from mntvm import weights as W
+from mntvm.artifact import load_artifact
+from mntvm.bench import (COMPARE_KEYS, RESULT_KEYS, artifact_arch, artifact_weights, benchmark, compare,
+                         format_compare)
 from mntvm.compile import compile_model
 from mntvm.model import MobileNetConfig
 
@@ -213,3 +219,98 @@ def test_bench_on_emulated_aarch64_board(tracker, a64_art, tmp_path):
         assert p.returncode == 2 and "is built for x86_64" in p.stderr and "is aarch64" in p.stderr
     finally:
         board.stop(handle)
+
+
+# ----------------------------------------------------------------------------------------------
+# side by side with ONNX Runtime (no timing assertions: timings on a shared machine are noisy)
+
+
+@pytest.fixture(scope="module")
+def cmp_art(tmp_path_factory, small_cfg):
+    return compile_model(small_cfg, tmp_path_factory.mktemp("cmp") / "a", target="x86")
+
+
+def _copy_with(art, dest, **meta_changes):
+    """A copy of an artifact whose metadata.json has some top-level entries changed."""
+    shutil.copytree(art, dest)
+    meta = json.loads((dest / "metadata.json").read_text())
+    for k, v in meta_changes.items():
+        meta[k] = v(meta[k]) if callable(v) else v
+    (dest / "metadata.json").write_text(json.dumps(meta))
+    return dest
+
+
+def _check_compare(r: dict, counts) -> None:
+    r = json.loads(json.dumps(r))  # JSON-able as returned
+    assert list(r["threads"]) == [str(n) for n in counts]
+    for n, t in r["threads"].items():
+        missing = [k for k in COMPARE_KEYS if k not in t]
+        assert not missing, missing
+        assert t["ours_median_ms"] > 0 and t["ort_median_ms"] > 0
+        assert t["ours_p90_ms"] >= t["ours_median_ms"] and t["ort_p90_ms"] >= t["ort_median_ms"]
+        assert t["ratio"] == t["ours_median_ms"] / t["ort_median_ms"]
+        assert 0 <= t["max_abs_diff"] <= 1e-5, t["max_abs_diff"]
+        for p in r["peers"][1:]:  # optional peers, where installed
+            assert t[f"{p}_median_ms"] > 0 and t[f"ratio_{p}"] == t["ours_median_ms"] / t[f"{p}_median_ms"]
+
+
+def test_compare_with_onnxruntime(cmp_art, small_cfg):
+    r = compare(cmp_art, peers=("ort", "openvino", "tflite"), threads=(1,), rounds=3, per_round=2)
+    _check_compare(r, [1])
+    assert r["threads"]["1"]["tvm_num_threads"] == 1
+    assert r["model"] == small_cfg.tag and r["target"] == "x86" and r["peers"][0] == "ort"
+    assert r["peer_errors"] == {}
+    assert sorted(r["peers"] + r["not_installed"]) == ["openvino", "ort", "tflite"]
+    assert r["weights_sha256"] == load_artifact(cmp_art).metadata["weights_sha256"]
+    table = format_compare(r)
+    assert "ONNX Runtime" in table and "mntvm (TVM)" in table and "ours/it" in table
+    for p, label in (("openvino", "OpenVINO"), ("tflite", "TFLite+XNNPACK")):
+        if p in r["not_installed"]:
+            assert "not installed" in table and label in table.split("not installed")[1]
+        else:
+            assert label in table.split("not installed")[0]
+
+
+def test_vs_peers_script_json(tmp_path):
+    """benchmarks/vs_peers.py: compile, then bench.compare; the JSON keeps the keys notes rely on."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "vs_peers.py"), "--alpha", "0.25",
+                        "--resolution", "96", "--threads", "1", "--rounds", "2", "--per-round", "2",
+                        "--peers", "ort", "--json"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.splitlines()[-1])
+    for k in ("model", "compile_s", "schedules", "tuned_tasks", "tasks", "threads"):
+        assert k in r, k
+    assert r["model"] == "mobilenet_v1_0.25_96" and r["compile_s"] > 0
+    _check_compare(r, [1])
+
+
+def test_compare_outputs_must_agree(cmp_art, monkeypatch):
+    import mntvm.bench
+
+    monkeypatch.setattr(mntvm.bench, "COMPARE_TOL", 1e-12)
+    with pytest.raises(MntvmError, match=r"outputs disagree at 1 thread: max \|ours - ONNX Runtime\| = "
+                                         r"[0-9.]+e-[0-9]+ > 1e-12"):
+        compare(cmp_art, threads=(1,), rounds=1, per_round=1)
+
+
+def test_compare_refusals(cmp_art, a64_art, small_cfg, tmp_path):
+    def refused(match, *args, **kw):
+        with pytest.raises(MntvmError, match=match) as e:
+            compare(*args, **kw)
+        assert len(str(e.value).splitlines()) == 1, str(e.value)
+
+    refused("is built for aarch64 .* cannot run on this x86_64 machine: --compare runs only here", a64_art)
+    refused("--compare runs here only", cmp_art, tracker="127.0.0.1:9190")
+    refused("unknown peer 'tvm'", cmp_art, peers=("ort", "tvm"))
+    refused("thread counts must be integers >= 1", cmp_art, threads=(0,))
+    gpu = _copy_with(cmp_art, tmp_path / "gpu", target=lambda t: {**t, "family": "cuda", "name": "cuda-sm80"})
+    refused("is a cuda GPU artifact", gpu)
+
+    # weights that cannot be reproduced, or are not the artifact's
+    gone = _copy_with(cmp_art, tmp_path / "gone", weights_source="/nonexistent/trained.npz")
+    refused("compiled from weights file /nonexistent/trained.npz, which is not here: pass that file", gone)
+    refused("compiled from in-memory weights", _copy_with(cmp_art, tmp_path / "dict", weights_source="dict"))
+    right = W.save_npz(W.random_weights(small_cfg, 0), tmp_path / "right.npz")
+    wrong = W.save_npz(W.random_weights(small_cfg, 1), tmp_path / "wrong.npz")
+    refused(f"weights file {wrong} do not match .* not the weights it was compiled from", gone, weights=wrong)
+    assert W.digest(artifact_weights(load_artifact(gone), right)) == load_artifact(gone).metadata["weights_sha256"]
