@@ -712,7 +712,6 @@ class _Lowerer(relax.PyExprMutator):
             call = self.builder_.call_te(unblock_te, info.var, info.c, info.h, info.w,
                                          primfunc_name_hint="mntvm_unblock")
             info.nchw = self.builder_.emit(call, name_hint=old.name + "_nchw")
-            del n
         return info.nchw
 
     def _finish(self, end_var, new_val, c, h, w):

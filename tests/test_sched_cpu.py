@@ -206,6 +206,29 @@ def test_lower_cpu_network(small_net, vector_bits):
     assert np.abs(got - ref).max() <= 1e-5
 
 
+def test_blocked_output_is_unblocked():
+    """A conv whose blocked result leaves the function is converted back to NCHW (mntvm_unblock)."""
+
+    rng = np.random.RandomState(7)
+    x = rng.rand(1, 24, 6, 6).astype("float32")
+    wt = rng.rand(40, 24, 1, 1).astype("float32") - 0.5
+    bb = relax.BlockBuilder()
+    xv = relax.Var("x", relax.TensorType(x.shape, "float32"))
+    with bb.function("main", [xv]):
+        with bb.dataflow():
+            y = bb.emit(relax.op.nn.conv2d(xv, relax.const(wt)))
+            y = bb.emit(relax.op.nn.relu(y))
+            out = bb.emit_output(y)
+        bb.emit_func_output(out)
+    low = sc.lower_cpu(bb.get(), TARGET, 512)
+    names = _kernel_names(low)
+    assert names == ["mntvm_conv", "mntvm_unblock"], names  # conv from plain NCHW: the stem template
+    ex = tvm.compile(sc.apply_default_schedules(low, TARGET, 512), target=TARGET)
+    got = relax.VirtualMachine(ex, DEV)["main"](tvm.runtime.tensor(x, DEV)).numpy()
+    ref = np.maximum(np.einsum("oc,nchw->nohw", wt[:, :, 0, 0], x), 0)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
+
+
 def test_tune_one_task_and_apply(small_net, tmp_path):
     from mntvm import reference
 
