@@ -161,8 +161,13 @@ def cmd_targets(a) -> None:
 def cmd_bench(a) -> None:
     import os
 
-    from .bench import benchmark, format_per_layer, plot_per_layer
+    from .bench import benchmark, compare, format_compare, format_per_layer, plot_per_layer
 
+    if a.compare:
+        r = compare(a.artifact, peers=tuple(p for p in a.compare.split(",") if p),
+                    threads=(a.threads,) if a.threads else (1, 2), weights=a.weights, tracker=a.tracker)
+        print(json.dumps(r) if a.json else format_compare(r))
+        return
     try:
         r = benchmark(a.artifact, repeat=a.repeat, warmup=a.warmup, threads=a.threads, tracker=a.tracker,
                       key=a.key, wait_s=a.wait, progress=not a.json, per_layer=a.per_layer or bool(a.plot),
@@ -362,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300.0,
                    help="seconds allowed for the upload, the load and the first inference on a board "
                         "(later steps: 10 s + 5x their expected time)")
+    s.add_argument("--compare", metavar="PEERS",
+                   help="time the artifact side by side with peers here, e.g. 'ort' or 'ort,openvino,tflite' "
+                        "(interleaved rounds at 1 and 2 threads, or --threads)")
+    s.add_argument("--weights", help="with --compare: the weights file the artifact was compiled from")
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("rpc", help="TVM's RPC tracker and server (bind 127.0.0.1 by default), tracker status")

@@ -284,6 +284,15 @@ def test_vs_peers_script_json(tmp_path):
     _check_compare(r, [1])
 
 
+def test_cli_bench_compare(cmp_art):
+    """`mntvm bench ARTIFACT --compare ort`: the CLI face of bench.compare."""
+    p = run_cli("bench", str(cmp_art), "--compare", "ort", "--threads", "1", "--json")
+    r = json.loads(p.stdout.splitlines()[-1])
+    _check_compare(r, [1])
+    p = run_cli("bench", str(cmp_art), "--compare", "ort,nosuchpeer", "--threads", "1", check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "nosuchpeer" in p.stderr, p.stderr
+
+
 def test_compare_outputs_must_agree(cmp_art, monkeypatch):
     import mntvm.bench
 
