@@ -219,6 +219,29 @@ def _runner(tracker: str | None, key: str | None):
         evaluator_config=cfg, max_workers=1)
 
 
+def _strategy():
+    """Evolutionary search sized for our spaces (tens to a few hundred points per task, not the
+    millions of a generic MetaSchedule space): TVM's default population of 512 x 4 generations
+    costs more time per batch than building and measuring it."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=32,
+                                                 genetic_num_iters=2)
+
+
+def _progress_callback(fn):
+    """A MetaSchedule measure callback calling ``fn(number of candidates measured)`` per batch."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            fn(len(runner_results))
+
+    return _Progress()
+
+
 def _best_ms(db, mod) -> float | None:
     if not db.has_workload(mod):
         return None
@@ -278,43 +301,58 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
         sdb = ScheduleDB(path, meta)
     db = sdb.database()
 
+    # MetaSchedule echoes its task tables and XGB iterations to stdout at the logger's level
+    # (DEBUG when unset); they stay in its work-dir log files. Our progress bar is on stderr.
+    import logging
+
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     ttarget = profile.tvm_target()
     low = lower(cfg, W.random_weights(cfg), profile)
     tasks = {n: f for n, f in tunable_tasks(low).items() if _rule_of_func(f) in wanted}
     mods = {n: _task_mod(f) for n, f in tasks.items()}
     todo = {n: max(0, trials - _count(db, m)) for n, m in mods.items()}
-    total, done, t0 = sum(todo.values()), 0, time.time()
+    total, t0 = sum(todo.values()), time.time()
     summary = {"database": str(path), "tasks": {}, "trials_run": 0, "skipped": [], "exhausted": []}
+    state = {"done": 0}
+
+    def show(name, mod):
+        if not progress:
+            return
+        done = state["done"]
+        frac = done / max(total, 1)
+        eta = (time.time() - t0) / max(frac, 1e-9) * (1 - frac)
+        best = _best_ms(db, mod)
+        sys.stderr.write(f"\rtune [{'#' * int(30 * frac):<30}] {done}/{total} trials  "
+                         f"{name}: best {best if best is not None else float('nan'):.4f} ms  "
+                         f"eta {eta:5.0f}s   ")
+        sys.stderr.flush()
+
     for name, mod in mods.items():
         left = todo[name]
         if left == 0:
             summary["skipped"].append(name)
-        while left > 0:
-            n = min(chunk, left)
-            before = _count(db, mod)
-            with tempfile.TemporaryDirectory() as work:
-                ms.tune_tir(mod, ttarget, work, max_trials_global=n, num_trials_per_iter=n,
-                            builder=_builder(), runner=runner, database=db, space=tune_space())
-            added = _count(db, mod) - before
-            done += added
-            left -= added
-            if added == 0:  # the search found no new candidate: this task's space is exhausted
-                summary["exhausted"].append(name)
-                total -= left
-                left = 0
-            if progress:
-                frac = done / max(total, 1)
-                eta = (time.time() - t0) / max(frac, 1e-9) * (1 - frac)
-                best = _best_ms(db, mod)
-                sys.stderr.write(f"\rtune [{'#' * int(30 * frac):<30}] {done}/{total} trials  "
-                                 f"{name}: best {best if best is not None else float('nan'):.4f} ms  "
-                                 f"eta {eta:5.0f}s   ")
-                sys.stderr.flush()
+            continue
+        before = _count(db, mod)
+        # One MetaSchedule run per task, so that its cost model learns across batches; each
+        # measured batch (``chunk`` trials) is committed to the JSON database before the next
+        # one starts (a kill loses at most the batch in flight).
+        with tempfile.TemporaryDirectory() as work:
+            ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
+                        builder=_builder(), runner=runner, database=db, space=tune_space(),
+                        strategy=_strategy(),
+                        measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
+                        + [_progress_callback(lambda n, name=name, mod=mod: (
+                            state.__setitem__("done", state["done"] + n), show(name, mod)))])
+        added = _count(db, mod) - before
+        if added < left:  # the search ran out of new candidates: this task's space is exhausted
+            summary["exhausted"].append(name)
+            total -= left - added
+        show(name, mod)
         summary["tasks"][name] = {"rule": _rule_of_func(tasks[name]), "trials": _count(db, mod),
                                   "best_ms": _best_ms(db, mod)}
     if progress and total:
         sys.stderr.write("\n")
-    summary["trials_run"] = done
+    summary["trials_run"] = state["done"]
     meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
     names = meta.setdefault("tasks", {})  # workload hash -> "<model>/<task>", for `mntvm schedules show`
     for name, mod in mods.items():
