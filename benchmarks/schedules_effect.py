@@ -1,0 +1,110 @@
+"""What our templates and the shipped log buy: one run, same weights and input, same threads.
+
+Three builds of MobileNetV1 for this machine's ``x86`` profile, timed in interleaved rounds:
+
+- ``tvm-default``: ``tvm.compile`` of our Relax module with TVM's own default pipeline (no
+  schedules at all: what TVM 0.27 gives without templates or tuning);
+- ``templates``: ``mntvm compile --schedules none`` (our templates at their default knobs);
+- ``shipped``: ``mntvm compile`` (templates + the log shipped in ``schedules/``).
+
+    python benchmarks/schedules_effect.py [--alpha 1.0] [--resolution 224] [--threads 2] [--json]
+
+Prints median and p90 per build, the ratio to the shipped build, and each build's max |diff|
+against the numpy float64 reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--per-round", type=int, default=5)
+    ap.add_argument("--default-runs", type=int, default=5, help="runs of TVM's unscheduled build (slow)")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+
+    import tvm
+    from tvm import relax
+
+    from mntvm import reference
+    from mntvm import weights as W
+    from mntvm.artifact import deterministic_input, load_artifact, set_threads
+    from mntvm.compile import compile_model, inference_module
+    from mntvm.model import MobileNetConfig
+    from mntvm.targets import get_profile
+
+    cfg = MobileNetConfig(alpha=a.alpha, resolution=a.resolution)
+    set_threads(a.threads)
+    w = W.random_weights(cfg, 0)
+    x = deterministic_input(cfg.input_shape)
+    ref = reference.forward(cfg, w, x)
+    profile = get_profile("x86")
+    dev = tvm.cpu()
+    runners, info = {}, {}
+
+    t0 = time.perf_counter()
+    ex = tvm.compile(inference_module(cfg, w), target=profile.tvm_target())
+    info["tvm-default"] = {"build_s": time.perf_counter() - t0, "schedules": "none (TVM default pipeline)"}
+    vm = relax.VirtualMachine(ex, dev)
+    xd = tvm.runtime.tensor(x, dev)
+    runners["tvm-default"] = lambda: vm["main"](xd).numpy()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, sched in (("templates", "none"), ("shipped", "default")):
+            out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules=sched)
+            art = load_artifact(out)
+            meta = art.meta["schedules"]
+            db = meta.get("database")
+            info[name] = {"build_s": art.meta["build_seconds"],
+                          "schedules": f"{len(meta.get('tuned', []))}/{meta.get('tasks')} tasks from "
+                                       f"{db['name'] + ' ' + db['sha256'] if db else 'no database'}"}
+            avm = art.load_vm()
+            runners[name] = (lambda art=art, avm=avm: art.run(x, avm))
+
+        times = {k: [] for k in runners}
+        diffs = {k: float(np.abs(f() - ref).max()) for k, f in runners.items()}  # also warms up
+        for r in range(a.rounds):
+            for k, f in runners.items():
+                n = a.default_runs if k == "tvm-default" else a.per_round
+                if k == "tvm-default" and r > 0:
+                    continue  # ~0.5 s a run: one block of runs is enough
+                for _ in range(n):
+                    t = time.perf_counter()
+                    f()
+                    times[k].append(1e3 * (time.perf_counter() - t))
+                time.sleep(0.05)
+
+    shipped = float(np.median(times["shipped"]))
+    rows = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
+                "vs_shipped": float(np.median(v)) / shipped, "max_abs_diff": diffs[k], **info[k]}
+            for k, v in times.items()}
+    if a.json:
+        print(json.dumps({"model": cfg.name if hasattr(cfg, "name") else f"{a.alpha}/{a.resolution}",
+                          "threads": a.threads, "builds": rows}, indent=1))
+        return 0
+    print(f"MobileNetV1 {a.alpha}/{a.resolution}, {a.threads} threads, x86 profile "
+          f"({profile.to_metadata()['tvm_target'].get('mcpu')})")
+    print(f"{'build':12s} {'median ms':>10s} {'p90 ms':>9s} {'x shipped':>10s} {'max|diff|':>10s} "
+          f"{'build s':>8s}  schedules")
+    for k, r in rows.items():
+        print(f"{k:12s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['vs_shipped']:10.2f} "
+              f"{r['max_abs_diff']:10.1e} {r['build_s']:8.1f}  {r['schedules']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
