@@ -67,9 +67,9 @@ def main(argv=None) -> int:
         for name, sched in (("templates", "none"), ("shipped", "default")):
             out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules=sched)
             art = load_artifact(out)
-            meta = art.meta["schedules"]
+            meta = art.metadata["schedules"]
             db = meta.get("database")
-            info[name] = {"build_s": art.meta["build_seconds"],
+            info[name] = {"build_s": art.metadata["build_seconds"],
                           "schedules": f"{len(meta.get('tuned', []))}/{meta.get('tasks')} tasks from "
                                        f"{db['name'] + ' ' + db['sha256'] if db else 'no database'}"}
             avm = art.load_vm()
