@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -138,8 +139,10 @@ def test_wrong_arch_is_refused_before_upload(tracker, server, a64_art):
 
 
 def _start_long_bench(tracker, key, art):
+    # --timeout 20 bounds upload, load and first run too: on a slow or loaded machine the stop below
+    # can land before the timed runs start (with the default 300 s the test itself times out)
     return cli_popen("bench", str(art), "--tracker", tracker.addr, "--key", key, "--repeat", "200000",
-                     "--warmup", "0", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                     "--warmup", "0", "--json", "--timeout", "20", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _wait_until_benchmarking(tracker, key, bench):
@@ -182,9 +185,10 @@ def test_board_hung_during_benchmark(tracker, doomed_server, x86_art):
     assert bench.returncode == 2, err
     assert len(err.splitlines()) == 1, err
     assert f"board 127.0.0.1:{doomed_server.port} stopped answering during the benchmark" in err
-    assert "no reply to the timed runs within" in err
-    # deadline = 10 s + 5x the expected time of one chunk of ms-long runs
-    assert elapsed < 25, elapsed
+    # normally the timed runs (deadline 10 s + 5x one chunk of ms-long runs); on a loaded machine
+    # possibly an earlier step (deadline --timeout 20 s)
+    assert re.search(r"no reply to (the timed runs|the first inference|loading the model) within", err), err
+    assert elapsed < 35, elapsed
 
 
 # ----------------------------------------------------------------------------------------------
