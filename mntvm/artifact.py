@@ -7,47 +7,26 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
+from .atomic import atomic_dir, write_text
 from .errors import MntvmError
 
 LIB_NAME = "model.so"
 META_NAME = "metadata.json"
 
 
-@contextmanager
-def write_artifact(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp directory to fill; on success it replaces ``out_dir``, on failure it is removed."""
-    out_dir = Path(out_dir).resolve()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield tmp
-        if out_dir.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-            os.replace(out_dir, old / "a")
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+def write_artifact(out_dir: str | os.PathLike):
+    """Context manager yielding a temp directory to fill; on success it replaces ``out_dir``, on
+    failure it is removed (see :func:`mntvm.atomic.atomic_dir`)."""
+    return atomic_dir(Path(out_dir).resolve())
 
 
 def write_json_atomic(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 @dataclass

@@ -8,12 +8,12 @@ Public entry: :func:`export_onnx`.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from .atomic import atomic_path
 from .model import MobileNetConfig, layer_specs
 from .weights import bn_eps, is_folded, validate
 
@@ -79,13 +79,6 @@ def export_onnx(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], path: s
 
     model = build_onnx(cfg, weights)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
     return path

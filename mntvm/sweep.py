@@ -38,6 +38,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from .atomic import write_bytes
 from .errors import MntvmError
 
 DEFAULT_ALPHAS = (1.0, 0.75, 0.5, 0.25)
@@ -713,7 +714,7 @@ def plot_png(result: dict) -> bytes:
 
 
 def write_plot(result: dict, path: str | os.PathLike) -> Path:
-    return _write_atomic(Path(path), plot_png(result))
+    return write_bytes(Path(path), plot_png(result))
 
 
 def report_html(result: dict, png: bytes | None = None) -> str:
@@ -782,19 +783,5 @@ latency is measured with seeded random weights (same computation). max |diff|: o
 
 
 def write_report(result: dict, path: str | os.PathLike, png: bytes | None = None) -> Path:
-    return _write_atomic(Path(path), report_html(result, png).encode())
+    return write_bytes(Path(path), report_html(result, png).encode())
 
-
-def _write_atomic(path: Path, data: bytes) -> Path:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

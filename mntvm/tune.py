@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import atomic_dir, write_text
 from .errors import MntvmError
 from .paths import data_dir
 
@@ -44,19 +45,6 @@ def db_name(profile) -> str:
 
 def _target_essentials(tvm_target: dict) -> dict:
     return {k: tvm_target.get(k) for k in TARGET_KEYS if tvm_target.get(k) not in (None, "", [])}
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _parse_lines(path: Path) -> tuple[list, bool]:
@@ -85,7 +73,7 @@ def _read_lines(path: Path) -> list:
     numbered, torn = _parse_lines(path)
     rows = [r for _, r in numbered]
     if torn:
-        _write_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
     return rows
 
 
@@ -128,13 +116,9 @@ class ScheduleDB:
 
     def apply(self, low, target):
         """Apply tuned records to a lowered module; returns (module, names of the tasks covered)."""
-        from tvm import relax
+        from .sched_cpu import apply_records, tunable_tasks
 
-        from .sched_cpu import tunable_tasks
-
-        db = self.database()
-        with target, db:
-            mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(low)
+        mod = apply_records(low, self.database(), target)
         covered = []
         for name, func in tunable_tasks(low).items():
             new = mod[name]
@@ -190,14 +174,6 @@ def _task_mod(func):
     return _normalize_mod(func)
 
 
-def _builder():
-    from tvm.s_tir import meta_schedule as ms
-
-    from .sched_cpu import _ms_build
-
-    return ms.builder.LocalBuilder(f_build=_ms_build, max_workers=1, timeout_sec=120)
-
-
 def _runner(tracker: str | None, key: str | None):
     from tvm.s_tir import meta_schedule as ms
 
@@ -230,14 +206,15 @@ def _strategy():
 
 
 def _progress_callback(fn):
-    """A MetaSchedule measure callback calling ``fn(number of candidates measured)`` per batch."""
+    """A MetaSchedule measure callback calling ``fn()`` after each measured batch (after the
+    default callbacks, so the batch is already in the database)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
-            fn(len(runner_results))
+            fn()
 
     return _Progress()
 
@@ -270,7 +247,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
 
     from . import weights as W
     from .compile import lower
-    from .sched_cpu import tunable_tasks, tune_space
+    from .sched_cpu import ms_builder, tunable_tasks, tune_space
     from .targets import get_profile
 
     if trials < 1:
@@ -297,7 +274,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     else:
         meta = {"format": 1, "target": tmeta, "tvm_version": tvm.__version__, "trials": {},
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
         sdb = ScheduleDB(path, meta)
     db = sdb.database()
 
@@ -313,12 +290,15 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     todo = {n: max(0, trials - _count(db, m)) for n, m in mods.items()}
     total, t0 = sum(todo.values()), time.time()
     summary = {"database": str(path), "tasks": {}, "trials_run": 0, "skipped": [], "exhausted": []}
-    state = {"done": 0}
+    start = sum(_count(db, m) for m in mods.values())
+
+    def measured() -> int:
+        return sum(_count(db, m) for m in mods.values()) - start
 
     def show(name, mod):
         if not progress:
             return
-        done = state["done"]
+        done = measured()
         frac = done / max(total, 1)
         eta = (time.time() - t0) / max(frac, 1e-9) * (1 - frac)
         best = _best_ms(db, mod)
@@ -338,11 +318,10 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
         # one starts (a kill loses at most the batch in flight).
         with tempfile.TemporaryDirectory() as work:
             ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
-                        builder=_builder(), runner=runner, database=db, space=tune_space(),
+                        builder=ms_builder(), runner=runner, database=db, space=tune_space(),
                         strategy=_strategy(),
                         measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
-                        + [_progress_callback(lambda n, name=name, mod=mod: (
-                            state.__setitem__("done", state["done"] + n), show(name, mod)))])
+                        + [_progress_callback(lambda name=name, mod=mod: show(name, mod))])
         added = _count(db, mod) - before
         if added < left:  # the search ran out of new candidates: this task's space is exhausted
             summary["exhausted"].append(name)
@@ -352,7 +331,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
                                   "best_ms": _best_ms(db, mod)}
     if progress and total:
         sys.stderr.write("\n")
-    summary["trials_run"] = state["done"]
+    summary["trials_run"] = measured()
     meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
     names = meta.setdefault("tasks", {})  # workload hash -> "<model>/<task>", for `mntvm schedules show`
     for name, mod in mods.items():
@@ -360,7 +339,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
             shash = str(db.commit_workload(mod).as_json()[0])
             names[shash] = sorted(set(names.get(shash, [])) | {f"{cfg.tag}/{name}"})
     meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    _write_atomic(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_text(meta_path, json.dumps(meta, indent=2, sort_keys=True) + "\n")
     summary["seconds"] = time.time() - t0
     return summary
 
@@ -531,18 +510,12 @@ def _replace_db(out, files: dict) -> Path:
         out = out.resolve()
     if out.exists() and not (out / META).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise MntvmError(f"{out} exists and is not a schedules database; not replacing it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.new-", dir=out.parent))
-    try:
+    with atomic_dir(out) as tmp:
         if out.is_dir():
             shutil.copymode(out, tmp)
             for p in out.iterdir():
                 if p.name not in files and p.is_file() and not p.name.startswith("."):
                     shutil.copy2(p, tmp / p.name)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o777 & ~umask)
         for name, text in files.items():
             with open(tmp / name, "w") as f:
                 f.write(text)
@@ -553,18 +526,4 @@ def _replace_db(out, files: dict) -> Path:
         except Exception as e:  # noqa: BLE001 - TVM raises several types for a bad file
             raise MntvmError(f"the result for {out} does not load in MetaSchedule "
                              f"({str(e).splitlines()[-1] if str(e) else type(e).__name__}); nothing written") from None
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "db")
-            try:
-                os.replace(tmp, out)
-            except BaseException:
-                os.replace(old / "db", out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import MntvmError
 from .model import DEFAULT_BN_EPS, MobileNetConfig, layer_specs, param_shapes
 
@@ -109,15 +109,8 @@ def digest(weights: Mapping[str, np.ndarray]) -> str:
 def save_npz(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Write weights to ``path`` atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **{k: np.asarray(v) for k, v in weights.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **{k: np.asarray(v) for k, v in weights.items()})
     return path
 
 
