@@ -345,7 +345,7 @@ def tune_one(low, name, target, trials, work_dir, dev):
     work_dir = work_dir or tempfile.mkdtemp(prefix="mntvm_tune_")
     func = low[name]
     t0 = time.time()
-    db = sc.tune_tir_task(func, target, work_dir, trials)
+    db = sc.tune_tasks(func, target, work_dir, trials)
     print(f"tuned {name}: {trials} trials in {time.time() - t0:.0f}s, database in {work_dir}")
     tuned = sc.apply_database(low, db, target)
     default = sc.apply_default_schedules(low, target)

@@ -42,14 +42,15 @@ Public entry points
     Schedules every PrimFunc carrying one of our rules at the family's default knobs (no
     tuning); functions already scheduled (``tirx.is_scheduled``, e.g. from a database) are left
     alone; other PrimFuncs (softmax, reshape) get a small generic schedule or none.
-``tunable_tasks(mod)`` / ``tune_tasks(funcs, target, work_dir, trials)`` / ``load_database`` /
+``tunable_tasks(mod)`` / ``tune_tasks(funcs, target, work_dir, trials)`` / ``apply_records`` /
 ``apply_database(mod, db, target)``
     MetaSchedule over our knobs. ``tune_tasks`` runs ``ms.tune_tir`` with ``tune_space()`` (a
     PostOrderApply with only ``ApplyCustomRule``, postproc ``DisallowDynamicLoop``, mutator
     ``MutateTileSize``), a LocalBuilder whose ``f_build`` is plain ``tvm.compile`` and a
     LocalRunner; the JSON database lands in ``work_dir``. ``apply_database`` runs
     ``relax.transform.MetaScheduleApplyDatabase`` on the *lowered* module (its PrimFuncs are the
-    task workloads, so records match) and then ``apply_default_schedules`` for the rest.
+    task workloads, so records match: ``apply_records``) and then ``apply_default_schedules``
+    for the rest. ``mntvm tune`` (:mod:`mntvm.tune`) drives the same space and builder.
 
 Build
 -----
@@ -173,20 +174,31 @@ def pointwise_te(data, weight, bias=None, act=None):
     return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
 
 
+def _window(h, w, kh_, kw_, stride, pad):
+    """(ho, wo, tap) of a strided, zero-padded KHxKW window; ``tap(p, kh, kw)`` gives the input row,
+    column and whether it is inside the image for output position ``p`` (= row * wo + col)."""
+    pt, pl, pb, pr = pad
+    ho = (h + pt + pb - kh_) // stride + 1
+    wo = (w + pl + pr - kw_) // stride + 1
+
+    def tap(p, kh, kw):
+        ih = (p // wo) * stride + kh - pt
+        iw = (p % wo) * stride + kw - pl
+        return ih, iw, tirx.all(ih >= 0, ih < h, iw >= 0, iw < w)
+
+    return ho, wo, tap
+
+
 def depthwise_te(data, weight, bias, act, h, w, stride, pad):
     """Depthwise KHxKW conv. data (N, CB, H*W, V), weight (CB, KH, KW, V); pad = (top, left)."""
     n_, cb_, _, v_ = data.shape
     _, kh_, kw_, _ = weight.shape
-    pt, pl, pb, pr = pad
-    ho = (h + pt + pb - kh_) // stride + 1
-    wo = (w + pl + pr - kw_) // stride + 1
+    ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
     kh = te.reduce_axis((0, kh_), "kh")
     kw = te.reduce_axis((0, kw_), "kw")
 
     def f(n, cb, p, v):
-        ih = (p // wo) * stride + kh - pt
-        iw = (p % wo) * stride + kw - pl
-        inside = tirx.all(ih >= 0, ih < h, iw >= 0, iw < w)
+        ih, iw, inside = tap(p, kh, kw)
         x = tirx.if_then_else(inside, data[n, cb, ih * w + iw, v], tirx.const(0.0, data.dtype))
         return te.sum(x * weight[cb, kh, kw, v], axis=[kh, kw])
 
@@ -199,17 +211,13 @@ def stem_te(data, weight, bias, act, stride, pad):
     """groups=1 conv from plain NCHW input. data (N, C, H, W), weight (OB, C, KH, KW, V)."""
     n_, c_, h, w = (int(x) for x in data.shape)
     ob_, _, kh_, kw_, v_ = (int(x) for x in weight.shape)
-    pt, pl, pb, pr = pad
-    ho = (h + pt + pb - kh_) // stride + 1
-    wo = (w + pl + pr - kw_) // stride + 1
+    ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
     c = te.reduce_axis((0, c_), "c")
     kh = te.reduce_axis((0, kh_), "kh")
     kw = te.reduce_axis((0, kw_), "kw")
 
     def f(n, ob, p, v):
-        ih = (p // wo) * stride + kh - pt
-        iw = (p % wo) * stride + kw - pl
-        inside = tirx.all(ih >= 0, ih < h, iw >= 0, iw < w)
+        ih, iw, inside = tap(p, kh, kw)
         x = tirx.if_then_else(inside, data[n, c, ih, iw], tirx.const(0.0, data.dtype))
         return te.sum(x * weight[ob, c, kh, kw, v], axis=[c, kh, kw])
 
@@ -908,6 +916,13 @@ def _ms_build(mod, target, _params):
     return tvm.compile(mod, target=target).mod
 
 
+def ms_builder(max_workers: int = 1):
+    """The MetaSchedule builder for our tasks (``mntvm tune`` and :func:`tune_tasks`)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.builder.LocalBuilder(f_build=_ms_build, max_workers=max_workers, timeout_sec=120)
+
+
 def tune_space():
     """Space generator with only our custom rules (no ParallelVectorizeUnroll on the root block,
     whose postproc would reject our already-parallel schedules)."""
@@ -942,7 +957,7 @@ def tune_tasks(funcs, target, work_dir: str, trials: int, *, trials_per_task: in
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     mod = tvm.IRModule({name: f.without_attr("global_symbol") if f.attrs and "global_symbol" in f.attrs else f
                         for name, f in funcs.items()})
-    builder = ms.builder.LocalBuilder(f_build=_ms_build, max_workers=max_workers or 1, timeout_sec=120)
+    builder = ms_builder(max_workers or 1)
     runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
         number=number, repeat=repeat, min_repeat_ms=min_repeat_ms, enable_cpu_cache_flush=False))
     return ms.tune_tir(
@@ -951,20 +966,14 @@ def tune_tasks(funcs, target, work_dir: str, trials: int, *, trials_per_task: in
         space=tune_space(), seed=seed)
 
 
-def tune_tir_task(func, target, work_dir: str, trials: int, **kw):
-    """Tune one PrimFunc (see :func:`tune_tasks`)."""
-    return tune_tasks(func, target, work_dir, trials, **kw)
-
-
-def load_database(work_dir: str):
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.database.JSONDatabase(work_dir=work_dir, allow_missing=False)
+def apply_records(mod: tvm.IRModule, db, target) -> tvm.IRModule:
+    """Replace each task of a ``lower_cpu`` module that ``db`` has a record for by its best trace
+    (the rest is left unscheduled)."""
+    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
+    with target, db:
+        return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
 
 
 def apply_database(mod: tvm.IRModule, db, target, vector_bits: int | None = None) -> tvm.IRModule:
     """Apply tuned records to a ``lower_cpu`` module, then default schedules to the rest."""
-    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
-    with target, db:
-        mod = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-    return apply_default_schedules(mod, target, vector_bits)
+    return apply_default_schedules(apply_records(mod, db, target), target, vector_bits)

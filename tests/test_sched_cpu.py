@@ -8,6 +8,7 @@ import pytest
 import tvm  # noqa: E402  (a hard requirement: never skip)
 from tvm import relax, te  # noqa: E402
 from tvm.s_tir import Schedule  # noqa: E402
+from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
 from mntvm import sched_cpu as sc  # noqa: E402
 
@@ -239,7 +240,7 @@ def test_tune_one_task_and_apply(small_net, tmp_path):
     db = sc.tune_tasks({name: tasks[name]}, TARGET, str(tmp_path), trials=4, num_trials_per_iter=4,
                        number=2, repeat=1, min_repeat_ms=1)
     assert (tmp_path / "database_tuning_record.json").stat().st_size > 0
-    db2 = sc.load_database(str(tmp_path))
+    db2 = ms.database.JSONDatabase(work_dir=str(tmp_path), allow_missing=False)
     tuned = sc.apply_database(low, db2, TARGET)
     assert "tirx.is_scheduled" in tuned[name].attrs  # came from the database, not our defaults
     ex = tvm.compile(tuned, target=TARGET)
