@@ -93,7 +93,7 @@ def main(argv=None) -> int:
                 "vs_shipped": float(np.median(v)) / shipped, "max_abs_diff": diffs[k], **info[k]}
             for k, v in times.items()}
     if a.json:
-        print(json.dumps({"model": cfg.name if hasattr(cfg, "name") else f"{a.alpha}/{a.resolution}",
+        print(json.dumps({"model": cfg.tag,
                           "threads": a.threads, "builds": rows}, indent=1))
         return 0
     print(f"MobileNetV1 {a.alpha}/{a.resolution}, {a.threads} threads, x86 profile "
