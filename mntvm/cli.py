@@ -78,6 +78,10 @@ def cmd_compile(a) -> None:
         print(f"schedules: {len(s['tuned'])}/{s['tasks']} tasks from "
               f"{db['name'] + ' (' + db['sha256'] + ')' if db else 'no database'}; "
               f"template defaults for: {', '.join(s['defaults']) or 'none'}")
+        if db and db.get("stand_in"):
+            print(f"schedules: no log for this CPU ({meta['target']['tvm_target'].get('mcpu')}) in schedules/; "
+                  f"used the one tuned on {db['mcpu']} (same ISA). `mntvm tune --target "
+                  f"{meta['target']['name']}` makes one for this CPU")
 
 
 def cmd_tune(a) -> None:

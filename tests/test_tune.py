@@ -90,6 +90,48 @@ def test_refuses_a_foreign_target_unless_forced(tuned, tmp_path):
     assert art.metadata["schedules"]["database"]["name"] == out.name
 
 
+def _as_tuned_on(src, dest, mcpu, vector_bits=None):
+    """A copy of database ``src`` relabelled as tuned on CPU ``mcpu`` (and vector width)."""
+    shutil.copytree(src, dest)
+    meta = json.loads((dest / META).read_text())
+    t = meta["target"]
+    t["tvm_target"]["mcpu"] = t["target_dict"]["mcpu"] = t["detected"]["mcpu"] = mcpu
+    if vector_bits:
+        t["detected"]["vector_bits"] = vector_bits
+    (dest / META).write_text(json.dumps(meta))
+    return dest
+
+
+def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeypatch):
+    """No shipped log for this CPU: compile's default takes one tuned on another CPU with the same
+    vector width (never one of another width) and says so; naming that log explicitly is still
+    refused unless forced."""
+    import mntvm.tune as T
+
+    out, summary = tuned
+    shipped = tmp_path / "schedules"
+    profile = get_profile("x86")
+    bits = profile.vector_bits
+    other_bits = 256 if bits == 512 else 512
+    _as_tuned_on(out, shipped / "x86-othercpu", "othercpu")
+    _as_tuned_on(out, shipped / "x86-widercpu", "widercpu", vector_bits=other_bits)
+    # more records, but the wrong vector width: never chosen
+    with open(shipped / "x86-widercpu" / RECORDS, "a") as f:
+        f.write((out / RECORDS).read_text())
+    monkeypatch.setattr(T, "data_dir", lambda name: shipped)
+    db = open_schedules("default", profile)
+    assert db.path.name == "x86-othercpu" and db.stand_in and db.identity()["mcpu"] == "othercpu"
+    with pytest.raises(MntvmError, match="tuned for target 'x86'.*othercpu.*--force-schedules"):
+        open_schedules(shipped / "x86-othercpu", profile)
+    art = load_artifact(compile_model(CFG, tmp_path / "a"))
+    s = art.metadata["schedules"]
+    assert s["database"]["name"] == "x86-othercpu" and s["database"]["stand_in"]
+    assert s["tuned"] == sorted(summary["tasks"])
+    # only the wrong width left: template defaults, no database
+    shutil.rmtree(shipped / "x86-othercpu")
+    assert open_schedules("default", profile) is None
+
+
 def test_torn_and_corrupt_logs(tuned, tmp_path):
     import shutil
 
