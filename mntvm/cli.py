@@ -88,7 +88,7 @@ def cmd_tune(a) -> None:
     from .tune import tune
 
     r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
-             targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules)
+             targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads)
     if a.json:
         print(json.dumps(r))
         return
@@ -323,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="board key registered with the tracker")
     s.add_argument("-o", "--output", help="database folder (default: schedules/<target>/)")
     s.add_argument("--force-schedules", action="store_true", help="continue a database tuned for another target")
+    s.add_argument("--threads", type=int, help="threads to measure kernels on here (default 1)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tune)
 

@@ -522,6 +522,18 @@ def schedule_with_rule(sch: Schedule, block_name: str, rule: str, fam: FamilyKno
     raise ValueError(rule)
 
 
+def default_schedule(mod: tvm.IRModule, fam: FamilyKnobs) -> Schedule:
+    """``mod``'s "main" with every block that carries one of our rules scheduled at the family's
+    default knobs. The schedule's trace replays like a tuning record's (``mntvm tune`` seeds each
+    task's search with it)."""
+    sch = Schedule(mod)
+    for b in _all_blocks(mod["main"]):
+        rule = _rule_of(b)
+        if rule:
+            schedule_with_rule(sch, b.name_hint, rule, fam)
+    return sch
+
+
 def _generic_schedule(func: tirx.PrimFunc, target) -> tirx.PrimFunc:
     """Fallback for PrimFuncs without our rule (softmax, reshape, bias adds, ...).
 
@@ -581,12 +593,8 @@ def apply_default_schedules(mod: tvm.IRModule, target, vector_bits: int | None =
             continue
         if func.attrs is not None and ("mntvm_scheduled" in func.attrs or "tirx.is_scheduled" in func.attrs):
             continue  # ours already, or applied from a tuning database
-        rules = [(b.name_hint, _rule_of(b)) for b in _all_blocks(func) if _rule_of(b)]
-        if rules:
-            sch = Schedule(tvm.IRModule({"main": func}))
-            for name, rule in rules:
-                schedule_with_rule(sch, name, rule, fam)
-            f2 = sch.mod["main"]
+        if any(_rule_of(b) for b in _all_blocks(func)):
+            f2 = default_schedule(tvm.IRModule({"main": func}), fam).mod["main"]
         else:
             f2 = _generic_schedule(func, target)
         new[gv] = f2.with_attr("mntvm_scheduled", 1)

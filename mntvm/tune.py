@@ -208,17 +208,76 @@ def _task_mod(func):
     return _normalize_mod(func)
 
 
-def _runner(tracker: str | None, key: str | None):
+_EVICT: dict = {}
+EVICT_BYTES_PER_THREAD = 2 << 20  # read + written: 4 MB per core, > the L2s we target (1-2 MB), << L3
+
+
+def _evict_private_caches(*args) -> None:
+    """Runner f_preproc: every pool thread streams its own 2 x EVICT_BYTES_PER_THREAD, which pushes
+    L1/L2 out on each core but leaves the L3 (where a network's weights live between inferences);
+    then the first argument (the layer's input, just written by the previous layer in the
+    network) is read back in."""
+    import numpy as np
+    import tvm
+    from tvm import te
+
+    if "f" not in _EVICT:
+        nt = max(1, int(tvm.get_global_func("runtime.NumThreads")()))
+        a = te.placeholder((nt, EVICT_BYTES_PER_THREAD // 4), "float32", name="a")
+        b = te.compute(a.shape, lambda i, j: a[i, j] + 1.0, name="b")
+        sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+        i, j = sch.get_loops(sch.get_sblock("b"))
+        sch.parallel(i)
+        sch.vectorize(sch.split(j, [None, 16])[1])
+        _EVICT["f"] = tvm.compile(sch.mod, target="llvm")["main"]
+        _EVICT["bufs"] = [tvm.runtime.tensor(np.zeros((nt, EVICT_BYTES_PER_THREAD // 4), "float32")) for _ in range(2)]
+    _EVICT["f"](*_EVICT["bufs"])
+    if args and hasattr(args[0], "numpy"):
+        args[0].numpy()
+
+
+def _network_like_evaluator(rt_mod, device, evaluator_config, repeated_args):
+    """LocalRunner f_run_evaluator: each repeat starts with private caches cold, L3 warm, input
+    warm (:func:`_evict_private_caches`), as a layer finds them inside the network."""
+    import tvm
+
+    tvm.register_global_func("mntvm.evict_private_caches", _evict_private_caches, override=True)
+    f = rt_mod.time_evaluator(rt_mod.entry_name, device, number=evaluator_config.number,
+                              repeat=evaluator_config.repeat, min_repeat_ms=evaluator_config.min_repeat_ms,
+                              f_preproc="mntvm.evict_private_caches")
+    costs = []
+    for args in repeated_args:
+        device.sync()
+        costs += [float(c) for c in f(*args).results]
+    return costs
+
+
+def _worker_threads(n: int) -> None:
+    """LocalRunner initializer: the measuring process's TVM thread pool gets ``n`` threads (TVM's
+    own default halves the x86 core count, assuming SMT: 1 thread on a 2-core VM)."""
+    import tvm
+
+    os.environ["TVM_NUM_THREADS"] = str(n)
+    tvm.get_global_func("runtime.config_threadpool")(1, n)
+
+
+def _runner(tracker: str | None, key: str | None, threads: int | None = None):
     from tvm.s_tir import meta_schedule as ms
 
     # Measure as the kernel runs inside the network: its input was just written by the previous
-    # layer (warm), its weights were last touched an inference ago (cold: 4-17 MB of weights do not
-    # stay in L2). TVM's "cache_flush_cpu_non_first_arg" flushes every argument but the first
-    # before each repeat, so number=1; warm-cache timing favoured tiles that lose 10-50 % in the
-    # network (pw12/pw13 ran 0.33 ms alone, 0.55 ms in the network).
+    # layer (warm); its weights were last touched an inference ago, so they are out of L1/L2 but
+    # (4-17 MB of them) in L3. Locally, each repeat evicts the private caches first
+    # (_network_like_evaluator). Warm-cache timing favoured tiles that lose 10-50 % in the network
+    # (pw12/pw13 ran 0.33 ms alone, 0.55 ms in the network); flushing everything to DRAM
+    # (TVM's cache_flush_cpu_non_first_arg, still used on boards through RPC, where our evaluator
+    # cannot run) made weight streaming from DRAM look like the bottleneck it is not.
     cfg = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
     if not tracker:
-        return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60)
+        import functools
+
+        return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60,
+                                     f_run_evaluator=_network_like_evaluator,
+                                     initializer=functools.partial(_worker_threads, threads) if threads else None)
     from .rpc import open_session, parse_addr
 
     host, port = parse_addr(tracker)
@@ -227,6 +286,30 @@ def _runner(tracker: str | None, key: str | None):
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                        session_timeout_sec=120),
         evaluator_config=cfg, max_workers=1)
+
+
+def _seed_with_defaults(db, mod, target, builder, runner, fam) -> bool:
+    """Measure ``mod`` at the templates' default knobs and commit it as the task's first record:
+    the search starts from it (MetaSchedule's initial population takes the database's best) and
+    the log can never pick something slower than what compile does without it."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from .sched_cpu import default_schedule
+
+    sch = default_schedule(mod, fam)
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
+    err = built.error_msg
+    if not err:
+        args = ArgInfo.from_prim_func(mod["main"])
+        ran = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])[0].result()
+        err = ran.error_msg or (None if ran.run_secs else "no timings")
+    if err:  # the search still runs, from random knobs
+        sys.stderr.write(f"tune: could not measure the default knobs ({err.strip().splitlines()[-1]})\n")
+        return False
+    db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), ran.run_secs,
+                                                     target, args))
+    return True
 
 
 def _strategy():
@@ -271,8 +354,13 @@ def _count(db, mod) -> int:
 
 def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str | os.PathLike | None = None,
          tracker: str | None = None, key: str | None = None, targets_dir=None, chunk: int = 8,
-         progress: bool = True, force: bool = False) -> dict:
+         progress: bool = True, force: bool = False, threads: int | None = None) -> dict:
     """Tune each task of ``cfg`` on ``target`` up to ``trials`` measured trials; returns a summary.
+
+    Kernels are measured locally on ``threads`` threads, 1 by default: on a 2-core Zen4 VM the
+    log tuned on 1 thread ran the network faster at 1 *and* 2 threads (10.7/5.6-5.9 ms) than the
+    one tuned on 2 (11.0-11.1/5.9-6.0 ms); tile choice is a per-core matter and 2-thread timings
+    on a shared VM are noisier. Through a tracker, the board decides.
 
     Writes (or continues) the database in ``out`` (default ``schedules/<db_name>/``).
     """
@@ -281,7 +369,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
 
     from . import weights as W
     from .compile import lower
-    from .sched_cpu import ms_builder, tunable_tasks, tune_space
+    from .sched_cpu import family_for, ms_builder, tunable_tasks, tune_space
     from .targets import get_profile
 
     if trials < 1:
@@ -297,7 +385,9 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     profile = get_profile(target, targets_dir=targets_dir)
     if profile.is_gpu:
         raise MntvmError(f"tuning GPU profiles is not supported yet ('{profile.name}' uses DLight rules)")
-    runner = _runner(tracker, key)
+    if threads is not None and threads < 1:
+        raise MntvmError(f"threads must be >= 1 (got {threads})")
+    runner = _runner(tracker, key, threads or 1)
     path = Path(out) if out else data_dir("schedules") / db_name(profile)
     path.mkdir(parents=True, exist_ok=True)
     meta_path = path / META
@@ -318,6 +408,8 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     ttarget = profile.tvm_target()
+    fam = family_for(ttarget, profile.vector_bits)
+    builder = ms_builder()
     low = lower(cfg, W.random_weights(cfg), profile)
     tasks = {n: f for n, f in tunable_tasks(low).items() if _rule_of_func(f) in wanted}
     mods = {n: _task_mod(f) for n, f in tasks.items()}
@@ -347,16 +439,21 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
             summary["skipped"].append(name)
             continue
         before = _count(db, mod)
+        if before == 0 and _seed_with_defaults(db, mod, ttarget, builder, runner, fam):
+            left -= 1
+            show(name, mod)
         # One MetaSchedule run per task, so that its cost model learns across batches; each
         # measured batch (``chunk`` trials) is committed to the JSON database before the next
         # one starts (a kill loses at most the batch in flight).
-        with tempfile.TemporaryDirectory() as work:
-            ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
-                        builder=ms_builder(), runner=runner, database=db, space=tune_space(),
-                        strategy=_strategy(),
-                        measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
-                        + [_progress_callback(lambda name=name, mod=mod: show(name, mod))])
+        if left > 0:
+            with tempfile.TemporaryDirectory() as work:
+                ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
+                            builder=builder, runner=runner, database=db, space=tune_space(),
+                            strategy=_strategy(),
+                            measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
+                            + [_progress_callback(lambda name=name, mod=mod: show(name, mod))])
         added = _count(db, mod) - before
+        left = todo[name]
         if added < left:  # the search ran out of new candidates: this task's space is exhausted
             summary["exhausted"].append(name)
             total -= left - added

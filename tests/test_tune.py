@@ -43,6 +43,37 @@ def test_tiny_tuning_writes_a_database(tuned):
     assert (out / RECORDS).stat().st_size > 0 and (out / "mntvm-db.json").is_file()
 
 
+def test_each_task_search_starts_from_the_default_knobs(tuned):
+    """tune seeds every new task with the template defaults, measured: one record per task replays
+    to exactly what compile does without a log, so the log's best is never slower by tune's own
+    measure than the defaults."""
+    import tvm
+    from tvm import s_tir
+
+    from mntvm.sched_cpu import default_schedule, family_for
+
+    out, summary = tuned
+    profile = get_profile("x86")
+    fam = family_for(profile.tvm_target(), profile.vector_bits)
+    low = lower(CFG, W.random_weights(CFG), profile)
+    mdb = open_schedules(out, profile).database()
+    for name in summary["tasks"]:
+        mod = _task_mod(low[name])
+        want = default_schedule(mod, fam).mod["main"]
+        recs = mdb.get_top_k(mdb.commit_workload(mod), 1 << 30)
+        matches = []
+        for rec in recs:
+            sch = s_tir.Schedule(mod)
+            rec.trace.apply_to_schedule(sch, remove_postproc=False)
+            try:
+                tvm.ir.assert_structural_equal(sch.mod["main"], want)
+                matches.append(rec)
+            except ValueError:
+                pass
+        assert matches, f"{name}: no record at the default knobs"
+        assert all(float(s) > 0 for s in matches[0].run_secs)
+
+
 def test_compile_applies_the_database(tuned, tmp_path):
     """Proved, not assumed: the tuned functions in the compiled module are exactly the best
     records' traces replayed on the workloads, and the result still matches ONNX Runtime."""
