@@ -88,7 +88,8 @@ def cmd_tune(a) -> None:
     from .tune import tune
 
     r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
-             targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads)
+             targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads,
+             mcpu=a.mcpu, mattr=_mattr(a))
     if a.json:
         print(json.dumps(r))
         return

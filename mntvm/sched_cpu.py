@@ -924,11 +924,28 @@ def _ms_build(mod, target, _params):
     return tvm.compile(mod, target=target).mod
 
 
-def ms_builder(max_workers: int = 1):
+def _ms_export(cross_compiler, mod) -> str:
+    """Builder f_export: a shared library linked here (with the target's cross compiler, if any),
+    so that a board needs no compiler of its own (MetaSchedule's default ships a .tar of objects
+    that the board's RPC server links)."""
+    import os
+    import tempfile
+
+    from tvm.support import cc
+
+    path = os.path.join(tempfile.mkdtemp(prefix="mntvm-ms-"), "kernel.so")
+    mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler) if cross_compiler else None)
+    return path
+
+
+def ms_builder(max_workers: int = 1, cross_compiler: str | None = None):
     """The MetaSchedule builder for our tasks (``mntvm tune`` and :func:`tune_tasks`)."""
+    import functools
+
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(f_build=_ms_build, max_workers=max_workers, timeout_sec=120)
+    return ms.builder.LocalBuilder(f_build=_ms_build, f_export=functools.partial(_ms_export, cross_compiler),
+                                   max_workers=max_workers, timeout_sec=120)
 
 
 def tune_space():

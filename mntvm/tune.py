@@ -39,7 +39,10 @@ TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi")
 
 def db_name(profile) -> str:
     """Folder name of a profile's database under ``schedules/``."""
-    mcpu = (profile.detected or {}).get("mcpu")
+    if not profile.detected:
+        return profile.name
+    # "this machine" profiles: the CPU the code is for (detected, or set with --mcpu)
+    mcpu = profile.to_metadata()["tvm_target"].get("mcpu") or profile.detected.get("mcpu")
     return f"{profile.name}-{mcpu}" if mcpu else profile.name
 
 
@@ -181,7 +184,7 @@ def _stand_in(profile) -> Path | None:
         tgt = meta.get("target", {})
         theirs = _target_essentials(tgt.get("tvm_target", {}))
         theirs.pop("mcpu", None)
-        if theirs != mine or tgt.get("name") != profile.name or (tgt.get("detected") or {}).get("vector_bits") != bits:
+        if theirs != mine or tgt.get("name") != profile.name or tgt.get("vector_bits") != bits:
             continue
         n = ScheduleDB(path, meta).identity()["records"]
         if best is None or n > best[0]:
@@ -261,6 +264,26 @@ def _worker_threads(n: int) -> None:
     tvm.get_global_func("runtime.config_threadpool")(1, n)
 
 
+def _alloc_args_remote(session, device, args_info, alloc_repeat):
+    """RPCRunner f_alloc_argument: seeded uniform data made here and copied to the board (the
+    default fills on the board with ``tvm.contrib.random``, which runtime-only installs lack)."""
+    import numpy as np
+    import tvm
+
+    rng = np.random.default_rng(0)
+    repeated = []
+    for _ in range(alloc_repeat):
+        args = []
+        for kind, dtype, shape in args_info:
+            if kind != "TENSOR":
+                raise ValueError(f"unsupported argument kind {kind}")
+            a = tvm.runtime.empty(shape=shape, dtype=dtype, device=device)
+            a.copyfrom(rng.uniform(-1, 1, shape).astype(dtype))
+            args.append(a)
+        repeated.append(args)
+    return repeated
+
+
 def _runner(tracker: str | None, key: str | None, threads: int | None = None):
     from tvm.s_tir import meta_schedule as ms
 
@@ -285,7 +308,7 @@ def _runner(tracker: str | None, key: str | None, threads: int | None = None):
     return ms.runner.RPCRunner(
         rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
                                        session_timeout_sec=120),
-        evaluator_config=cfg, max_workers=1)
+        evaluator_config=cfg, max_workers=1, f_alloc_argument=_alloc_args_remote)
 
 
 def _seed_with_defaults(db, mod, target, builder, runner, fam) -> bool:
@@ -354,7 +377,8 @@ def _count(db, mod) -> int:
 
 def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str | os.PathLike | None = None,
          tracker: str | None = None, key: str | None = None, targets_dir=None, chunk: int = 8,
-         progress: bool = True, force: bool = False, threads: int | None = None) -> dict:
+         progress: bool = True, force: bool = False, threads: int | None = None,
+         mcpu: str | None = None, mattr=None) -> dict:
     """Tune each task of ``cfg`` on ``target`` up to ``trials`` measured trials; returns a summary.
 
     Kernels are measured locally on ``threads`` threads, 1 by default: on a 2-core Zen4 VM the
@@ -382,9 +406,17 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
             wanted |= set(OPS[op])
         else:
             raise MntvmError(f"unknown op '{op}' in --ops: choose from all, {', '.join(OPS)}")
-    profile = get_profile(target, targets_dir=targets_dir)
+    profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
     if profile.is_gpu:
         raise MntvmError(f"tuning GPU profiles is not supported yet ('{profile.name}' uses DLight rules)")
+    profile.check_toolchain()
+    if not tracker:
+        from .bench import _local_arch, _same_arch, artifact_arch
+
+        want, here = artifact_arch({"target": profile.to_metadata()}), _local_arch()
+        if not _same_arch(want, here):
+            raise MntvmError(f"'{profile.name}' code is for {want} and cannot be measured on this {here} "
+                             "machine: tune on its board with --tracker HOST:PORT --key KEY")
     if threads is not None and threads < 1:
         raise MntvmError(f"threads must be >= 1 (got {threads})")
     runner = _runner(tracker, key, threads or 1)
@@ -409,7 +441,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     ttarget = profile.tvm_target()
     fam = family_for(ttarget, profile.vector_bits)
-    builder = ms_builder()
+    builder = ms_builder(cross_compiler=profile.cross_compiler)
     low = lower(cfg, W.random_weights(cfg), profile)
     tasks = {n: f for n, f in tunable_tasks(low).items() if _rule_of_func(f) in wanted}
     mods = {n: _task_mod(f) for n, f in tasks.items()}

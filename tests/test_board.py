@@ -1,6 +1,7 @@
 """The emulated aarch64 board: prepare, start under a tracker, run cross-compiled code, stop; and
 the whole MobileNetV1 (α 0.25 / 96) through our ARM templates, at default and at randomly sampled
-knobs, run on the board and compared with ONNX Runtime (issue #5).
+knobs, run on the board and compared with ONNX Runtime; a tiny tuning run measured on the board
+through the tracker (issue #5).
 
 Needs the host packages in ``mntvm.board.APT_PACKAGES`` (debootstrap, qemu-user-static,
 g++-aarch64-linux-gnu), root for the first ``prepare`` and network to the Debian mirror and PyPI.
@@ -367,4 +368,29 @@ def test_mobilenet_random_knobs_on_board(mobilenet_ref, a64_board, tmp_path):
           f"their defaults): db + compile {built:.1f} s, board {ran:.1f} s, "
           f"max |ours - onnxruntime| = {diff:.2e}")
     assert got.shape == ref.shape
+    assert diff <= TOL, diff
+
+
+def test_tiny_remote_tuning_on_the_board(mobilenet_ref, a64_board, tmp_path):
+    """`mntvm tune --target rpi4-aarch64 --tracker ... --key ...`: kernels cross-built and linked
+    here, measured on the emulated board; compile applies the log and the board's output still
+    matches ONNX Runtime."""
+    from mntvm.artifact import load_artifact
+    from mntvm.compile import compile_model
+    from mntvm.tune import tune
+
+    cfg, w, x, ref = mobilenet_ref
+    (host, port), key = a64_board
+    t0 = time.monotonic()
+    summary = tune(cfg, A64_PROFILE, trials=2, ops="fc", out=tmp_path / "db", tracker=f"{host}:{port}",
+                   key=key, progress=False, chunk=2)
+    tuned_s = time.monotonic() - t0
+    (task,) = summary["tasks"].values()
+    assert task["rule"] == "mntvm_dense" and task["trials"] >= 2 and 0 < task["best_ms"] < 1e6
+    art = load_artifact(compile_model(cfg, tmp_path / "a", target=A64_PROFILE, weights=w,
+                                      schedules=tmp_path / "db"))
+    assert art.metadata["schedules"]["tuned"] == ["mntvm_dense"]
+    diff = float(np.abs(_run_on_board(a64_board, art.path, x) - ref).max())
+    print(f"remote tuning on the board: {task['trials']} trials in {tuned_s:.1f} s, best "
+          f"{task['best_ms']:.3f} ms; max |ours - onnxruntime| = {diff:.2e}")
     assert diff <= TOL, diff

@@ -21,7 +21,7 @@ from mntvm.errors import MntvmError
 from mntvm.export import build_onnx
 from mntvm.model import MobileNetConfig
 from mntvm.targets import get_profile
-from mntvm.tune import META, RECORDS, WORKLOADS, _task_mod, open_schedules, prune, tune
+from mntvm.tune import META, RECORDS, WORKLOADS, _task_mod, db_name, open_schedules, prune, tune
 
 from conftest import ROOT, ort_run, run_cli
 from rpc_fixtures import Server, Tracker
@@ -128,7 +128,7 @@ def _as_tuned_on(src, dest, mcpu, vector_bits=None):
     t = meta["target"]
     t["tvm_target"]["mcpu"] = t["target_dict"]["mcpu"] = t["detected"]["mcpu"] = mcpu
     if vector_bits:
-        t["detected"]["vector_bits"] = vector_bits
+        t["vector_bits"] = vector_bits
     (dest / META).write_text(json.dumps(meta))
     return dest
 
@@ -161,6 +161,20 @@ def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeyp
     # only the wrong width left: template defaults, no database
     shutil.rmtree(shipped / "x86-othercpu")
     assert open_schedules("default", profile) is None
+
+
+def test_tune_for_another_cpu_and_refuse_a_foreign_arch_locally(tmp_path):
+    """--mcpu reaches the tuner (the log records the CPU and vector width it was tuned for, and is
+    the folder compile looks up for that CPU); code for another architecture is not measured here."""
+    summary = tune(CFG, "x86", trials=1, ops="fc", out=tmp_path / "db", progress=False, mcpu="haswell")
+    assert summary["tasks"]["mntvm_dense"]["trials"] == 1  # the seeded default-knob record
+    t = json.loads((tmp_path / "db" / META).read_text())["target"]
+    assert t["tvm_target"]["mcpu"] == "haswell" and t["vector_bits"] == 256
+    assert db_name(get_profile("x86", mcpu="haswell")) == "x86-haswell"
+    with pytest.raises(MntvmError, match="'rpi4-aarch64' code is for aarch64 and cannot be measured on this "
+                                         "x86_64 machine: tune on its board with --tracker"):
+        tune(CFG, "rpi4-aarch64", trials=1, out=tmp_path / "arm", progress=False)
+    assert not (tmp_path / "arm").exists()
 
 
 def test_torn_and_corrupt_logs(tuned, tmp_path):
