@@ -283,8 +283,13 @@ def _run(worker, art, x, result, bar, repeat, warmup, threads, remote, per_layer
         n = min(chunk, repeat - len(times))
 
         def timed(st, n=n):
-            timer = st["vm"].time_evaluator("main", st["dev"], number=1, repeat=n)
-            return [t * 1e3 for t in timer(st["inp"]).results]
+            # The timer (a remote function on a board) is made once and kept: freeing a remote
+            # handle is a round trip made while holding Python's GIL, so a board that hangs just
+            # then would freeze this process past every deadline (seen 1 in 4 in the hung-board test).
+            key = f"timer{n}"
+            if key not in st:
+                st[key] = st["vm"].time_evaluator("main", st["dev"], number=1, repeat=n)
+            return [t * 1e3 for t in st[key](st["inp"]).results]
 
         times += worker.call(timed, deadline(n), "the timed runs")
         bar.update(len(times))
