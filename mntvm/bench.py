@@ -692,9 +692,9 @@ def _run_compare_worker(spec: dict, timeout_s: float) -> dict:
 
 
 def _time(fn, n: int) -> list[float]:
-    # Between blocks, let the other runtimes' spinning worker threads park (pools spin after work;
-    # on few cores they would steal each other's cycles), then one untimed call.
-    time.sleep(0.05)
+    # One untimed call first (the other runtime's pool may still be spinning down). No sleep
+    # between blocks: after a 50 ms pause ONNX Runtime's 2-thread runs took 16.3 ms instead of
+    # 7.4 ms on a 2-core Zen4 VM (ours 7.0 either way), which flattered our ratio.
     fn()
     out = []
     for _ in range(n):
