@@ -191,8 +191,9 @@ def benchmark(
                              f"but board {result['board']} under key '{key}' is {have}: "
                              "nothing was uploaded")
     else:
-        here, want = _local_arch(), artifact_arch(art.metadata)
-        if not _same_arch(want, here):
+        foreign = foreign_arch(art.metadata)
+        if foreign:
+            want, here = foreign
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}) and cannot "
                              f"run on this {here} machine: bench it on a board with --tracker/--key")
         if threads is None:  # the profile's thread count (the runtime's own default may use fewer)
@@ -200,7 +201,7 @@ def benchmark(
         set_threads(threads)
         worker = _Local()
         result["board"] = "local"
-        result["board_arch"] = here
+        result["board_arch"] = _local_arch()
 
     try:
         _run(worker, art, x, result, bar, repeat, warmup, threads, tracker is not None,
@@ -534,6 +535,13 @@ def _local_arch() -> str:
     return platform.machine()
 
 
+def foreign_arch(meta: dict) -> tuple[str, str] | None:
+    """``(its arch, this machine's)`` when code described by ``meta`` (artifact metadata, or
+    ``{"target": profile.to_metadata()}``) cannot run on this machine; None when it can."""
+    want, here = artifact_arch(meta), _local_arch()
+    return None if _same_arch(want, here) else (want, here)
+
+
 # ----------------------------------------------------------------------------------------------
 # side by side with other runtimes
 
@@ -610,8 +618,9 @@ def compare(
     if family in ("cuda", "opencl", "vulkan"):
         raise MntvmError(f"{art.path} is a {family} GPU artifact ({tgt.get('name')}): --compare times "
                          "CPU runtimes, so compile for this machine's CPU (e.g. --target x86)")
-    here, want = _local_arch(), artifact_arch(meta)
-    if not _same_arch(want, here):
+    foreign = foreign_arch(meta)
+    if foreign:
+        want, here = foreign
         raise MntvmError(f"{art.path} is built for {want} ({tgt.get('name')}) and cannot run on this "
                          f"{here} machine: --compare runs only here")
     if importlib.util.find_spec("onnxruntime") is None:

@@ -255,15 +255,6 @@ def _network_like_evaluator(rt_mod, device, evaluator_config, repeated_args):
     return costs
 
 
-def _worker_threads(n: int) -> None:
-    """LocalRunner initializer: the measuring process's TVM thread pool gets ``n`` threads (TVM's
-    own default halves the x86 core count, assuming SMT: 1 thread on a 2-core VM)."""
-    import tvm
-
-    os.environ["TVM_NUM_THREADS"] = str(n)
-    tvm.get_global_func("runtime.config_threadpool")(1, n)
-
-
 def _alloc_args_remote(session, device, args_info, alloc_repeat):
     """RPCRunner f_alloc_argument: seeded uniform data made here and copied to the board (the
     default fills on the board with ``tvm.contrib.random``, which runtime-only installs lack)."""
@@ -284,7 +275,7 @@ def _alloc_args_remote(session, device, args_info, alloc_repeat):
     return repeated
 
 
-def _runner(tracker: str | None, key: str | None, threads: int | None = None):
+def _runner(tracker: str | None, key: str | None, threads: int = 1):
     from tvm.s_tir import meta_schedule as ms
 
     # Measure as the kernel runs inside the network: its input was just written by the previous
@@ -298,9 +289,13 @@ def _runner(tracker: str | None, key: str | None, threads: int | None = None):
     if not tracker:
         import functools
 
+        from .artifact import set_threads
+
+        # the measuring process's pool gets ``threads`` (TVM's own default halves the x86 cores,
+        # assuming SMT: 1 thread on a 2-core VM)
         return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60,
                                      f_run_evaluator=_network_like_evaluator,
-                                     initializer=functools.partial(_worker_threads, threads) if threads else None)
+                                     initializer=functools.partial(set_threads, threads))
     from .rpc import open_session, parse_addr
 
     host, port = parse_addr(tracker)
@@ -411,10 +406,11 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
         raise MntvmError(f"tuning GPU profiles is not supported yet ('{profile.name}' uses DLight rules)")
     profile.check_toolchain()
     if not tracker:
-        from .bench import _local_arch, _same_arch, artifact_arch
+        from .bench import foreign_arch
 
-        want, here = artifact_arch({"target": profile.to_metadata()}), _local_arch()
-        if not _same_arch(want, here):
+        foreign = foreign_arch({"target": profile.to_metadata()})
+        if foreign:
+            want, here = foreign
             raise MntvmError(f"'{profile.name}' code is for {want} and cannot be measured on this {here} "
                              "machine: tune on its board with --tracker HOST:PORT --key KEY")
     if threads is not None and threads < 1:
@@ -485,10 +481,9 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
                             measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
                             + [_progress_callback(lambda name=name, mod=mod: show(name, mod))])
         added = _count(db, mod) - before
-        left = todo[name]
-        if added < left:  # the search ran out of new candidates: this task's space is exhausted
+        if added < todo[name]:  # the search ran out of new candidates: this task's space is exhausted
             summary["exhausted"].append(name)
-            total -= left - added
+            total -= todo[name] - added
         show(name, mod)
         summary["tasks"][name] = {"rule": _rule_of_func(tasks[name]), "trials": _count(db, mod),
                                   "best_ms": _best_ms(db, mod)}
