@@ -196,6 +196,9 @@ def benchmark(
             want, here = foreign
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}) and cannot "
                              f"run on this {here} machine: bench it on a board with --tracker/--key")
+        if _is_cuda(art.metadata) and not _local_cuda():
+            raise MntvmError(f"{art.path} is a CUDA artifact ({art.metadata['target']['name']}) and this machine "
+                             "has no CUDA GPU: bench it where one is, or on a GPU board with --tracker/--key")
         if threads is None:  # the profile's thread count (the runtime's own default may use fewer)
             threads = int(art.metadata["target"].get("threads") or 0) or None
         set_threads(threads)
@@ -242,13 +245,13 @@ def _run(worker, art, x, result, bar, repeat, warmup, threads, remote, per_layer
         t0 = time.perf_counter()
         if remote:
             sess = st["session"]
-            st["dev"] = sess.cpu()
+            st["dev"] = sess.cuda() if _is_cuda(art.metadata) else sess.cpu()
             lib = sess.load_module(lib_path.name)
             if threads:
                 sess.get_function("runtime.config_threadpool")(1, threads)
             st["num_threads"] = int(sess.get_function("runtime.NumThreads")())
         else:
-            st["dev"] = tvm.cpu()
+            st["dev"] = tvm.cuda() if _is_cuda(art.metadata) else tvm.cpu()
             lib = tvm.runtime.load_module(str(lib_path))
             st["num_threads"] = int(tvm.get_global_func("runtime.NumThreads")())
         st["vm"] = relax.VirtualMachine(lib, st["dev"])
@@ -516,6 +519,17 @@ def artifact_arch(meta: dict) -> str:
     host = t.get("host") if isinstance(t.get("host"), dict) else None
     triple = (host or t).get("mtriple") or ""
     return triple.split("-", 1)[0] if triple else "x86_64"
+
+
+def _local_cuda() -> bool:
+    import tvm
+
+    return bool(tvm.cuda(0).exist)
+
+
+def _is_cuda(meta: dict) -> bool:
+    """Whether the artifact's kernels run on an NVIDIA GPU (its VM then lives on the CUDA device)."""
+    return meta["target"].get("family") == "cuda"
 
 
 def _same_arch(a: str, b: str) -> bool:

@@ -31,30 +31,38 @@ def inference_module(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray]):
     return relax.transform.BindParams("main", consts)(mod)
 
 
-def lower(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile):
-    """The CPU path's lowered module: every conv is one of our template PrimFuncs (unscheduled)."""
-    from .sched_cpu import lower_cpu
+def has_templates(profile) -> bool:
+    """Whether the profile's family is scheduled by our templates (CPUs and CUDA; the other GPU
+    families use DLight rules only)."""
+    return not profile.is_gpu or profile.family == "cuda"
 
-    return lower_cpu(inference_module(cfg, weights), profile.tvm_target(), profile.vector_bits)
+
+def lower(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile):
+    """The templates' lowered module: every conv, the pooling and the FC are template PrimFuncs
+    (unscheduled), in the channel-blocked layout of the profile's vector width (float4 on CUDA)."""
+    from .sched_cpu import lower_cpu
+    from .sched_gpu import VECTOR_BITS
+
+    bits = VECTOR_BITS if profile.is_gpu else profile.vector_bits
+    return lower_cpu(inference_module(cfg, weights), profile.tvm_target(), bits)
 
 
 def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, schedules=None):
     """Lower, schedule and build; returns ``(relax.Executable, schedule_info dict)``.
 
-    CPU families: our templates (:mod:`mntvm.sched_cpu`), with tuned records from ``schedules``
-    (a :class:`mntvm.tune.ScheduleDB` or None) where they exist and template defaults elsewhere.
-    GPU families: DLight rules (:mod:`mntvm.sched_gpu`).
+    CPU families and CUDA: our templates (:mod:`mntvm.sched_cpu`, :mod:`mntvm.sched_gpu`), with
+    tuned records from ``schedules`` (a :class:`mntvm.tune.ScheduleDB` or None) where they exist
+    and template defaults elsewhere. Other GPU families: DLight rules (:mod:`mntvm.sched_gpu`).
     """
     import tvm
 
-    target = profile.tvm_target()
-    if profile.is_gpu:
-        from .sched_gpu import compile_gpu
+    from .sched_cpu import apply_default_schedules, tunable_tasks
+    from .sched_gpu import compile_gpu
 
+    target = profile.tvm_target()
+    if not has_templates(profile):
         ex, rules = compile_gpu(inference_module(cfg, weights), target)
         return ex, {"kind": "gpu-dlight", "rules": rules}
-    from .sched_cpu import apply_default_schedules, tunable_tasks
-
     low = lower(cfg, weights, profile)
     tasks = sorted(tunable_tasks(low))
     info = {"kind": "templates", "tasks": len(tasks), "tuned": [], "defaults": tasks, "database": None}
@@ -63,6 +71,12 @@ def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, sche
         mod, tuned = schedules.apply(low, target)
         info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
                     defaults=[t for t in tasks if t not in tuned])
+    if profile.is_gpu:
+        from .sched_gpu import apply_default_schedules as gpu_defaults
+
+        # kernels without a template (softmax, reshape) get DLight rules, recorded in "rules"
+        ex, info["rules"] = compile_gpu(gpu_defaults(mod), target)
+        return ex, info
     mod = apply_default_schedules(mod, target, profile.vector_bits)
     return tvm.compile(mod, target=target), info
 
@@ -94,7 +108,7 @@ def compile_model(
     profile.check_toolchain()
     from .tune import open_schedules
 
-    db = None if profile.is_gpu else open_schedules(schedules, profile, force=force_schedules)
+    db = open_schedules(schedules, profile, force=force_schedules) if has_templates(profile) else None
     w = W.load(cfg, weights, seed)
     t0 = time.perf_counter()
     ex, sched_info = build(cfg, w, profile, db)

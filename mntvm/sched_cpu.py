@@ -921,41 +921,58 @@ def lower_cpu(mod: tvm.IRModule, target, vector_bits: int) -> tvm.IRModule:
 # ----------------------------------------------------------------------------------------------
 def _ms_build(mod, target, _params):
     """Builder f_build: plain tvm.compile (the default imports tensor intrinsics: 17-45 s)."""
+    if target.kind.name == "cuda":
+        from .sched_gpu import nvcc_compile_mode
+
+        with nvcc_compile_mode(), target:  # nvcc for the target's arch, where a CUDA runtime is loaded
+            return tvm.compile(mod, target=target).mod
     return tvm.compile(mod, target=target).mod
 
 
-def _ms_export(cross_compiler, mod) -> str:
+def _ms_export(cross_compiler, cuda_target, mod) -> str:
     """Builder f_export: a shared library linked here (with the target's cross compiler, if any),
     so that a board needs no compiler of its own (MetaSchedule's default ships a .tar of objects
-    that the board's RPC server links)."""
+    that the board's RPC server links); CUDA kernels embedded as an nvcc fatbin for the target's
+    arch (``cuda_target``: the target as JSON), as in compiled artifacts."""
+    import json
     import os
     import tempfile
 
     from tvm.support import cc
 
+    kwargs = {"fcompile": cc.cross_compiler(cross_compiler)} if cross_compiler else {}
+    if cuda_target:
+        from .targets import _cuda_fatbin_packer
+
+        kwargs["fpack_imports"] = _cuda_fatbin_packer(tvm.target.Target(json.loads(cuda_target)))
     path = os.path.join(tempfile.mkdtemp(prefix="mntvm-ms-"), "kernel.so")
-    mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler) if cross_compiler else None)
+    mod.export_library(path, **kwargs)
     return path
 
 
-def ms_builder(max_workers: int = 1, cross_compiler: str | None = None):
+def ms_builder(max_workers: int = 1, cross_compiler: str | None = None, target=None):
     """The MetaSchedule builder for our tasks (``mntvm tune`` and :func:`tune_tasks`)."""
     import functools
 
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.builder.LocalBuilder(f_build=_ms_build, f_export=functools.partial(_ms_export, cross_compiler),
+    cuda = str(target) if target is not None and target.kind.name == "cuda" else None  # JSON text
+    return ms.builder.LocalBuilder(f_build=_ms_build, f_export=functools.partial(_ms_export, cross_compiler, cuda),
                                    max_workers=max_workers, timeout_sec=120)
 
 
-def tune_space():
+def tune_space(target=None):
     """Space generator with only our custom rules (no ParallelVectorizeUnroll on the root block,
-    whose postproc would reject our already-parallel schedules)."""
+    whose postproc would reject our already-parallel schedules); for GPU targets, candidates that
+    break the target's limits (threads per block, shared memory) are rejected before building."""
     from tvm.s_tir import meta_schedule as ms
 
+    postprocs = [ms.postproc.DisallowDynamicLoop()]
+    if target is not None and "gpu" in target.keys:
+        postprocs.append(ms.postproc.VerifyGPUCode())
     return ms.space_generator.PostOrderApply(
         sch_rules=[ms.schedule_rule.ApplyCustomRule()],
-        postprocs=[ms.postproc.DisallowDynamicLoop()],
+        postprocs=postprocs,
         mutator_probs={ms.mutator.MutateTileSize(): 1.0},
     )
 

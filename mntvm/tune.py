@@ -1,4 +1,4 @@
-"""Tune our CPU templates' knobs with MetaSchedule and keep the results as shipped, reusable logs.
+"""Tune our templates' knobs (CPU and CUDA) with MetaSchedule and keep the results as shipped, reusable logs.
 
 A schedules database is a folder holding MetaSchedule's JSON database (``database_workload.json``,
 ``database_tuning_record.json``) plus ``mntvm-db.json``: the target profile and full TVM target it
@@ -34,7 +34,7 @@ WORKLOADS = "database_workload.json"
 RECORDS = "database_tuning_record.json"
 OPS = {"pw": ("mntvm_pw",), "dw": ("mntvm_dw",), "stem": ("mntvm_stem",), "fc": ("mntvm_dense",),
        "pool": ("mntvm_pool",)}
-TARGET_KEYS = ("kind", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi")
+TARGET_KEYS = ("kind", "arch", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi")
 
 
 def db_name(profile) -> str:
@@ -275,7 +275,7 @@ def _alloc_args_remote(session, device, args_info, alloc_repeat):
     return repeated
 
 
-def _runner(tracker: str | None, key: str | None, threads: int = 1):
+def _runner(tracker: str | None, key: str | None, threads: int = 1, gpu: bool = False):
     from tvm.s_tir import meta_schedule as ms
 
     # Measure as the kernel runs inside the network: its input was just written by the previous
@@ -285,7 +285,12 @@ def _runner(tracker: str | None, key: str | None, threads: int = 1):
     # (pw12/pw13 ran 0.33 ms alone, 0.55 ms in the network); flushing everything to DRAM
     # (TVM's cache_flush_cpu_non_first_arg, still used on boards through RPC, where our evaluator
     # cannot run) made weight streaming from DRAM look like the bottleneck it is not.
-    cfg = ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
+    # GPU kernels: TVM's default timing (back-to-back launches; weights stay in the L2, as
+    # between a network's inferences).
+    cfg = ms.runner.EvaluatorConfig(number=1 if not gpu else 10, repeat=10, min_repeat_ms=0,
+                                    enable_cpu_cache_flush=not gpu)
+    if not tracker and gpu:
+        return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60)
     if not tracker:
         import functools
 
@@ -306,21 +311,20 @@ def _runner(tracker: str | None, key: str | None, threads: int = 1):
         evaluator_config=cfg, max_workers=1, f_alloc_argument=_alloc_args_remote)
 
 
-def _seed_with_defaults(db, mod, target, builder, runner, fam) -> bool:
+def _seed_with_defaults(db, mod, target, builder, runner, default_schedule) -> bool:
     """Measure ``mod`` at the templates' default knobs and commit it as the task's first record:
     the search starts from it (MetaSchedule's initial population takes the database's best) and
     the log can never pick something slower than what compile does without it."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from .sched_cpu import default_schedule
-
-    sch = default_schedule(mod, fam)
+    sch = default_schedule(mod)
     built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
     err = built.error_msg
     if not err:
         args = ArgInfo.from_prim_func(mod["main"])
-        ran = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])[0].result()
+        device = "cuda" if target.kind.name == "cuda" else "cpu"
+        ran = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args)])[0].result()
         err = ran.error_msg or (None if ran.run_secs else "no timings")
     if err:  # the search still runs, from random knobs
         sys.stderr.write(f"tune: could not measure the default knobs ({err.strip().splitlines()[-1]})\n")
@@ -387,7 +391,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     from tvm.s_tir import meta_schedule as ms
 
     from . import weights as W
-    from .compile import lower
+    from .compile import has_templates, lower
     from .sched_cpu import family_for, ms_builder, tunable_tasks, tune_space
     from .targets import get_profile
 
@@ -402,10 +406,15 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
         else:
             raise MntvmError(f"unknown op '{op}' in --ops: choose from all, {', '.join(OPS)}")
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
-    if profile.is_gpu:
-        raise MntvmError(f"tuning GPU profiles is not supported yet ('{profile.name}' uses DLight rules)")
+    if not has_templates(profile):
+        raise MntvmError(f"'{profile.name}' ({profile.family}) cannot be tuned: it is scheduled by TVM's DLight "
+                         "rules; our templates cover CPUs and CUDA")
     profile.check_toolchain()
-    if not tracker:
+    if not tracker and profile.is_gpu:
+        if not tvm.cuda(0).exist:
+            raise MntvmError(f"no CUDA GPU on this machine to measure '{profile.name}' kernels: tune where "
+                             "one is, or on a GPU board with --tracker HOST:PORT --key KEY")
+    elif not tracker:
         from .bench import foreign_arch
 
         foreign = foreign_arch({"target": profile.to_metadata()})
@@ -415,7 +424,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
                              "machine: tune on its board with --tracker HOST:PORT --key KEY")
     if threads is not None and threads < 1:
         raise MntvmError(f"threads must be >= 1 (got {threads})")
-    runner = _runner(tracker, key, threads or 1)
+    runner = _runner(tracker, key, threads or 1, gpu=profile.is_gpu)
     path = Path(out) if out else data_dir("schedules") / db_name(profile)
     path.mkdir(parents=True, exist_ok=True)
     meta_path = path / META
@@ -436,8 +445,15 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     ttarget = profile.tvm_target()
-    fam = family_for(ttarget, profile.vector_bits)
-    builder = ms_builder(cross_compiler=profile.cross_compiler)
+    if profile.is_gpu:
+        from .sched_gpu import default_schedule
+    else:
+        import functools
+
+        from .sched_cpu import default_schedule as cpu_default
+
+        default_schedule = functools.partial(cpu_default, fam=family_for(ttarget, profile.vector_bits))
+    builder = ms_builder(cross_compiler=profile.cross_compiler, target=ttarget)
     low = lower(cfg, W.random_weights(cfg), profile)
     tasks = {n: f for n, f in tunable_tasks(low).items() if _rule_of_func(f) in wanted}
     mods = {n: _task_mod(f) for n, f in tasks.items()}
@@ -467,7 +483,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
             summary["skipped"].append(name)
             continue
         before = _count(db, mod)
-        if before == 0 and _seed_with_defaults(db, mod, ttarget, builder, runner, fam):
+        if before == 0 and _seed_with_defaults(db, mod, ttarget, builder, runner, default_schedule):
             left -= 1
             show(name, mod)
         # One MetaSchedule run per task, so that its cost model learns across batches; each
@@ -476,7 +492,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
         if left > 0:
             with tempfile.TemporaryDirectory() as work:
                 ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
-                            builder=builder, runner=runner, database=db, space=tune_space(),
+                            builder=builder, runner=runner, database=db, space=tune_space(ttarget),
                             strategy=_strategy(),
                             measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
                             + [_progress_callback(lambda name=name, mod=mod: show(name, mod))])

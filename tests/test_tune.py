@@ -397,3 +397,71 @@ def test_remote_tuning_through_the_tracker(tmp_path):
         tracker.stop()
     (task,) = summary["tasks"].values()
     assert task["rule"] == "mntvm_dense" and task["trials"] >= 2 and task["best_ms"] > 0
+
+
+# ---- CUDA: what can be checked without a GPU ------------------------------------------------------
+def test_cuda_tuning_needs_a_gpu_or_a_board(tmp_path):
+    import tvm
+
+    if tvm.cuda(0).exist:
+        pytest.skip("this machine has a CUDA GPU: tuning would run here")
+    with pytest.raises(MntvmError, match="no CUDA GPU on this machine to measure 'cuda-sm80' kernels: .*--tracker"):
+        tune(CFG, "cuda-sm80", trials=1, out=tmp_path / "cu", progress=False)
+    with pytest.raises(MntvmError, match=r"'mali' \(opencl\) cannot be tuned: .*DLight"):
+        tune(CFG, "mali", trials=1, out=tmp_path / "mali", progress=False)
+    assert not (tmp_path / "cu").exists() and not (tmp_path / "mali").exists()
+    bad = run_cli("tune", "--target", "cuda-sm80", "--trials", "1", "-o", str(tmp_path / "cu"), check=False)
+    assert bad.returncode == 2 and "no CUDA GPU" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_cuda_candidates_build_for_the_board():
+    """The builder half of tuning a CUDA task (what a GPU board or a local GPU then times): a
+    shared library with SASS for the target's SM, no CUDA source left to JIT-compile there."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from mntvm.sched_cpu import ms_builder
+    from mntvm.sched_gpu import default_schedule
+    from test_targets import fatbin_archs
+
+    profile = get_profile("cuda-sm80")
+    target = profile.tvm_target()
+    mod = _task_mod(lower(CFG, W.random_weights(CFG), profile)["mntvm_pw"])
+    (res,) = ms_builder(target=target).build([ms.builder.BuilderInput(default_schedule(mod).mod, target)])
+    assert res.error_msg is None
+    data = open(res.artifact_path, "rb").read()
+    assert ("elf", 80) in fatbin_archs(data) and b'extern "C" __global__' not in data
+
+
+def test_cuda_compile_applies_a_log(tmp_path):
+    """A log for a CUDA profile is applied by compile (proved by the trace) and reported. Its record
+    is committed here by hand, with knobs sampled at random, since no GPU here can time one."""
+    import tvm
+    from tvm import s_tir
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from mntvm.sched_gpu import SCHEDULERS, default_schedule
+
+    profile = get_profile("cuda-sm80")
+    target = profile.tvm_target()
+    low = lower(CFG, W.random_weights(CFG), profile)
+    name = "mntvm_pw1"
+    mod = _task_mod(low[name])
+    sch = s_tir.Schedule(mod, seed=5)
+    SCHEDULERS["mntvm_pw"](sch, sch.get_sblock("conv_pw"), None)
+    with pytest.raises(ValueError):  # not the default knobs
+        tvm.ir.assert_structural_equal(sch.mod["main"], default_schedule(mod).mod["main"])
+    out = tmp_path / "db"
+    out.mkdir()
+    (out / META).write_text(json.dumps({"format": 1, "target": profile.to_metadata(), "trials": {}}))
+    mdb = ms.database.JSONDatabase(work_dir=str(out), allow_missing=True)
+    mdb.commit_tuning_record(ms.database.TuningRecord(sch.trace, mdb.commit_workload(mod), [1e-5], target,
+                                                      ArgInfo.from_prim_func(mod["main"])))
+    applied, covered = open_schedules(out, profile).apply(low, target)
+    assert covered == [name]
+    tvm.ir.assert_structural_equal(sch.mod["main"].body, applied[name].body)
+    art = compile_model(CFG, tmp_path / "art", target="cuda-sm80", schedules=out)
+    s = json.loads((art / "metadata.json").read_text())["schedules"]
+    assert s["kind"] == "templates+database" and s["tuned"] == [name] and name not in s["defaults"]
+    with pytest.raises(MntvmError, match="tuned for target 'cuda-sm80', not 'cuda-sm90'.*arch"):
+        compile_model(CFG, tmp_path / "art90", target="cuda-sm90", schedules=out)
