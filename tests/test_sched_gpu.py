@@ -26,13 +26,13 @@ from tvm.s_tir.schedule import Trace
 from mntvm import sched_cpu as sc
 from mntvm import sched_gpu as sg
 from mntvm import weights as W
-from mntvm.compile import inference_module, lower
+from mntvm.compile import lower
 from mntvm.export import build_onnx
 from mntvm.model import MobileNetConfig
 from mntvm.targets import get_profile
 
 from conftest import ort_run
-from test_sched_cpu import _blocked, _conv_ref, _run, _unblocked
+from test_sched_cpu import check_dense_and_pool, check_depthwise, check_pointwise, check_stem
 
 V = sg.VECTOR_BITS // 32
 CUDA = get_profile("cuda-sm80").tvm_target()
@@ -79,86 +79,29 @@ def _check(tensors, block, seed):
     return serial(sch, mod)
 
 
+def _by_seed(seed):
+    return lambda tensors, block, _rule: _check(tensors, block, seed)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_pointwise(seed):
-    rng = np.random.RandomState(0)
-    i_c, o_c, h = 3 * V, 8 * V, 10  # 100 positions: prime-ish tiles and predicates
-    data = te.placeholder((1, i_c // V, h * h, V), name="data")
-    wt = te.placeholder((o_c // V, i_c // V, V, V), name="w")
-    b = te.placeholder((o_c // V, V), name="b")
-    out = sc.pointwise_te(data, wt, b, ("clip", 0.0, 6.0))
-    mod = _check([data, wt, b, out], "conv_pw", seed)
-    x = rng.randn(1, i_c // V, h * h, V).astype("float32")
-    w = rng.randn(o_c // V, i_c // V, V, V).astype("float32")
-    bb = rng.randn(o_c // V, V).astype("float32")
-    got = _run(mod, [x, w, bb], (1, o_c // V, h * h, V))
-    ref = np.clip(np.einsum("bpi,obiv->opv", x[0].astype(np.float64), w) + bb[:, None, :], 0, 6)
-    np.testing.assert_allclose(got[0], ref, atol=1e-5, rtol=1e-5)
+    check_pointwise(_by_seed(seed), V, 3 * V, 8 * V, 10, atol=1e-5)  # 100 positions: uneven tiles
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("stride,h", [(1, 6), (2, 8), (2, 7)])
 def test_depthwise(seed, stride, h):
-    c = 4 * V
-    rng = np.random.RandomState(1)
-    data = te.placeholder((1, c // V, h * h, V), name="data")
-    wt = te.placeholder((c // V, 3, 3, V), name="w")
-    b = te.placeholder((c // V, V), name="b")
-    out = sc.depthwise_te(data, wt, b, ("relu",), h, h, stride, (1, 1, 1, 1))
-    ho = (h + 2 - 3) // stride + 1
-    mod = _check([data, wt, b, out], "conv_dw", seed)
-    x = rng.randn(1, c, h, h).astype("float32")
-    w = rng.randn(c, 1, 3, 3).astype("float32")
-    bb = rng.randn(c).astype("float32")
-    wp = w[:, 0].reshape(c // V, V, 3, 3).transpose(0, 2, 3, 1).copy()
-    got = _run(mod, [_blocked(x, V), wp, bb.reshape(c // V, V)], (1, c // V, ho * ho, V))
-    ref = np.maximum(_conv_ref(x, w, stride, 1, c) + bb[None, :, None, None], 0)
-    np.testing.assert_allclose(_unblocked(got, c, ho, ho), ref, atol=1e-5, rtol=1e-5)
+    check_depthwise(_by_seed(seed), V, 4 * V, stride, h, atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_stem(seed):
-    c, o, h = 3, 6 * V, 10
-    rng = np.random.RandomState(2)
-    data = te.placeholder((1, c, h, h), name="data")
-    wt = te.placeholder((o // V, c, 3, 3, V), name="w")
-    b = te.placeholder((o // V, V), name="b")
-    out = sc.stem_te(data, wt, b, ("clip", 0.0, 6.0), 2, (1, 1, 1, 1))
-    ho = 5
-    mod = _check([data, wt, b, out], "conv_stem", seed)
-    x = rng.randn(1, c, h, h).astype("float32")
-    w = rng.randn(o, c, 3, 3).astype("float32")
-    bb = rng.randn(o).astype("float32")
-    wp = w.reshape(o // V, V, c, 3, 3).transpose(0, 2, 3, 4, 1).copy()
-    got = _run(mod, [x, wp, bb.reshape(o // V, V)], (1, o // V, ho * ho, V))
-    ref = np.clip(_conv_ref(x, w, 2, 1, 1) + bb[None, :, None, None], 0, 6)
-    np.testing.assert_allclose(_unblocked(got, o, ho, ho), ref, atol=1e-5, rtol=1e-5)
+    check_stem(_by_seed(seed), V, 6 * V, atol=1e-5)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_dense_and_pool(seed):
-    k, n_out = 96, 37
-    rng = np.random.RandomState(3)
-    nb = -(-n_out // V)
-    data = te.placeholder((1, k), name="data")
-    wt = te.placeholder((nb, k, V), name="w")
-    b = te.placeholder((n_out,), name="b")
-    mod = _check([data, wt, b, sc.dense_te(data, wt, b, n_out)], "dense", seed)
-    x = rng.randn(1, k).astype("float32")
-    w = rng.randn(k, n_out).astype("float32")
-    bb = rng.randn(n_out).astype("float32")
-    wp = np.zeros((k, nb * V), "float32")
-    wp[:, :n_out] = w
-    got = _run(mod, [x, wp.reshape(k, nb, V).transpose(1, 0, 2).copy(), bb], (1, n_out))
-    np.testing.assert_allclose(got, x.astype(np.float64) @ w + bb, atol=1e-5, rtol=1e-5)
-
-    c, p = 22, 9  # 22 channels in 6 blocks of 4 (2 padded)
-    data = te.placeholder((1, 6, p, V), name="data")
-    mod = _check([data, sc.pool_te(data, c)], "pool_sum", seed)
-    x = rng.randn(1, 6, p, V).astype("float32")
-    got = _run(mod, [x], (1, c, 1, 1))
-    ref = x.transpose(0, 1, 3, 2).reshape(1, 6 * V, p).mean(-1)[:, :c]
-    np.testing.assert_allclose(got[:, :, 0, 0], ref, atol=1e-5, rtol=1e-5)
+    check_dense_and_pool(_by_seed(seed), V, 96, 37, 22, atol=1e-5)  # 22 channels: 6 blocks of 4, 2 padded
 
 
 # ------------------------------------------------------------------------------------------------
