@@ -361,28 +361,33 @@ def _row_tiled(sch: Schedule, conv, d: dict | None, wo: int | None, ch_key: str)
     sch.set_scope(conv, 0, "local")
 
 
+def taps_outside(sch: Schedule, block, n_reduce: int):
+    """Inner loops of a depthwise/stem block (after ``compute_at``): its ``n_reduce`` reduction
+    loops (input channels, then the kh x kw taps) moved outside the register tile, the channel
+    vector vectorized, tile and taps unrolled, the accumulator's init split off. Returns the
+    outermost reduction loop. Shared by the CPU and CUDA templates."""
+    loops = sch.get_loops(block)[-(4 + n_reduce):]
+    tile, red = loops[:4], loops[4:]
+    sch.reorder(*red, *tile)
+    sch.vectorize(tile[-1])
+    for loop in (*red[-2:], *tile[:-1]):
+        sch.unroll(loop)
+    sch.decompose_reduction(block, red[0])
+    return red[0]
+
+
 def schedule_depthwise(sch: Schedule, block, d: dict | None = None, wo: int | None = None) -> Schedule:
     """Depthwise: rows x column tiles, w_t output columns (x cb_t channel vectors) accumulate
     in registers, taps unrolled, channels vectorized, padding predicated inline."""
     _row_tiled(sch, block, d, wo, "cb")
-    c_n, c_cb, c_p, c_v, c_kh, c_kw = sch.get_loops(block)[-6:]
-    sch.reorder(c_kh, c_kw, c_n, c_cb, c_p, c_v)
-    sch.vectorize(c_v)
-    for l in (c_kh, c_kw, c_n, c_cb, c_p):
-        sch.unroll(l)
-    sch.decompose_reduction(block, c_kh)
+    taps_outside(sch, block, 2)
     return sch
 
 
 def schedule_stem(sch: Schedule, block, d: dict | None = None, wo: int | None = None) -> Schedule:
     """Stem: as depthwise, reducing over input channels and taps (input channels outermost)."""
     _row_tiled(sch, block, d, wo, "ob")
-    c_n, c_ob, c_p, c_v, c_c, c_kh, c_kw = sch.get_loops(block)[-7:]
-    sch.reorder(c_c, c_kh, c_kw, c_n, c_ob, c_p, c_v)
-    sch.vectorize(c_v)
-    for l in (c_kh, c_kw, c_n, c_ob, c_p):
-        sch.unroll(l)
-    sch.decompose_reduction(block, c_c)
+    taps_outside(sch, block, 3)
     return sch
 
 

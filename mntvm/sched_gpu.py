@@ -54,7 +54,7 @@ from tvm.s_tir import Schedule
 
 from .errors import MntvmError
 from .sched_cpu import (RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, _all_blocks, _cat, _rule_of,
-                        _single_consumer_epilogue, _tile, largest_divisor_le)
+                        _single_consumer_epilogue, _tile, largest_divisor_le, taps_outside)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -147,25 +147,14 @@ def schedule_depthwise_gpu(sch: Schedule, block, d: dict | None = None) -> Sched
     """Depthwise: taps read straight from global memory (L1-cached), float4 channel vectors,
     ``w_r`` columns accumulated in registers, taps unrolled."""
     _row_tiled_gpu(sch, block, d, "cb_t")
-    c_n, c_cb, c_p, c_v, c_kh, c_kw = sch.get_loops(block)[-6:]
-    sch.reorder(c_kh, c_kw, c_n, c_cb, c_p, c_v)
-    sch.vectorize(c_v)
-    for loop in (c_kh, c_kw, c_n, c_cb, c_p):
-        sch.unroll(loop)
-    sch.decompose_reduction(block, c_kh)
+    taps_outside(sch, block, 2)
     return sch
 
 
 def schedule_stem_gpu(sch: Schedule, block, d: dict | None = None) -> Schedule:
     """Stem: as depthwise, reducing over the input channels (outermost) and the taps."""
     _row_tiled_gpu(sch, block, d, "ob_t")
-    c_n, c_ob, c_p, c_v, c_c, c_kh, c_kw = sch.get_loops(block)[-7:]
-    sch.reorder(c_c, c_kh, c_kw, c_n, c_ob, c_p, c_v)
-    sch.vectorize(c_v)
-    for loop in (c_kh, c_kw, c_n, c_ob, c_p):
-        sch.unroll(loop)
-    _unroll(sch, c_c, d)
-    sch.decompose_reduction(block, c_c)
+    _unroll(sch, taps_outside(sch, block, 3), d)
     return sch
 
 
