@@ -196,7 +196,7 @@ def benchmark(
             want, here = foreign
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}) and cannot "
                              f"run on this {here} machine: bench it on a board with --tracker/--key")
-        if _is_cuda(art.metadata) and not _local_cuda():
+        if _is_cuda(art.metadata) and not local_cuda():
             raise MntvmError(f"{art.path} is a CUDA artifact ({art.metadata['target']['name']}) and this machine "
                              "has no CUDA GPU: bench it where one is, or on a GPU board with --tracker/--key")
         if threads is None:  # the profile's thread count (the runtime's own default may use fewer)
@@ -521,7 +521,8 @@ def artifact_arch(meta: dict) -> str:
     return triple.split("-", 1)[0] if triple else "x86_64"
 
 
-def _local_cuda() -> bool:
+def local_cuda() -> bool:
+    """Whether this machine has a CUDA GPU that TVM can use (bench and tune ask the same)."""
     import tvm
 
     return bool(tvm.cuda(0).exist)

@@ -341,15 +341,22 @@ def schedule_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
     return sch
 
 
-def _row_tiled(sch: Schedule, conv, d: dict | None, wo: int | None, ch_key: str):
-    """Shared outer structure of the depthwise and stem templates: the epilogue's (channel block,
-    P) loops become rows × column tiles; ``ch_t`` channel vectors × ``w_t`` columns accumulate in
-    registers. Returns the conv's inner loops (to order and unroll per template)."""
+def rows_and_columns(sch: Schedule, conv, wo: int | None = None):
+    """The epilogue of a depthwise/stem block (N, C/V, P, V) with its position loop split back
+    into rows and columns: its loops ``(n, cb, h, w, v)``. Shared by the CPU and CUDA templates."""
     if wo is None:
         wo = int(sch.get(conv).annotations["mntvm_wo"])
     epi = _single_consumer_epilogue(sch, conv)
     n, cb, p, v = sch.get_loops(epi)[-4:]
     h, w = sch.split(p, [None, wo])
+    return n, cb, h, w, v
+
+
+def _row_tiled(sch: Schedule, conv, d: dict | None, wo: int | None, ch_key: str):
+    """Shared outer structure of the depthwise and stem templates: the epilogue's (channel block,
+    P) loops become rows × column tiles; ``ch_t`` channel vectors × ``w_t`` columns accumulate in
+    registers; the conv is computed there, into registers."""
+    n, cb, h, w, v = rows_and_columns(sch, conv, wo)
     cb0, cb1 = sch.split(cb, _tile(sch, cb, 2, 4, d, ch_key))
     w0, w1 = sch.split(w, _tile(sch, w, 2, 16, d, "w"))
     sch.reorder(n, cb0, h, w0, cb1, w1, v)

@@ -54,7 +54,7 @@ from tvm.s_tir import Schedule
 
 from .errors import MntvmError
 from .sched_cpu import (RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, _all_blocks, _cat, _rule_of,
-                        _single_consumer_epilogue, _tile, largest_divisor_le, taps_outside)
+                        _single_consumer_epilogue, _tile, largest_divisor_le, rows_and_columns, taps_outside)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -125,10 +125,7 @@ def _row_tiled_gpu(sch: Schedule, conv, d: dict | None, ch_key: str) -> None:
     """Outer structure of the depthwise and stem templates: a thread computes ``w_r`` output
     columns x one channel vector of one row; a thread block is ``ch_t`` channel vectors
     (threadIdx.y) x ``h_t`` rows x the row's column tiles (threadIdx.x)."""
-    wo = int(sch.get(conv).annotations["mntvm_wo"])
-    epi = _single_consumer_epilogue(sch, conv)
-    n, cb, p, v = sch.get_loops(epi)[-4:]
-    h, w = sch.split(p, [None, wo])
+    n, cb, h, w, v = rows_and_columns(sch, conv)
     cb_b, cb_t = sch.split(cb, _tile(sch, cb, 2, 16, d, ch_key))
     h_b, h_t = sch.split(h, _tile(sch, h, 2, 16, d, "h_t"))
     w_o, w_r = sch.split(w, _tile(sch, w, 2, 8, d, "w_r"))
@@ -181,8 +178,9 @@ def schedule_dense_gpu(sch: Schedule, block, d: dict | None = None) -> Schedule:
     return sch
 
 
-def _flat_threads(sch: Schedule, block, threads: int):
-    """An elementwise block as a flat grid of ``threads``-thread blocks; returns the thread loop."""
+def _flat_threads(sch: Schedule, block, threads):
+    """A spatial block as a flat grid of ``threads``-thread blocks (an int or a sampled factor);
+    returns the thread loop."""
     fused = sch.fuse(*sch.get_loops(block))
     bx, tx = sch.split(fused, [None, threads])
     sch.bind(bx, "blockIdx.x")
@@ -194,13 +192,8 @@ def schedule_pool_gpu(sch: Schedule, block, d: dict | None = None) -> Schedule:
     """Global average pool: one thread per channel sums its positions; ``c_t`` threads a block."""
     s = block
     epi = _single_consumer_epilogue(sch, s)
-    loops = sch.get_loops(epi)
     c_f = _tile(sch, sch.get_loops(s)[-2], 2, 256, d, "c_t")
-    fused = sch.fuse(*loops)
-    bx, tx = sch.split(fused, [None, c_f[1]])
-    sch.bind(bx, "blockIdx.x")
-    sch.bind(tx, "threadIdx.x")
-    sch.compute_at(s, tx, preserve_unit_loops=True)
+    sch.compute_at(s, _flat_threads(sch, epi, c_f[1]), preserve_unit_loops=True)
     sch.set_scope(s, 0, "local")
     sch.decompose_reduction(s, sch.get_loops(s)[-1])
     return sch

@@ -411,7 +411,9 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
                          "rules; our templates cover CPUs and CUDA")
     profile.check_toolchain()
     if not tracker and profile.is_gpu:
-        if not tvm.cuda(0).exist:
+        from .bench import local_cuda
+
+        if not local_cuda():
             raise MntvmError(f"no CUDA GPU on this machine to measure '{profile.name}' kernels: tune where "
                              "one is, or on a GPU board with --tracker HOST:PORT --key KEY")
     elif not tracker:
