@@ -45,8 +45,8 @@ Public entry points
 ``tunable_tasks(mod)`` / ``tune_tasks(funcs, target, work_dir, trials)`` / ``apply_records`` /
 ``apply_database(mod, db, target)``
     MetaSchedule over our knobs. ``tune_tasks`` runs ``ms.tune_tir`` with ``tune_space()`` (a
-    PostOrderApply with only ``ApplyCustomRule``, postproc ``DisallowDynamicLoop``, mutator
-    ``MutateTileSize``), a LocalBuilder whose ``f_build`` is plain ``tvm.compile`` and a
+    PostOrderApply with only ``ApplyCustomRule``, postproc ``DisallowDynamicLoop`` (and
+    ``VerifyGPUCode`` for CUDA), mutator ``MutateTileSize``), a LocalBuilder whose ``f_build`` is plain ``tvm.compile`` and a
     LocalRunner; the JSON database lands in ``work_dir``. ``apply_database`` runs
     ``relax.transform.MetaScheduleApplyDatabase`` on the *lowered* module (its PrimFuncs are the
     task workloads, so records match: ``apply_records``) and then ``apply_default_schedules``
