@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from mntvm import sched_cpu as sc  # noqa: E402
+from mntvm.templates import cpu as sc  # noqa: E402
 
 PEAK_C = r"""
 #include <immintrin.h>
@@ -213,8 +213,8 @@ def ort_layer_model(spec, act="relu6"):
 
 # ---------------------------------------------------------------------------------------------
 def build_network(cfg, target, vector_bits, seed=0):
-    from mntvm.compile import inference_module
-    from mntvm.weights import random_weights
+    from mntvm.model.inference import inference_module
+    from mntvm.model.weights import random_weights
 
     w = random_weights(cfg, seed)
     mod = inference_module(cfg, w)
@@ -237,8 +237,8 @@ def main(argv=None):
     ap.add_argument("--work-dir", default=None)
     args = ap.parse_args(argv)
 
-    from mntvm.model import MobileNetConfig, layer_specs
-    from mntvm import reference
+    from mntvm.model.network import MobileNetConfig, layer_specs
+    from mntvm.model import reference
 
     cfg = MobileNetConfig(alpha=args.alpha, resolution=args.resolution)
     threads = [int(t) for t in args.threads.split(",")]
@@ -318,7 +318,7 @@ def main(argv=None):
     ft = vm.time_evaluator("main", dev, number=10, repeat=15)
     sess = {}
     if ort_ok:
-        from mntvm.export import build_onnx
+        from mntvm.export.onnx import build_onnx
 
         onnx_model = build_onnx(cfg, w)
         for t in threads:

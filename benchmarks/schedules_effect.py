@@ -40,12 +40,14 @@ def main(argv=None) -> int:
     import tvm
     from tvm import relax
 
-    from mntvm import reference
-    from mntvm import weights as W
-    from mntvm.artifact import deterministic_input, load_artifact, set_threads
-    from mntvm.compile import compile_model, inference_module
-    from mntvm.model import MobileNetConfig
-    from mntvm.targets import get_profile
+    from mntvm.model import reference
+    from mntvm.model import weights as W
+    from mntvm.compile.artifact import deterministic_input, load_artifact
+    from mntvm.core.threads import set_threads
+    from mntvm.compile.build import compile_model
+    from mntvm.model.inference import inference_module
+    from mntvm.model.network import MobileNetConfig
+    from mntvm.targets.profiles import get_profile
 
     cfg = MobileNetConfig(alpha=a.alpha, resolution=a.resolution)
     set_threads(a.threads)

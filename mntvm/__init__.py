@@ -1,5 +1,5 @@
 """mntvm: MobileNetV1 written in TVM Relax, compiled, tuned and benchmarked for edge targets."""
-from .errors import MntvmError
+from mntvm.core.errors import MntvmError
 
 __version__ = "0.1.0"
 __all__ = ["MntvmError", "__version__"]

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import MntvmError
+from mntvm.core.errors import MntvmError
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(a):
-    from .model import MobileNetConfig
+    from mntvm.model.network import MobileNetConfig
 
     return MobileNetConfig(alpha=a.alpha, resolution=a.resolution, num_classes=a.num_classes,
                            batch=a.batch, activation=a.activation)
@@ -42,15 +42,15 @@ def _mattr(a):
 
 
 def cmd_cost(a) -> None:
-    from .cost import cost_report, format_table
+    from mntvm.model.cost import cost_report, format_table
 
     report = cost_report(_config(a))
     print(json.dumps(report) if a.json else format_table(report))
 
 
 def cmd_export_onnx(a) -> None:
-    from . import weights as W
-    from .export import export_onnx
+    from mntvm.model import weights as W
+    from mntvm.export.onnx import export_onnx
 
     cfg = _config(a)
     path = export_onnx(cfg, W.load(cfg, a.weights, a.seed), a.output)
@@ -58,14 +58,14 @@ def cmd_export_onnx(a) -> None:
 
 
 def cmd_save_weights(a) -> None:
-    from . import weights as W
+    from mntvm.model import weights as W
 
     cfg = _config(a)
     print(f"wrote {W.save_npz(W.load(cfg, a.weights, a.seed), a.output)}")
 
 
 def cmd_compile(a) -> None:
-    from .compile import compile_model
+    from mntvm.compile.build import compile_model
 
     out = compile_model(_config(a), a.output, target=a.target, weights=a.weights, seed=a.seed,
                         targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a), schedules=a.schedules,
@@ -85,7 +85,7 @@ def cmd_compile(a) -> None:
 
 
 def cmd_tune(a) -> None:
-    from .tune import tune
+    from mntvm.tuning.tune import tune
 
     r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
              targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads,
@@ -101,7 +101,7 @@ def cmd_tune(a) -> None:
 
 
 def cmd_schedules(a) -> None:
-    from . import tune as T
+    from mntvm.tuning import tune as T
 
     if a.schedules_cmd == "show":
         r = T.show(a.path)
@@ -133,7 +133,8 @@ def cmd_schedules(a) -> None:
 def cmd_run(a) -> None:
     import numpy as np
 
-    from .artifact import deterministic_input, load_artifact, set_threads, top_k
+    from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
+    from mntvm.core.threads import set_threads
 
     art = load_artifact(a.artifact)
     if a.input:
@@ -152,7 +153,7 @@ def cmd_run(a) -> None:
 
 
 def cmd_targets(a) -> None:
-    from .targets import list_profiles
+    from mntvm.targets.profiles import list_profiles
 
     profiles = list_profiles(a.targets_dir)
     if a.json:
@@ -166,7 +167,7 @@ def cmd_targets(a) -> None:
 def cmd_bench(a) -> None:
     import os
 
-    from .bench import benchmark, compare, format_compare, format_per_layer, plot_per_layer
+    from mntvm.bench.bench import benchmark, compare, format_compare, format_per_layer, plot_per_layer
 
     if a.compare:
         r = compare(a.artifact, peers=tuple(p for p in a.compare.split(",") if p),
@@ -202,7 +203,7 @@ def cmd_bench(a) -> None:
 
 
 def cmd_rpc(a) -> None:
-    from . import rpc
+    from mntvm.remote import rpc
 
     if a.rpc_cmd == "tracker":
         rpc.run_tracker(a.host, a.port, a.port_end, silent=a.silent)
@@ -214,8 +215,8 @@ def cmd_rpc(a) -> None:
 
 
 def cmd_board(a) -> None:
-    from . import board
-    from .rpc import parse_addr
+    from mntvm.remote import board
+    from mntvm.remote.rpc import parse_addr
 
     if a.board_cmd == "prepare":
         print(f"board userland ready: {board.prepare(a.arch)}")
@@ -230,8 +231,8 @@ def cmd_board(a) -> None:
 
 def cmd_demo(a) -> None:
     """The README's main job: compile for this machine with the shipped logs, benchmark, show top-5."""
-    from .bench import benchmark
-    from .compile import compile_model
+    from mntvm.bench.bench import benchmark
+    from mntvm.compile.build import compile_model
 
     cfg = _config(a)
     out = compile_model(cfg, a.output, target="x86")
@@ -249,7 +250,7 @@ def cmd_sweep(a) -> None:
     """α×resolution sweep: compile, benchmark (here or on every board under a key), report."""
     import os
 
-    from .sweep import (DEFAULT_ALPHAS, DEFAULT_RESOLUTIONS, format_table, parse_list, plot_png,
+    from mntvm.sweep.sweep import (DEFAULT_ALPHAS, DEFAULT_RESOLUTIONS, format_table, parse_list, plot_png,
                         sweep, write_plot, write_report)
 
     alphas = parse_list(a.alphas, float, "--alphas") if a.alphas else list(DEFAULT_ALPHAS)

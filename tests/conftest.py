@@ -36,7 +36,7 @@ def ort_run(onnx_model, x: np.ndarray, threads: int = 1) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def small_cfg():
-    from mntvm.model import MobileNetConfig
+    from mntvm.model.network import MobileNetConfig
 
     return MobileNetConfig(alpha=0.25, resolution=96)
 

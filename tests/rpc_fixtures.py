@@ -54,7 +54,7 @@ def stop_group(proc: subprocess.Popen, timeout: float = 10) -> None:
 
 
 def tracker_status(addr: str) -> dict:
-    from mntvm import rpc
+    from mntvm.remote import rpc
 
     return rpc.status(addr)
 

@@ -19,12 +19,14 @@ from conftest import ROOT, run_cli
 from rpc_fixtures import Server, bench_json, cli_popen, free_port, stop_group, tracker_status, wait_for
 
 from mntvm import MntvmError
-from mntvm import weights as W
-from mntvm.artifact import load_artifact
-from mntvm.bench import (COMPARE_KEYS, RESULT_KEYS, artifact_arch, artifact_weights, benchmark, compare,
+from mntvm.model import weights as W
+from mntvm.compile.artifact import load_artifact
+from mntvm.core import arch
+from mntvm.core.arch import artifact_arch
+from mntvm.bench.bench import (COMPARE_KEYS, RESULT_KEYS, artifact_weights, benchmark, compare,
                          format_compare)
-from mntvm.compile import compile_model
-from mntvm.model import MobileNetConfig
+from mntvm.compile.build import compile_model
+from mntvm.model.network import MobileNetConfig
 
 KEY = "mntvm-test-x86-bench"
 
@@ -196,7 +198,7 @@ def test_board_hung_during_benchmark(tracker, doomed_server, x86_art):
 
 
 def test_bench_on_emulated_aarch64_board(tracker, a64_art, tmp_path):
-    from mntvm import board
+    from mntvm.remote import board
 
     missing = [t for t in ("debootstrap", "qemu-aarch64-static", "aarch64-linux-gnu-g++")
                if not (shutil.which(t) or shutil.which(t, path="/usr/sbin:/sbin"))]
@@ -298,9 +300,9 @@ def test_cli_bench_compare(cmp_art):
 
 
 def test_compare_outputs_must_agree(cmp_art, monkeypatch):
-    import mntvm.bench
+    import mntvm.bench.bench
 
-    monkeypatch.setattr(mntvm.bench, "COMPARE_TOL", 1e-12)
+    monkeypatch.setattr(mntvm.bench.bench, "COMPARE_TOL", 1e-12)
     with pytest.raises(MntvmError, match=r"outputs disagree at 1 thread: max \|ours - ONNX Runtime\| = "
                                          r"[0-9.]+e-[0-9]+ > 1e-12"):
         compare(cmp_art, threads=(1,), rounds=1, per_round=1)
@@ -330,9 +332,9 @@ def test_compare_refusals(cmp_art, a64_art, small_cfg, tmp_path):
 
 
 def test_cuda_artifact_needs_a_gpu(tmp_path, monkeypatch):
-    from mntvm import bench
+    from mntvm.bench import bench
 
-    monkeypatch.setattr(bench, "local_cuda", lambda: False)  # as here; on a GPU machine too
+    monkeypatch.setattr(arch, "local_cuda", lambda: False)  # as here; on a GPU machine too
     art = compile_model(MobileNetConfig(alpha=0.25, resolution=32), tmp_path / "cu", target="cuda-sm80")
     with pytest.raises(MntvmError, match="is a CUDA artifact .* has no CUDA GPU: .*--tracker"):
         benchmark(art, repeat=1, warmup=0, progress=False)

@@ -18,7 +18,8 @@ import time
 import numpy as np
 import pytest
 
-from mntvm import MntvmError, board
+from mntvm import MntvmError
+from mntvm.remote import board
 
 ARCH = "aarch64"
 CXX = "aarch64-linux-gnu-g++"
@@ -207,10 +208,10 @@ def mobilenet_ref():
     """α 0.25 / 96 MobileNetV1, its (seeded random) weights, the documented deterministic input,
     and ONNX Runtime's softmax output for them on our ONNX export (the independent reference)."""
     from conftest import ort_run
-    from mntvm import weights as W
-    from mntvm.artifact import deterministic_input
-    from mntvm.export import build_onnx
-    from mntvm.model import MobileNetConfig
+    from mntvm.model import weights as W
+    from mntvm.compile.artifact import deterministic_input
+    from mntvm.export.onnx import build_onnx
+    from mntvm.model.network import MobileNetConfig
 
     cfg = MobileNetConfig(alpha=0.25, resolution=96)
     w = W.random_weights(cfg, 0)
@@ -235,7 +236,7 @@ def _run_on_board(a64_board, art_dir, x):
     import tvm
     from tvm import relax, rpc
 
-    from mntvm.artifact import load_artifact
+    from mntvm.compile.artifact import load_artifact
 
     (host, port), key = a64_board
     art = load_artifact(art_dir)
@@ -281,9 +282,9 @@ def _random_knob_db(cfg, w, profile, path, seed):
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
-    from mntvm import sched_cpu as sc
-    from mntvm.compile import lower
-    from mntvm.tune import META, _task_mod
+    from mntvm.templates import cpu as sc
+    from mntvm.templates.lowering import lower
+    from mntvm.tuning.tune import META, _task_mod
 
     target = profile.tvm_target()
     fam = sc.family_for(target, profile.vector_bits)
@@ -313,8 +314,8 @@ def _random_knob_db(cfg, w, profile, path, seed):
 def test_mobilenet_default_knobs_on_board(mobilenet_ref, a64_board, tmp_path):
     """compile_model for rpi4-aarch64 at the templates' default knobs (no database): the output on
     the emulated board matches ONNX Runtime within 1e-5."""
-    from mntvm.artifact import load_artifact
-    from mntvm.compile import compile_model
+    from mntvm.compile.artifact import load_artifact
+    from mntvm.compile.build import compile_model
 
     cfg, w, x, ref = mobilenet_ref
     t0 = time.monotonic()
@@ -338,9 +339,9 @@ def test_mobilenet_random_knobs_on_board(mobilenet_ref, a64_board, tmp_path):
     """Every tunable task at randomly sampled knobs (a seeded sample per task, written as a
     schedules database and applied by compile_model, as tuned logs are): the output on the
     emulated board matches ONNX Runtime within 1e-5, and the sampled knobs are not the defaults."""
-    from mntvm.artifact import load_artifact
-    from mntvm.compile import compile_model
-    from mntvm.targets import get_profile
+    from mntvm.compile.artifact import load_artifact
+    from mntvm.compile.build import compile_model
+    from mntvm.targets.profiles import get_profile
 
     cfg, w, x, ref = mobilenet_ref
     t0 = time.monotonic()
@@ -375,9 +376,9 @@ def test_tiny_remote_tuning_on_the_board(mobilenet_ref, a64_board, tmp_path):
     """`mntvm tune --target rpi4-aarch64 --tracker ... --key ...`: kernels cross-built and linked
     here, measured on the emulated board; compile applies the log and the board's output still
     matches ONNX Runtime."""
-    from mntvm.artifact import load_artifact
-    from mntvm.compile import compile_model
-    from mntvm.tune import tune
+    from mntvm.compile.artifact import load_artifact
+    from mntvm.compile.build import compile_model
+    from mntvm.tuning.tune import tune
 
     cfg, w, x, ref = mobilenet_ref
     (host, port), key = a64_board

@@ -4,12 +4,12 @@ import json
 import numpy as np
 import pytest
 
-from mntvm import weights as W
-from mntvm.artifact import load_artifact
-from mntvm.compile import compile_model
-from mntvm.errors import MntvmError
-from mntvm.export import build_onnx
-from mntvm.model import MobileNetConfig
+from mntvm.model import weights as W
+from mntvm.compile.artifact import load_artifact
+from mntvm.compile.build import compile_model
+from mntvm.core.errors import MntvmError
+from mntvm.export.onnx import build_onnx
+from mntvm.model.network import MobileNetConfig
 
 from conftest import ort_run, run_cli
 
@@ -148,7 +148,7 @@ def test_vulkan_is_refused_cleanly(tmp_path):
 
 def test_cli_targets_and_user_profile(tmp_path):
     listed = {p["name"] for p in json.loads(run_cli("targets", "--json").stdout)}
-    from mntvm.paths import data_dir
+    from mntvm.core.paths import data_dir
 
     assert listed == {p.stem for p in data_dir("targets").glob("*.toml")}
     text = "\n".join('description = "my own board"' if line.startswith("description") else line

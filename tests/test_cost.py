@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from mntvm.cost import cost_report, count_relax
-from mntvm.model import MobileNetConfig, build_relax
+from mntvm.model.cost import cost_report, count_relax
+from mntvm.model.network import MobileNetConfig, build_relax
 from conftest import run_cli
 
 # The MobileNets paper (Howard et al. 2017), Tables 6 and 7 (and Table 4 for α=1/224):

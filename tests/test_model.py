@@ -1,7 +1,7 @@
 import pytest
 
-from mntvm.errors import MntvmError
-from mntvm.model import MobileNetConfig, build_relax, layer_specs, param_shapes
+from mntvm.core.errors import MntvmError
+from mntvm.model.network import MobileNetConfig, build_relax, layer_specs, param_shapes
 
 
 @pytest.mark.parametrize("field,value", [
@@ -48,7 +48,7 @@ def test_relax_graph_shapes_and_names():
 
 
 def test_folded_weights_build_bias_graph():
-    from mntvm import weights as W
+    from mntvm.model import weights as W
 
     cfg = MobileNetConfig(alpha=0.25, resolution=64)
     folded = W.fold_batchnorm(W.random_weights(cfg))

@@ -11,7 +11,8 @@ import pytest
 from conftest import run_cli
 from rpc_fixtures import Server, free_port
 
-from mntvm import MntvmError, rpc
+from mntvm import MntvmError
+from mntvm.remote import rpc
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_status_json_lists_the_key_with_counts(tracker, server):
 
 
 def test_session_gets_the_board_and_its_arch(tracker, server):
-    from mntvm.board import board_arch
+    from mntvm.remote.board import board_arch
 
     sess = rpc.open_session(tracker.addr, server.key, wait_s=20)
     try:
@@ -78,8 +79,8 @@ def test_no_free_board_within_wait(tracker, server, tmp_path):
     held = rpc.open_session(tracker.addr, server.key, wait_s=20)
     try:
         art = tmp_path / "never-opened"  # the session is asked for before the artifact is used
-        from mntvm.compile import compile_model
-        from mntvm.model import MobileNetConfig
+        from mntvm.compile.build import compile_model
+        from mntvm.model.network import MobileNetConfig
 
         compile_model(MobileNetConfig(alpha=0.25, resolution=64), art, target="x86")
         t0 = time.monotonic()

@@ -10,7 +10,7 @@ from tvm import relax, te  # noqa: E402
 from tvm.s_tir import Schedule  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
-from mntvm import sched_cpu as sc  # noqa: E402
+from mntvm.templates import cpu as sc  # noqa: E402
 
 
 def _target():
@@ -186,9 +186,9 @@ def test_dense_and_pool(seed):
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_net():
-    from mntvm.compile import inference_module
-    from mntvm.model import MobileNetConfig
-    from mntvm.weights import random_weights
+    from mntvm.model.inference import inference_module
+    from mntvm.model.network import MobileNetConfig
+    from mntvm.model.weights import random_weights
 
     # alpha 0.25: 8-channel stem / first block -> exercises the channel padding to V=16
     cfg = MobileNetConfig(alpha=0.25, resolution=64, num_classes=10)
@@ -208,7 +208,7 @@ def _kernel_names(mod):
 
 @pytest.mark.parametrize("vector_bits", [512, 256])
 def test_lower_cpu_network(small_net, vector_bits):
-    from mntvm import reference
+    from mntvm.model import reference
 
     cfg, w, mod = small_net
     low = sc.lower_cpu(mod, TARGET, vector_bits)
@@ -252,7 +252,7 @@ def test_blocked_output_is_unblocked():
 
 
 def test_tune_one_task_and_apply(small_net, tmp_path):
-    from mntvm import reference
+    from mntvm.model import reference
 
     cfg, w, mod = small_net
     low = sc.lower_cpu(mod, TARGET, 512)

@@ -23,13 +23,13 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.analysis import verify_gpu_code
 from tvm.s_tir.schedule import Trace
 
-from mntvm import sched_cpu as sc
-from mntvm import sched_gpu as sg
-from mntvm import weights as W
-from mntvm.compile import lower
-from mntvm.export import build_onnx
-from mntvm.model import MobileNetConfig
-from mntvm.targets import get_profile
+from mntvm.templates import cpu as sc
+from mntvm.templates import cuda as sg
+from mntvm.model import weights as W
+from mntvm.templates.lowering import lower
+from mntvm.export.onnx import build_onnx
+from mntvm.model.network import MobileNetConfig
+from mntvm.targets.profiles import get_profile
 
 from conftest import ort_run
 from test_sched_cpu import check_dense_and_pool, check_depthwise, check_pointwise, check_stem
@@ -112,7 +112,7 @@ CFG = MobileNetConfig(alpha=0.25, resolution=64)
 def test_network_matches_onnx_runtime(seed):
     """The whole network as the CUDA build schedules it (every template task, at the defaults or
     at sampled knobs), run in order on this CPU, vs ONNX Runtime."""
-    from mntvm.sched_cpu import apply_default_schedules, tunable_tasks
+    from mntvm.templates.cpu import apply_default_schedules, tunable_tasks
 
     w = W.random_weights(CFG)
     low = lower(CFG, w, get_profile("cuda-sm80"))

@@ -81,7 +81,7 @@ class Boards:
                                     preexec_fn=_die_with_parent)
 
     def total(self) -> int:
-        from mntvm.rpc import status
+        from mntvm.remote.rpc import status
 
         try:
             return status(self.tracker)["keys"].get(self.key, {}).get("total", 0)
@@ -356,7 +356,7 @@ def test_bad_input_one_line_before_compiling(args, message, boards, tmp_path):
 
 
 def test_pareto_budget_and_top1_data():
-    from mntvm.sweep import budget_pick, pareto_flags, top1, top1_table
+    from mntvm.sweep.sweep import budget_pick, pareto_flags, top1, top1_table
 
     t = top1_table()
     assert "tensorflow/models" in t["source"]["url"] and "mobilenet_v1.md" in t["source"]["url"]

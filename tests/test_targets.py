@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mntvm.errors import MntvmError
-from mntvm.targets import get_profile, list_profiles
+from mntvm.core.errors import MntvmError
+from mntvm.targets.profiles import get_profile, list_profiles
 
 C, CLASSES, RES = 8, 10, 32
 
@@ -95,7 +95,7 @@ def compile_for(profile, weights):
 
     mod = build_tiny(weights)
     if profile.family in ("cuda", "opencl"):
-        from mntvm.sched_gpu import compile_gpu
+        from mntvm.templates.cuda import compile_gpu
 
         return compile_gpu(mod, profile.tvm_target())
     return tvm.compile(mod, target=profile.tvm_target()), []
@@ -274,7 +274,7 @@ def test_schedule_gpu_schedules_every_kernel(weights):
     import tvm
     from tvm import relax, tirx
 
-    from mntvm.sched_gpu import schedule_gpu
+    from mntvm.templates.cuda import schedule_gpu
 
     target = get_profile("cuda-sm80").tvm_target()
     with target:
@@ -400,7 +400,7 @@ def test_missing_cross_compiler_names_package(weights, tmp_path):
 
 
 def test_missing_nvcc_is_reported(monkeypatch):
-    import mntvm.targets as T
+    import mntvm.targets.profiles as T
 
     real_which = shutil.which
     monkeypatch.setattr(T.shutil, "which", lambda n: None if n == "nvcc" else real_which(n))

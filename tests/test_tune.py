@@ -14,14 +14,16 @@ import time
 import numpy as np
 import pytest
 
-from mntvm import weights as W
-from mntvm.artifact import load_artifact
-from mntvm.compile import compile_model, lower
-from mntvm.errors import MntvmError
-from mntvm.export import build_onnx
-from mntvm.model import MobileNetConfig
-from mntvm.targets import get_profile
-from mntvm.tune import META, RECORDS, WORKLOADS, _task_mod, db_name, open_schedules, prune, tune
+from mntvm.model import weights as W
+from mntvm.compile.artifact import load_artifact
+from mntvm.compile.build import compile_model
+from mntvm.core import arch
+from mntvm.templates.lowering import lower
+from mntvm.core.errors import MntvmError
+from mntvm.export.onnx import build_onnx
+from mntvm.model.network import MobileNetConfig
+from mntvm.targets.profiles import get_profile
+from mntvm.tuning.tune import META, RECORDS, WORKLOADS, _task_mod, db_name, open_schedules, prune, tune
 
 from conftest import ROOT, ort_run, run_cli
 from rpc_fixtures import Server, Tracker
@@ -50,7 +52,7 @@ def test_each_task_search_starts_from_the_default_knobs(tuned):
     import tvm
     from tvm import s_tir
 
-    from mntvm.sched_cpu import default_schedule, family_for
+    from mntvm.templates.cpu import default_schedule, family_for
 
     out, summary = tuned
     profile = get_profile("x86")
@@ -137,7 +139,7 @@ def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeyp
     """No shipped log for this CPU: compile's default takes one tuned on another CPU with the same
     vector width (never one of another width) and says so; naming that log explicitly is still
     refused unless forced."""
-    import mntvm.tune as T
+    import mntvm.tuning.tune as T
 
     out, summary = tuned
     shipped = tmp_path / "schedules"
@@ -401,9 +403,10 @@ def test_remote_tuning_through_the_tracker(tmp_path):
 
 # ---- CUDA: what can be checked without a GPU ------------------------------------------------------
 def test_cuda_tuning_needs_a_gpu_or_a_board(tmp_path, monkeypatch, capsys):
-    from mntvm import bench, cli
+    from mntvm import cli
+    from mntvm.bench import bench
 
-    monkeypatch.setattr(bench, "local_cuda", lambda: False)  # as here; on a GPU machine too
+    monkeypatch.setattr(arch, "local_cuda", lambda: False)  # as here; on a GPU machine too
     with pytest.raises(MntvmError, match="no CUDA GPU on this machine to measure 'cuda-sm80' kernels: .*--tracker"):
         tune(CFG, "cuda-sm80", trials=1, out=tmp_path / "cu", progress=False)
     with pytest.raises(MntvmError, match=r"'mali' \(opencl\) cannot be tuned: .*DLight"):
@@ -420,8 +423,8 @@ def test_cuda_candidates_build_for_the_board():
     shared library with SASS for the target's SM, no CUDA source left to JIT-compile there."""
     from tvm.s_tir import meta_schedule as ms
 
-    from mntvm.sched_cpu import ms_builder
-    from mntvm.sched_gpu import default_schedule
+    from mntvm.templates.cpu import ms_builder
+    from mntvm.templates.cuda import default_schedule
     from test_targets import fatbin_archs
 
     profile = get_profile("cuda-sm80")
@@ -441,7 +444,7 @@ def test_cuda_compile_applies_a_log(tmp_path):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from mntvm.sched_gpu import SCHEDULERS, default_schedule
+    from mntvm.templates.cuda import SCHEDULERS, default_schedule
 
     profile = get_profile("cuda-sm80")
     target = profile.tvm_target()

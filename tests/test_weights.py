@@ -2,11 +2,11 @@ import numpy as np
 import onnx
 import pytest
 
-from mntvm import reference
-from mntvm import weights as W
-from mntvm.errors import MntvmError
-from mntvm.export import build_onnx, export_onnx
-from mntvm.model import MobileNetConfig, param_shapes
+from mntvm.model import reference
+from mntvm.model import weights as W
+from mntvm.core.errors import MntvmError
+from mntvm.export.onnx import build_onnx, export_onnx
+from mntvm.model.network import MobileNetConfig, param_shapes
 
 from conftest import ort_run
 from foreign_onnx import make as make_foreign

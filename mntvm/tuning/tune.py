@@ -25,9 +25,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_dir, write_text
-from .errors import MntvmError
-from .paths import data_dir
+from mntvm.core import arch
+from mntvm.core.atomic import atomic_dir, write_text
+from mntvm.core.errors import MntvmError
+from mntvm.core.paths import data_dir
 
 META = "mntvm-db.json"
 WORKLOADS = "database_workload.json"
@@ -122,7 +123,7 @@ class ScheduleDB:
 
     def apply(self, low, target):
         """Apply tuned records to a lowered module; returns (module, names of the tasks covered)."""
-        from .sched_cpu import apply_records, tunable_tasks
+        from mntvm.templates.cpu import apply_records, tunable_tasks
 
         mod = apply_records(low, self.database(), target)
         covered = []
@@ -193,7 +194,7 @@ def _stand_in(profile) -> Path | None:
 
 
 def _rule_of_func(func) -> str | None:
-    from .sched_cpu import _all_blocks, _rule_of
+    from mntvm.templates.cpu import _all_blocks, _rule_of
 
     for b in _all_blocks(func):
         r = _rule_of(b)
@@ -294,14 +295,14 @@ def _runner(tracker: str | None, key: str | None, threads: int = 1, gpu: bool = 
     if not tracker:
         import functools
 
-        from .artifact import set_threads
+        from mntvm.core.threads import set_threads
 
         # the measuring process's pool gets ``threads`` (TVM's own default halves the x86 cores,
         # assuming SMT: 1 thread on a 2-core VM)
         return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60,
                                      f_run_evaluator=_network_like_evaluator,
                                      initializer=functools.partial(set_threads, threads))
-    from .rpc import open_session, parse_addr
+    from mntvm.remote.rpc import open_session, parse_addr
 
     host, port = parse_addr(tracker)
     open_session(tracker, key, wait_s=30).remote  # fail fast: unreachable tracker / no board
@@ -390,10 +391,10 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from . import weights as W
-    from .compile import has_templates, lower
-    from .sched_cpu import family_for, ms_builder, tunable_tasks, tune_space
-    from .targets import get_profile
+    from mntvm.model import weights as W
+    from mntvm.templates.lowering import has_templates, lower
+    from mntvm.templates.cpu import family_for, ms_builder, tunable_tasks, tune_space
+    from mntvm.targets.profiles import get_profile
 
     if trials < 1:
         raise MntvmError(f"trials must be >= 1 (got {trials})")
@@ -411,15 +412,11 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
                          "rules; our templates cover CPUs and CUDA")
     profile.check_toolchain()
     if not tracker and profile.is_gpu:
-        from .bench import local_cuda
-
-        if not local_cuda():
+        if not arch.local_cuda():
             raise MntvmError(f"no CUDA GPU on this machine to measure '{profile.name}' kernels: tune where "
                              "one is, or on a GPU board with --tracker HOST:PORT --key KEY")
     elif not tracker:
-        from .bench import foreign_arch
-
-        foreign = foreign_arch({"target": profile.to_metadata()})
+        foreign = arch.foreign_arch({"target": profile.to_metadata()})
         if foreign:
             want, here = foreign
             raise MntvmError(f"'{profile.name}' code is for {want} and cannot be measured on this {here} "
@@ -448,11 +445,11 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     ttarget = profile.tvm_target()
     if profile.is_gpu:
-        from .sched_gpu import default_schedule
+        from mntvm.templates.cuda import default_schedule
     else:
         import functools
 
-        from .sched_cpu import default_schedule as cpu_default
+        from mntvm.templates.cpu import default_schedule as cpu_default
 
         default_schedule = functools.partial(cpu_default, fam=family_for(ttarget, profile.vector_bits))
     builder = ms_builder(cross_compiler=profile.cross_compiler, target=ttarget)

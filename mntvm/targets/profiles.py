@@ -41,8 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import MntvmError
-from .paths import data_dir
+from mntvm.core.errors import MntvmError
+from mntvm.core.paths import data_dir
 
 FAMILIES = ("x86", "aarch64", "armv7", "cuda", "opencl", "vulkan")
 GPU_FAMILIES = ("cuda", "opencl", "vulkan")

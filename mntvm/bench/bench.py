@@ -30,8 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact, deterministic_input, load_artifact, set_threads
-from .errors import MntvmError
+from mntvm.compile.artifact import Artifact, deterministic_input, load_artifact
+from mntvm.core import arch
+from mntvm.core.threads import set_threads
+from mntvm.core.errors import MntvmError
 
 STAT_KEYS = ("median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms")
 RESULT_KEYS = STAT_KEYS + ("repeat", "threads", "target", "upload_s", "load_s", "first_run_ms",
@@ -59,8 +61,8 @@ def summarize(times_ms) -> dict:
 
 def reference_output(art: Artifact, x: np.ndarray) -> np.ndarray:
     """The host-side numpy reference for the artifact's model and weights."""
-    from . import reference
-    from .model import MobileNetConfig
+    from mntvm.model import reference
+    from mntvm.model.network import MobileNetConfig
 
     return reference.forward(MobileNetConfig.from_dict(art.metadata["model"]), artifact_weights(art), x)
 
@@ -72,8 +74,8 @@ def artifact_weights(art: Artifact, weights=None) -> dict:
     source: the seeded random init, or the recorded weights file if it is still there. Anything
     that cannot be reproduced or does not match the sha256 is a one-line :class:`MntvmError`.
     """
-    from . import weights as W
-    from .model import MobileNetConfig
+    from mntvm.model import weights as W
+    from mntvm.model.network import MobileNetConfig
 
     meta = art.metadata
     cfg = MobileNetConfig.from_dict(meta["model"])
@@ -171,8 +173,8 @@ def benchmark(
     bar = _Progress(repeat, f"bench {model.get('alpha')}/{model.get('resolution')}", progress)
 
     if tracker:
-        from . import rpc
-        from .board import board_arch
+        from mntvm.remote import rpc
+        from mntvm.remote.board import board_arch
 
         session = rpc.open_session(tracker, key, wait_s=wait_s)
         if on_board is not None:
@@ -183,20 +185,20 @@ def benchmark(
         result["key"] = key
         del session
         have = worker.call(lambda st: board_arch(st["session"]), 30, "the architecture query")
-        want = artifact_arch(art.metadata)
+        want = arch.artifact_arch(art.metadata)
         result["board_arch"] = have
-        if not _same_arch(want, have):
+        if not arch.same(want, have):
             worker.close()
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}), "
                              f"but board {result['board']} under key '{key}' is {have}: "
                              "nothing was uploaded")
     else:
-        foreign = foreign_arch(art.metadata)
+        foreign = arch.foreign_arch(art.metadata)
         if foreign:
             want, here = foreign
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}) and cannot "
                              f"run on this {here} machine: bench it on a board with --tracker/--key")
-        if _is_cuda(art.metadata) and not local_cuda():
+        if arch.is_cuda(art.metadata) and not arch.local_cuda():
             raise MntvmError(f"{art.path} is a CUDA artifact ({art.metadata['target']['name']}) and this machine "
                              "has no CUDA GPU: bench it where one is, or on a GPU board with --tracker/--key")
         if threads is None:  # the profile's thread count (the runtime's own default may use fewer)
@@ -204,7 +206,7 @@ def benchmark(
         set_threads(threads)
         worker = _Local()
         result["board"] = "local"
-        result["board_arch"] = _local_arch()
+        result["board_arch"] = arch.local()
 
     try:
         _run(worker, art, x, result, bar, repeat, warmup, threads, tracker is not None,
@@ -217,7 +219,7 @@ def benchmark(
     result["output_top5"] = [[i, p] for i, p in _top(out)]
     result["model"] = model
     if per_layer:
-        from .model import MobileNetConfig
+        from mntvm.model.network import MobileNetConfig
 
         result["per_layer"] = per_layer_report(json.loads(result.pop("_profile")),
                                                MobileNetConfig.from_dict(model))
@@ -245,13 +247,13 @@ def _run(worker, art, x, result, bar, repeat, warmup, threads, remote, per_layer
         t0 = time.perf_counter()
         if remote:
             sess = st["session"]
-            st["dev"] = sess.cuda() if _is_cuda(art.metadata) else sess.cpu()
+            st["dev"] = sess.cuda() if arch.is_cuda(art.metadata) else sess.cpu()
             lib = sess.load_module(lib_path.name)
             if threads:
                 sess.get_function("runtime.config_threadpool")(1, threads)
             st["num_threads"] = int(sess.get_function("runtime.NumThreads")())
         else:
-            st["dev"] = tvm.cuda() if _is_cuda(art.metadata) else tvm.cpu()
+            st["dev"] = tvm.cuda() if arch.is_cuda(art.metadata) else tvm.cpu()
             lib = tvm.runtime.load_module(str(lib_path))
             st["num_threads"] = int(tvm.get_global_func("runtime.NumThreads")())
         st["vm"] = relax.VirtualMachine(lib, st["dev"])
@@ -301,7 +303,7 @@ def _run(worker, art, x, result, bar, repeat, warmup, threads, remote, per_layer
     result["runs_ms"] = times
 
     if per_layer:
-        from . import _vm_profile
+        from mntvm.remote import vm_profile as _vm_profile
 
         def prof(st):
             if remote:
@@ -346,7 +348,7 @@ def per_layer_report(profile: dict, cfg) -> dict:
     layer they follow (pooling and softmax kernels get pseudo-layers ``pool``/``softmax``; what
     follows the pool belongs to the FC). GFLOP/s = 2 × the layer's mult-adds (:mod:`mntvm.cost`) / kernel time.
     """
-    from .cost import cost_report
+    from mntvm.model.cost import cost_report
 
     layers = cost_report(cfg)["layers"]
     convs = [ly for ly in layers if ly["type"] != "fc"]
@@ -512,49 +514,10 @@ def plot_per_layer(r: dict, path: str | Path, max_bars: int = 40) -> Path:
 # architecture
 
 
-def artifact_arch(meta: dict) -> str:
-    """CPU architecture an artifact's host code is built for, from its target's triple."""
-    tgt = meta["target"]
-    t = tgt.get("tvm_target") or tgt.get("target") or tgt.get("target_dict") or {}
-    host = t.get("host") if isinstance(t.get("host"), dict) else None
-    triple = (host or t).get("mtriple") or ""
-    return triple.split("-", 1)[0] if triple else "x86_64"
-
-
-def local_cuda() -> bool:
-    """Whether this machine has a CUDA GPU that TVM can use (bench and tune ask the same)."""
-    import tvm
-
-    return bool(tvm.cuda(0).exist)
-
-
-def _is_cuda(meta: dict) -> bool:
-    """Whether the artifact's kernels run on an NVIDIA GPU (its VM then lives on the CUDA device)."""
-    return meta["target"].get("family") == "cuda"
-
-
-def _same_arch(a: str, b: str) -> bool:
-    canon = {"arm64": "aarch64", "amd64": "x86_64", "armv7l": "armv7", "armv7a": "armv7", "arm": "armv7"}
-    return canon.get(a, a) == canon.get(b, b)
-
-
 def _top(out, k=5):
-    from .artifact import top_k
+    from mntvm.compile.artifact import top_k
 
     return top_k(out, k)[0]
-
-
-def _local_arch() -> str:
-    import platform
-
-    return platform.machine()
-
-
-def foreign_arch(meta: dict) -> tuple[str, str] | None:
-    """``(its arch, this machine's)`` when code described by ``meta`` (artifact metadata, or
-    ``{"target": profile.to_metadata()}``) cannot run on this machine; None when it can."""
-    want, here = artifact_arch(meta), _local_arch()
-    return None if _same_arch(want, here) else (want, here)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -605,9 +568,9 @@ def compare(
     """
     import importlib.util
 
-    from . import weights as W
-    from .export import export_onnx
-    from .model import MobileNetConfig
+    from mntvm.model import weights as W
+    from mntvm.export.onnx import export_onnx
+    from mntvm.model.network import MobileNetConfig
 
     if tracker:
         raise MntvmError("--compare runs here only (ONNX Runtime and the peers run on this machine): "
@@ -633,7 +596,7 @@ def compare(
     if family in ("cuda", "opencl", "vulkan"):
         raise MntvmError(f"{art.path} is a {family} GPU artifact ({tgt.get('name')}): --compare times "
                          "CPU runtimes, so compile for this machine's CPU (e.g. --target x86)")
-    foreign = foreign_arch(meta)
+    foreign = arch.foreign_arch(meta)
     if foreign:
         want, here = foreign
         raise MntvmError(f"{art.path} is built for {want} ({tgt.get('name')}) and cannot run on this "
@@ -690,7 +653,7 @@ def _run_compare_worker(spec: dict, timeout_s: float) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "TVM_NUM_THREADS": str(n),
            "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
-    code = "import sys; from mntvm.bench import _compare_worker; sys.exit(_compare_worker(sys.argv[1]))"
+    code = "import sys; from mntvm.bench.bench import _compare_worker; sys.exit(_compare_worker(sys.argv[1]))"
     try:
         p = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                            env=env, timeout=timeout_s)
@@ -847,7 +810,7 @@ def _tflite_model(cfg, folded) -> bytes:
     import flatbuffers
     from ai_edge_litert import schema_py_generated as fb
 
-    from .model import layer_specs
+    from mntvm.model.network import layer_specs
 
     op_t, opt_t, f32, i32 = fb.BuiltinOperator, fb.BuiltinOptions, fb.TensorType.FLOAT32, fb.TensorType.INT32
     act = fb.ActivationFunctionType.RELU6 if cfg.activation == "relu6" else fb.ActivationFunctionType.RELU

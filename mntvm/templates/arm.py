@@ -6,7 +6,7 @@ but with V=4. Only the defaults differ; the template logic is shared.
 """
 from __future__ import annotations
 
-from .sched_cpu import FamilyKnobs, largest_divisor_le
+from mntvm.templates.cpu import FamilyKnobs, largest_divisor_le
 
 
 def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:

@@ -48,7 +48,7 @@ def main(argv=None):
     def _arch():
         return platform.machine()
 
-    import _vm_profile  # next to this script: per-kernel timing for `mntvm bench --per-layer`
+    import vm_profile as _vm_profile  # next to this script: per-kernel timing for `mntvm bench --per-layer`
 
     _vm_profile.register()
 

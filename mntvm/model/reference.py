@@ -10,8 +10,8 @@ from typing import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from .model import MobileNetConfig, layer_specs
-from .weights import bn_eps, is_folded
+from mntvm.model.network import MobileNetConfig, layer_specs
+from mntvm.model.weights import bn_eps, is_folded
 
 
 def _windows(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:

@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MntvmError
-from .paths import cache_dir
+from mntvm.core.errors import MntvmError
+from mntvm.core.paths import cache_dir
 
 __all__ = ["BoardHandle", "prepare", "start", "stop", "board_arch", "is_running", "APT_PACKAGES"]
 
@@ -355,13 +355,13 @@ def start(tracker_host: str, tracker_port: int, key: str, arch: str = "aarch64",
     if not re.fullmatch(r"[A-Za-z0-9_.:\-]+", key):
         raise MntvmError(f"bad RPC key {key!r}: use letters, digits, '_', '-', '.', ':'")
 
-    here = Path(__file__).with_name("_board_server.py")
+    here = Path(__file__).with_name("board_server.py")
     if os.geteuid() == 0:
         # The server script travels into the userland at each start (cheap; always current).
         (root / "opt" / "mntvm").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(here, root / "opt" / "mntvm" / "_board_server.py")
-        shutil.copyfile(here.with_name("_vm_profile.py"), root / "opt" / "mntvm" / "_vm_profile.py")
-        script = "/opt/mntvm/_board_server.py"
+        shutil.copyfile(here, root / "opt" / "mntvm" / "board_server.py")
+        shutil.copyfile(here.with_name("vm_profile.py"), root / "opt" / "mntvm" / "vm_profile.py")
+        script = "/opt/mntvm/board_server.py"
     else:
         script = str(here)  # qemu -L falls back to host paths that ROOT lacks
 

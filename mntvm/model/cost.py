@@ -14,7 +14,7 @@ Public entry: :func:`cost_report`.
 """
 from __future__ import annotations
 
-from .model import MobileNetConfig, layer_specs
+from mntvm.model.network import MobileNetConfig, layer_specs
 
 
 def cost_report(cfg: MobileNetConfig) -> dict:

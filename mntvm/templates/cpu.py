@@ -118,7 +118,8 @@ class FamilyKnobs:
 
 def family_for(target: tvm.target.Target, vector_bits: int | None = None) -> FamilyKnobs:
     """Pick the knob family from the target (x86 vs arm) and the vector width."""
-    from . import sched_arm, sched_x86
+    from mntvm.templates import arm as sched_arm
+    from mntvm.templates import x86 as sched_x86
 
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     attrs = target.attrs
@@ -934,7 +935,7 @@ def lower_cpu(mod: tvm.IRModule, target, vector_bits: int) -> tvm.IRModule:
 def _ms_build(mod, target, _params):
     """Builder f_build: plain tvm.compile (the default imports tensor intrinsics: 17-45 s)."""
     if target.kind.name == "cuda":
-        from .sched_gpu import nvcc_compile_mode
+        from mntvm.templates.cuda import nvcc_compile_mode
 
         with nvcc_compile_mode(), target:  # nvcc for the target's arch, where a CUDA runtime is loaded
             return tvm.compile(mod, target=target).mod
@@ -954,7 +955,7 @@ def _ms_export(cross_compiler, cuda_target, mod) -> str:
 
     kwargs = {"fcompile": cc.cross_compiler(cross_compiler)} if cross_compiler else {}
     if cuda_target:
-        from .targets import _cuda_fatbin_packer
+        from mntvm.targets.profiles import _cuda_fatbin_packer
 
         kwargs["fpack_imports"] = _cuda_fatbin_packer(tvm.target.Target(json.loads(cuda_target)))
     path = os.path.join(tempfile.mkdtemp(prefix="mntvm-ms-"), "kernel.so")

@@ -24,7 +24,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .errors import MntvmError
+from mntvm.core.errors import MntvmError
 
 # Table 1, one row per depthwise-separable block: (pointwise output channels at α=1, depthwise stride).
 # Row 13 carries the erratum fix: stride 1, not the printed 2.

@@ -7,7 +7,7 @@ up to ~28 accumulators (output-channel vectors x spatial positions) live; with A
 """
 from __future__ import annotations
 
-from .sched_cpu import FamilyKnobs, divisors, largest_divisor_le
+from mntvm.templates.cpu import FamilyKnobs, divisors, largest_divisor_le
 
 
 def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:

@@ -15,36 +15,12 @@ from typing import Mapping
 
 import numpy as np
 
-from . import weights as W
-from .artifact import LIB_NAME, META_NAME, write_artifact, write_json_atomic
-from .model import MobileNetConfig, build_relax
-
-
-def inference_module(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray]):
-    """The Relax module that gets compiled: BN folded, weights bound, ``main(data) -> probs``."""
-    import tvm
-    from tvm import relax
-
-    folded = W.fold_batchnorm(W.validate(cfg, weights))
-    mod = build_relax(cfg, folded)
-    consts = {k: tvm.runtime.tensor(v) for k, v in folded.items()}
-    return relax.transform.BindParams("main", consts)(mod)
-
-
-def has_templates(profile) -> bool:
-    """Whether the profile's family is scheduled by our templates (CPUs and CUDA; the other GPU
-    families use DLight rules only)."""
-    return not profile.is_gpu or profile.family == "cuda"
-
-
-def lower(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile):
-    """The templates' lowered module: every conv, the pooling and the FC are template PrimFuncs
-    (unscheduled), in the channel-blocked layout of the profile's vector width (float4 on CUDA)."""
-    from .sched_cpu import lower_cpu
-    from .sched_gpu import VECTOR_BITS
-
-    bits = VECTOR_BITS if profile.is_gpu else profile.vector_bits
-    return lower_cpu(inference_module(cfg, weights), profile.tvm_target(), bits)
+from mntvm.model import weights as W
+from mntvm.tuning.tune import open_schedules
+from mntvm.compile.artifact import LIB_NAME, META_NAME, write_artifact, write_json_atomic
+from mntvm.model.inference import inference_module
+from mntvm.model.network import MobileNetConfig
+from mntvm.templates.lowering import has_templates, lower
 
 
 def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, schedules=None):
@@ -56,8 +32,8 @@ def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, sche
     """
     import tvm
 
-    from .sched_cpu import apply_default_schedules, tunable_tasks
-    from .sched_gpu import compile_gpu
+    from mntvm.templates.cpu import apply_default_schedules, tunable_tasks
+    from mntvm.templates.cuda import compile_gpu
 
     target = profile.tvm_target()
     if not has_templates(profile):
@@ -72,7 +48,7 @@ def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, sche
         info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
                     defaults=[t for t in tasks if t not in tuned])
     if profile.is_gpu:
-        from .sched_gpu import apply_default_schedules as gpu_defaults
+        from mntvm.templates.cuda import apply_default_schedules as gpu_defaults
 
         # kernels without a template (softmax, reshape) get DLight rules, recorded in "rules"
         ex, info["rules"] = compile_gpu(gpu_defaults(mod), target)
@@ -102,11 +78,10 @@ def compile_model(
     import tvm
     import tvm_ffi
 
-    from .targets import get_profile
+    from mntvm.targets.profiles import get_profile
 
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
     profile.check_toolchain()
-    from .tune import open_schedules
 
     db = open_schedules(schedules, profile, force=force_schedules) if has_templates(profile) else None
     w = W.load(cfg, weights, seed)

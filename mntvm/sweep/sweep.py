@@ -38,8 +38,8 @@ import time
 from collections import deque
 from pathlib import Path
 
-from .atomic import write_bytes
-from .errors import MntvmError
+from mntvm.core.atomic import write_bytes
+from mntvm.core.errors import MntvmError
 
 DEFAULT_ALPHAS = (1.0, 0.75, 0.5, 0.25)
 DEFAULT_RESOLUTIONS = (224, 192, 160, 128)
@@ -47,7 +47,7 @@ FIELDS = ("alpha", "resolution", "madds", "params", "top1", "median_ms", "p90_ms
           "max_abs_diff", "pareto", "retried")
 _TOP1_FILE = Path(__file__).resolve().parent / "data" / "top1.json"
 # Sources whose change changes the compiled code: part of the artifact cache key.
-_CODE_FILES = ("compile.py", "model.py", "weights.py", "artifact.py", "targets.py", "sched_*.py")
+_CODE_FILES = ("compile/*.py", "model/*.py", "targets/*.py", "templates/*.py")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,13 +104,13 @@ def schedules_identity() -> dict:
     ``sha256`` covers every file under ``schedules/`` (path and contents); ``code_sha256`` the mntvm
     sources that generate code (``compile.py``, ``sched_*.py``, …). Both are in the artifact cache key.
     """
-    from .paths import data_dir
+    from mntvm.core.paths import data_dir
 
     sched = data_dir("schedules")
     files = sorted(p.relative_to(sched).as_posix() for p in sched.rglob("*") if p.is_file()) \
         if sched.is_dir() else []
-    pkg = Path(__file__).resolve().parent
-    code = sorted({p.name for pat in _CODE_FILES for p in pkg.glob(pat) if p.is_file()})
+    pkg = Path(__file__).resolve().parent.parent  # the mntvm package
+    code = sorted({p.relative_to(pkg).as_posix() for pat in _CODE_FILES for p in pkg.glob(pat) if p.is_file()})
     sha = _hash_files((sched, f) for f in files)
     return {"dir": str(sched), "files": len(files), "sha256": sha, "id": f"schedules-{sha[:12]}",
             "code_sha256": _hash_files((pkg, f) for f in code)}
@@ -118,7 +118,7 @@ def schedules_identity() -> dict:
 
 def artifact_dir(cfg, profile_meta: dict, weights_sha: str, sched: dict) -> Path:
     """``cache_dir()/artifacts/<tag>-<target>-<hash>``; the hash covers everything that shapes the code."""
-    from .paths import cache_dir
+    from mntvm.core.paths import cache_dir
 
     ident = {"model": cfg.to_dict(), "target": profile_meta, "weights_sha256": weights_sha,
              "schedules_sha256": sched["sha256"], "code_sha256": sched["code_sha256"]}
@@ -259,7 +259,7 @@ _local = threading.local()
 
 
 def _install_board_hook() -> None:
-    from . import rpc
+    from mntvm.remote import rpc
 
     if getattr(rpc.open_session, "_mntvm_sweep_hook", False):
         return
@@ -305,11 +305,11 @@ def sweep(
     ``wait_s`` (default ``timeout_s``) bounds the wait for the tracker to hand out a board.
     ``attempts`` is per variant with a tracker (a local run is not retried).
     """
-    from . import weights as W
-    from .bench import benchmark, check_run_args
-    from .cost import cost_report
-    from .model import MobileNetConfig
-    from .targets import get_profile
+    from mntvm.model import weights as W
+    from mntvm.bench.bench import benchmark, check_run_args
+    from mntvm.model.cost import cost_report
+    from mntvm.model.network import MobileNetConfig
+    from mntvm.targets.profiles import get_profile
 
     # ---- validate everything before any compile starts and before `out` is touched ----------
     cfgs = [MobileNetConfig(alpha=float(a), resolution=int(r)) for a in alphas for r in resolutions]
@@ -333,7 +333,7 @@ def sweep(
                              "machine: benchmark it on its board with --tracker HOST:PORT --key KEY")
     servers: list[str] = []
     if tracker or key:
-        from .rpc import status
+        from mntvm.remote.rpc import status
 
         if not (tracker and key):
             raise MntvmError("--tracker and --key go together (the tracker hands out a board registered under the key)")
@@ -386,7 +386,7 @@ def sweep(
         d = artifact_dir(cfg, profile_meta, W.digest(w), sched)
         if (d / "metadata.json").is_file() and (d / "model.so").is_file():
             return d, True
-        from .compile import compile_model
+        from mntvm.compile.build import compile_model
 
         # weights=None + seed: the artifact records random(seed=…), which bench's reference re-creates
         compile_model(cfg, d, target=target, weights=None, seed=seed, targets_dir=targets_dir)

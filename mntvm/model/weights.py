@@ -14,9 +14,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .atomic import atomic_path
-from .errors import MntvmError
-from .model import DEFAULT_BN_EPS, MobileNetConfig, layer_specs, param_shapes
+from mntvm.core.atomic import atomic_path
+from mntvm.core.errors import MntvmError
+from mntvm.model.network import DEFAULT_BN_EPS, MobileNetConfig, layer_specs, param_shapes
 
 Weights = dict[str, np.ndarray]
 

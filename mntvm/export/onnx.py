@@ -13,9 +13,9 @@ from typing import Mapping
 
 import numpy as np
 
-from .atomic import atomic_path
-from .model import MobileNetConfig, layer_specs
-from .weights import bn_eps, is_folded, validate
+from mntvm.core.atomic import atomic_path
+from mntvm.model.network import MobileNetConfig, layer_specs
+from mntvm.model.weights import bn_eps, is_folded, validate
 
 OPSET = 17
 

@@ -52,8 +52,8 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from .errors import MntvmError
-from .sched_cpu import (RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, _all_blocks, _cat, _rule_of,
+from mntvm.core.errors import MntvmError
+from mntvm.templates.cpu import (RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, _all_blocks, _cat, _rule_of,
                         _single_consumer_epilogue, _tile, largest_divisor_le, rows_and_columns, taps_outside)
 
 

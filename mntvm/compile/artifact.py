@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_dir, write_text
-from .errors import MntvmError
+from mntvm.core.atomic import atomic_dir, write_text
+from mntvm.core.errors import MntvmError
 
 LIB_NAME = "model.so"
 META_NAME = "metadata.json"
@@ -70,18 +70,6 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         return Artifact(path, json.loads(meta.read_text()))
     except json.JSONDecodeError as e:
         raise MntvmError(f"{meta}: malformed JSON: {e}") from None
-
-
-def set_threads(n: int | None) -> None:
-    """Set the TVM runtime's CPU thread-pool size for this process (None: leave as is)."""
-    if n is None:
-        return
-    import tvm
-
-    if n < 1:
-        raise MntvmError(f"threads must be >= 1 (got {n})")
-    os.environ["TVM_NUM_THREADS"] = str(n)
-    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1 = kBig: pin to big cores
 
 
 def deterministic_input(shape, seed: int = 0) -> np.ndarray:

@@ -15,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from .errors import MntvmError
+from mntvm.core.errors import MntvmError
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -56,7 +56,7 @@ def server_init() -> None:
 
     import tvm_ffi
 
-    from . import _vm_profile
+    from mntvm.remote import vm_profile as _vm_profile
 
     _vm_profile.register()
     tvm_ffi.register_global_func("mntvm.board.arch", platform.machine, override=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_PKG = Path(__file__).resolve().parent
+_PKG = Path(__file__).resolve().parent.parent  # the mntvm package
 
 
 def data_dir(name: str) -> Path:
