@@ -29,6 +29,7 @@ import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
 from mntvm.templates import cpu as sc  # noqa: E402
+from mntvm.tuning import space  # noqa: E402
 
 PEAK_C = r"""
 #include <immintrin.h>
@@ -345,9 +346,9 @@ def tune_one(low, name, target, trials, work_dir, dev):
     work_dir = work_dir or tempfile.mkdtemp(prefix="mntvm_tune_")
     func = low[name]
     t0 = time.time()
-    db = sc.tune_tasks(func, target, work_dir, trials)
+    db = space.tune_tasks(func, target, work_dir, trials)
     print(f"tuned {name}: {trials} trials in {time.time() - t0:.0f}s, database in {work_dir}")
-    tuned = sc.apply_database(low, db, target)
+    tuned = space.apply_database(low, db, target)
     default = sc.apply_default_schedules(low, target)
     t_def = time_kernel(default[name], target, dev)
     t_tun = time_kernel(tuned[name], target, dev)

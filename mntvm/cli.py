@@ -31,7 +31,7 @@ def _target_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(a):
-    from mntvm.model.network import MobileNetConfig
+    from mntvm.model import MobileNetConfig
 
     return MobileNetConfig(alpha=a.alpha, resolution=a.resolution, num_classes=a.num_classes,
                            batch=a.batch, activation=a.activation)
@@ -50,7 +50,7 @@ def cmd_cost(a) -> None:
 
 def cmd_export_onnx(a) -> None:
     from mntvm.model import weights as W
-    from mntvm.export.onnx import export_onnx
+    from mntvm.export import export_onnx
 
     cfg = _config(a)
     path = export_onnx(cfg, W.load(cfg, a.weights, a.seed), a.output)
@@ -65,7 +65,7 @@ def cmd_save_weights(a) -> None:
 
 
 def cmd_compile(a) -> None:
-    from mntvm.compile.build import compile_model
+    from mntvm.compile import compile_model
 
     out = compile_model(_config(a), a.output, target=a.target, weights=a.weights, seed=a.seed,
                         targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a), schedules=a.schedules,
@@ -85,7 +85,7 @@ def cmd_compile(a) -> None:
 
 
 def cmd_tune(a) -> None:
-    from mntvm.tuning.tune import tune
+    from mntvm.tuning import tune
 
     r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
              targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads,
@@ -101,7 +101,7 @@ def cmd_tune(a) -> None:
 
 
 def cmd_schedules(a) -> None:
-    from mntvm.tuning import tune as T
+    from mntvm import tuning as T
 
     if a.schedules_cmd == "show":
         r = T.show(a.path)
@@ -133,7 +133,7 @@ def cmd_schedules(a) -> None:
 def cmd_run(a) -> None:
     import numpy as np
 
-    from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
+    from mntvm.compile import deterministic_input, load_artifact, top_k
     from mntvm.core.threads import set_threads
 
     art = load_artifact(a.artifact)
@@ -153,7 +153,7 @@ def cmd_run(a) -> None:
 
 
 def cmd_targets(a) -> None:
-    from mntvm.targets.profiles import list_profiles
+    from mntvm.targets import list_profiles
 
     profiles = list_profiles(a.targets_dir)
     if a.json:
@@ -167,7 +167,7 @@ def cmd_targets(a) -> None:
 def cmd_bench(a) -> None:
     import os
 
-    from mntvm.bench.bench import benchmark, compare, format_compare, format_per_layer, plot_per_layer
+    from mntvm.bench import benchmark, compare, format_compare, format_per_layer, plot_per_layer
 
     if a.compare:
         r = compare(a.artifact, peers=tuple(p for p in a.compare.split(",") if p),
@@ -231,8 +231,8 @@ def cmd_board(a) -> None:
 
 def cmd_demo(a) -> None:
     """The README's main job: compile for this machine with the shipped logs, benchmark, show top-5."""
-    from mntvm.bench.bench import benchmark
-    from mntvm.compile.build import compile_model
+    from mntvm.bench import benchmark
+    from mntvm.compile import compile_model
 
     cfg = _config(a)
     out = compile_model(cfg, a.output, target="x86")
@@ -250,8 +250,8 @@ def cmd_sweep(a) -> None:
     """α×resolution sweep: compile, benchmark (here or on every board under a key), report."""
     import os
 
-    from mntvm.sweep.sweep import (DEFAULT_ALPHAS, DEFAULT_RESOLUTIONS, format_table, parse_list, plot_png,
-                        sweep, write_plot, write_report)
+    from mntvm.sweep import (DEFAULT_ALPHAS, DEFAULT_RESOLUTIONS, format_table, parse_list, plot_png, sweep,
+                             write_plot, write_report)
 
     alphas = parse_list(a.alphas, float, "--alphas") if a.alphas else list(DEFAULT_ALPHAS)
     resolutions = parse_list(a.resolutions, int, "--resolutions") if a.resolutions else list(DEFAULT_RESOLUTIONS)

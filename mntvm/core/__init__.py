@@ -1,0 +1,1 @@
+"""What every stage uses: errors, paths, atomic files, progress, architectures, threads."""

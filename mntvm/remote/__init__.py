@@ -1,0 +1,1 @@
+"""Boards over TVM's RPC: tracker, server, sessions, and an emulated aarch64 board."""

@@ -1,0 +1,4 @@
+"""Deployment target profiles (``targets/*.toml``): what each board is and how to build for it."""
+from mntvm.targets.profiles import Profile, get_profile, list_profiles
+
+__all__ = ["Profile", "get_profile", "list_profiles"]

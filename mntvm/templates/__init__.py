@@ -1,0 +1,1 @@
+"""Our MetaSchedule templates: TE computes, the blocked-layout lowering, CPU and CUDA rules."""

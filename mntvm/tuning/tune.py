@@ -123,7 +123,8 @@ class ScheduleDB:
 
     def apply(self, low, target):
         """Apply tuned records to a lowered module; returns (module, names of the tasks covered)."""
-        from mntvm.templates.cpu import apply_records, tunable_tasks
+        from mntvm.templates.cpu import tunable_tasks
+        from mntvm.tuning.space import apply_records
 
         mod = apply_records(low, self.database(), target)
         covered = []
@@ -393,7 +394,8 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
 
     from mntvm.model import weights as W
     from mntvm.templates.lowering import has_templates, lower
-    from mntvm.templates.cpu import family_for, ms_builder, tunable_tasks, tune_space
+    from mntvm.templates.cpu import family_for, tunable_tasks
+    from mntvm.tuning.space import ms_builder, tune_space
     from mntvm.targets.profiles import get_profile
 
     if trials < 1:

@@ -32,7 +32,7 @@ from mntvm.model.network import MobileNetConfig
 from mntvm.targets.profiles import get_profile
 
 from conftest import ort_run
-from test_sched_cpu import check_dense_and_pool, check_depthwise, check_pointwise, check_stem
+from test_templates_cpu import check_dense_and_pool, check_depthwise, check_pointwise, check_stem
 
 V = sg.VECTOR_BITS // 32
 CUDA = get_profile("cuda-sm80").tvm_target()

@@ -423,7 +423,7 @@ def test_cuda_candidates_build_for_the_board():
     shared library with SASS for the target's SM, no CUDA source left to JIT-compile there."""
     from tvm.s_tir import meta_schedule as ms
 
-    from mntvm.templates.cpu import ms_builder
+    from mntvm.tuning.space import ms_builder
     from mntvm.templates.cuda import default_schedule
     from test_targets import fatbin_archs
 

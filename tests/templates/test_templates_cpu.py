@@ -11,6 +11,7 @@ from tvm.s_tir import Schedule  # noqa: E402
 from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
 from mntvm.templates import cpu as sc  # noqa: E402
+from mntvm.tuning import space  # noqa: E402
 
 
 def _target():
@@ -258,11 +259,11 @@ def test_tune_one_task_and_apply(small_net, tmp_path):
     low = sc.lower_cpu(mod, TARGET, 512)
     tasks = sc.tunable_tasks(low)
     name = sorted(n for n in tasks if n.startswith("mntvm_pw"))[-1]
-    db = sc.tune_tasks({name: tasks[name]}, TARGET, str(tmp_path), trials=4, num_trials_per_iter=4,
+    db = space.tune_tasks({name: tasks[name]}, TARGET, str(tmp_path), trials=4, num_trials_per_iter=4,
                        number=2, repeat=1, min_repeat_ms=1)
     assert (tmp_path / "database_tuning_record.json").stat().st_size > 0
     db2 = ms.database.JSONDatabase(work_dir=str(tmp_path), allow_missing=False)
-    tuned = sc.apply_database(low, db2, TARGET)
+    tuned = space.apply_database(low, db2, TARGET)
     assert "tirx.is_scheduled" in tuned[name].attrs  # came from the database, not our defaults
     ex = tvm.compile(tuned, target=TARGET)
     vm = relax.VirtualMachine(ex, DEV)
