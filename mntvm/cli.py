@@ -23,9 +23,14 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
 
 
-def _target_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--target", default="x86", help="target profile name or LLVM triple (see `mntvm targets`)")
+def _targets_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets-dir", help="a folder of your own target profiles (shadows shipped ones)")
+
+
+def _target_args(p: argparse.ArgumentParser, required: bool = False) -> None:
+    p.add_argument("--target", required=required, default=None if required else "x86",
+                   help="target profile name or LLVM triple (see `mntvm targets`)")
+    _targets_dir_arg(p)
     p.add_argument("--mcpu", help="refine the profile's CPU")
     p.add_argument("--mattr", help="refine the profile's CPU features, comma-separated (e.g. +neon,+dotprod)")
 
@@ -256,9 +261,9 @@ def cmd_sweep(a) -> None:
     alphas = parse_list(a.alphas, float, "--alphas") if a.alphas else list(DEFAULT_ALPHAS)
     resolutions = parse_list(a.resolutions, int, "--resolutions") if a.resolutions else list(DEFAULT_RESOLUTIONS)
     r = sweep(a.target, alphas, resolutions, tracker=a.tracker, key=a.key, repeat=a.repeat, warmup=a.warmup,
-              threads=a.threads, budget_ms=a.budget_ms, out=a.out, resume=a.resume, seed=a.seed,
+              threads=a.threads, budget_ms=a.budget_ms, out=a.output, resume=a.resume, seed=a.seed,
               wait_s=a.wait, timeout_s=a.timeout, attempts=a.attempts, progress=not a.json,
-              targets_dir=a.targets_dir)
+              targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a))
     png = plot_png(r) if (a.plot or a.report) and r["variants"] else None
     if a.plot and png:
         write_plot(r, a.plot)
@@ -348,13 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run", help="run an artifact here and print the top-k classes")
     s.add_argument("artifact")
     s.add_argument("--input", help=".npy input (default: the deterministic input)")
-    s.add_argument("--output", help="save the probabilities as .npy")
+    s.add_argument("-o", "--output", help="save the probabilities as .npy")
     s.add_argument("--top", type=int, default=5)
     s.add_argument("--threads", type=int)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("targets", help="list target profiles")
-    s.add_argument("--targets-dir")
+    _targets_dir_arg(s)
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_targets)
 
@@ -420,8 +425,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sweep", help="alpha x resolution sweep: latency vs cost and top-1, over every board under a key")
-    s.add_argument("--target", required=True, help="target profile name (see `mntvm targets`)")
-    s.add_argument("--targets-dir", help="a folder of your own target profiles (shadows shipped ones)")
+    _target_args(s, required=True)
     s.add_argument("--alphas", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)")
     s.add_argument("--resolutions", help="input resolutions, comma-separated (default 224,192,160,128)")
     s.add_argument("--tracker", help="HOST:PORT of the RPC tracker (default: run here)")
@@ -433,8 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
     s.add_argument("--plot", metavar="FILE.png", help="latency vs top-1 (Pareto front) and vs mult-adds")
     s.add_argument("--report", metavar="FILE.html", help="one self-contained HTML page: table, plots, setup")
-    s.add_argument("--out", metavar="FILE.jsonl", help="append each variant's result as one JSON line")
-    s.add_argument("--resume", action="store_true", help="keep the results already in --out, run only the rest")
+    s.add_argument("-o", "--output", "--out", dest="output", metavar="FILE.jsonl",
+                   help="append each variant's result as one JSON line")
+    s.add_argument("--resume", action="store_true", help="keep the results already in --output, run only the rest")
     s.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
     s.add_argument("--wait", type=float, help="seconds to wait for the tracker to hand out a board "
                                               "(default: --timeout)")
@@ -445,8 +450,27 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+_SCHEDULES_CMDS = ("show", "merge", "prune", "-h", "--help")
+
+
+def _old_spellings(argv: list[str]) -> list[str]:
+    """``mntvm schedules DIR [DIR...] --keep K [-o OUT]`` (before show/merge/prune existed) is
+    ``mntvm schedules merge DIR... --top-k K -o OUT`` (OUT defaults to the first DIR: in place)."""
+    if len(argv) < 2 or argv[0] != "schedules" or argv[1] in _SCHEDULES_CMDS:
+        return argv
+    old = argparse.ArgumentParser(prog="mntvm schedules", add_help=False)
+    old.add_argument("sources", nargs="+")
+    old.add_argument("--keep", type=int, default=1)
+    old.add_argument("-o", "--output")
+    a, rest = old.parse_known_args(argv[1:])
+    if rest:
+        return argv  # not the old form: let the real parser name the problem
+    return ["schedules", "merge", *a.sources, "--top-k", str(a.keep), "-o", a.output or a.sources[0]]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(_old_spellings(argv))
     try:
         args.func(args)
     except MntvmError as e:

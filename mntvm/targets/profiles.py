@@ -34,14 +34,13 @@ import os
 import platform
 import re
 import shutil
-import struct
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mntvm.core.errors import MntvmError
+from mntvm.core.errors import MntvmError, one_line
+from mntvm.targets.fatbin import cuda_fatbin_packer
 from mntvm.core.paths import data_dir
 
 FAMILIES = ("x86", "aarch64", "armv7", "cuda", "opencl", "vulkan")
@@ -156,7 +155,7 @@ class Profile:
         if self.cross_compiler:
             kwargs["fcompile"] = cc.cross_compiler(self.cross_compiler)
         if self.family == "cuda":
-            kwargs["fpack_imports"] = _cuda_fatbin_packer(self._target())
+            kwargs["fpack_imports"] = cuda_fatbin_packer(self._target())
         try:
             executable.mod.export_library(str(path), **kwargs)
         except MntvmError:
@@ -370,7 +369,7 @@ def _check_target(path: Path, family: str, target: dict, host: dict | None) -> N
     try:
         tgt = tvm.target.Target(copy.deepcopy(target))
     except Exception as err:
-        raise bad("target", f"not a valid TVM target: {_first_line(err)}") from err
+        raise bad("target", f"not a valid TVM target: {one_line(err)}") from err
     kind = _TARGET_KIND.get(family, "llvm")
     if tgt.kind.name != kind:
         raise bad("target", f"{family} profiles need a '{kind}' target, got '{tgt.kind.name}'")
@@ -379,7 +378,7 @@ def _check_target(path: Path, family: str, target: dict, host: dict | None) -> N
         try:
             cpu_tgt, cpu_field = tvm.target.Target(copy.deepcopy(host)), "host"
         except Exception as err:
-            raise bad("host", f"not a valid TVM target: {_first_line(err)}") from err
+            raise bad("host", f"not a valid TVM target: {one_line(err)}") from err
         if cpu_tgt.kind.name != "llvm":
             raise bad("host", f"the host must be an 'llvm' target, got '{cpu_tgt.kind.name}'")
     mtriple = str(cpu_tgt.attrs.get("mtriple", ""))
@@ -392,11 +391,6 @@ def _check_target(path: Path, family: str, target: dict, host: dict | None) -> N
             str(cpu_tgt.attrs.get("mfloat-abi", "")) != "hard":
         raise bad(f"{cpu_field}.mfloat-abi", "must be \"hard\" for a gnueabihf triple "
                   "(else the library does not link with the hard-float C runtime)")
-
-
-def _first_line(err: Exception) -> str:
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else type(err).__name__
 
 
 def _native_cpu(path: Path) -> str:
@@ -419,108 +413,3 @@ def _x86_vector_bits(cpu: dict) -> int:
         if codegen.llvm_cpu_has_features(feature, tgt):
             return bits
     return 128
-
-
-# ---------------------------------------------------------------------------------------------
-# CUDA: embed nvcc-compiled device code
-# ---------------------------------------------------------------------------------------------
-class _Blob:
-    """Reader for TVM's packed import blob (``__tvm_ffi__library_bin``): little-endian u64
-    lengths; ``[u64 size][row_ptr vec][child vec]`` then per module ``kind`` and, unless the kind
-    is ``_lib``, its ``SaveToBytes`` payload."""
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def u64(self) -> int:
-        (v,) = struct.unpack_from("<Q", self.data, self.pos)
-        self.pos += 8
-        return v
-
-    def raw(self) -> bytes:
-        n = self.u64()
-        out = self.data[self.pos:self.pos + n]
-        if len(out) != n:
-            raise MntvmError("malformed TVM module blob (truncated)")
-        self.pos += n
-        return out
-
-
-def _pstr(b: bytes) -> bytes:
-    return struct.pack("<Q", len(b)) + b
-
-
-def _fatbin_blob(blob: bytes, compile_source) -> tuple[bytes, int]:
-    """Rewrite CUDA modules that carry source (fmt ``cuda``) to carry ``compile_source(src)``
-    as fmt ``fatbin``. Returns the new blob and how many modules were rewritten."""
-    r = _Blob(blob)
-    r.u64()  # size of the rest
-    rows = [r.u64() for _ in range(r.u64())]
-    children = [r.u64() for _ in range(r.u64())]
-    out = [_pstr_vec(rows), _pstr_vec(children)]
-    rewritten = 0
-    for _ in range(len(rows) - 1):
-        kind = r.raw()
-        out.append(_pstr(kind))
-        if kind == b"_lib":
-            continue
-        payload = r.raw()
-        if kind == b"cuda":
-            p = _Blob(payload)
-            fmt = p.raw()
-            if fmt == b"cuda":
-                # [fmt][fmap][code]: code is last; its length prefix sits right before it.
-                end = len(payload)
-                for start in range(p.pos, end - 7):
-                    if struct.unpack_from("<Q", payload, start)[0] == end - start - 8 \
-                            and b"__global__" in payload[start + 8:]:
-                        break
-                else:
-                    raise MntvmError("malformed TVM CUDA module (no code field)")
-                fmap, source = payload[p.pos:start], payload[start + 8:]
-                fatbin = compile_source(source.decode())
-                payload = _pstr(b"fatbin") + fmap + _pstr(bytes(fatbin))
-                rewritten += 1
-        out.append(_pstr(payload))
-    body = b"".join(out)
-    return struct.pack("<Q", len(body)) + body, rewritten
-
-
-def _pstr_vec(values: list[int]) -> bytes:
-    return struct.pack(f"<{len(values) + 1}Q", len(values), *values)
-
-
-def _cuda_fatbin_packer(target):
-    """An ``fpack_imports`` hook for ``export_library`` that embeds nvcc fatbins."""
-    import tvm
-
-    def nvcc_fatbin(source: str) -> bytes:
-        from tvm.support import nvcc
-
-        arch = str(target.attrs["arch"]) if "arch" in target.attrs else ""
-        m = re.fullmatch(r"sm_(\d+[a-z]?)", arch)
-        if not m:
-            raise MntvmError(f"CUDA target needs an 'arch' like sm_87, got {arch!r}")
-        sm = m.group(1)
-        with target:
-            try:
-                return bytes(nvcc.compile_cuda(
-                    source, target_format="fatbin", compiler="nvcc",
-                    arch=["-gencode", f"arch=compute_{sm},code=[sm_{sm},compute_{sm}]"]))
-            except RuntimeError as err:
-                raise MntvmError(f"nvcc failed for {arch}: {_first_line(err)}") from err
-
-    def pack(mod, is_system_lib: bool, prefix: str, workspace_dir: str) -> str:
-        blob = tvm.get_global_func("runtime.ModulePackImportsToTensor")(mod).numpy().tobytes()
-        blob, _ = _fatbin_blob(blob, nvcc_fatbin)
-        llvm = [m for m in mod._collect_dso_modules() if m.kind == "llvm"]
-        if not llvm:
-            raise MntvmError("CUDA export needs an LLVM host module")
-        triple_target = llvm[0].get_function("_get_target_string")()
-        obj = tvm.get_global_func("codegen.codegen_blob")(blob, is_system_lib, triple_target,
-                                                          prefix)
-        path = os.path.join(workspace_dir or tempfile.mkdtemp(), f"{prefix}devc.o")
-        obj.write_to_file(path)
-        return path
-
-    return pack

@@ -34,9 +34,9 @@ def _ms_export(cross_compiler, cuda_target, mod) -> str:
 
     kwargs = {"fcompile": cc.cross_compiler(cross_compiler)} if cross_compiler else {}
     if cuda_target:
-        from mntvm.targets.profiles import _cuda_fatbin_packer
+        from mntvm.targets.fatbin import cuda_fatbin_packer
 
-        kwargs["fpack_imports"] = _cuda_fatbin_packer(tvm.target.Target(json.loads(cuda_target)))
+        kwargs["fpack_imports"] = cuda_fatbin_packer(tvm.target.Target(json.loads(cuda_target)))
     path = os.path.join(tempfile.mkdtemp(prefix="mntvm-ms-"), "kernel.so")
     mod.export_library(path, **kwargs)
     return path
