@@ -1,4 +1,4 @@
-"""Per-layer speed of the CPU templates (mntvm.sched_cpu) vs measured FMA peak and ONNX Runtime.
+"""Per-layer speed of the CPU templates (mntvm.templates) vs measured FMA peak and ONNX Runtime.
 
 Every kernel of the lowered MobileNetV1 (stem, 13 depthwise, 13 pointwise, pool, FC, softmax, ...)
 is compiled on its own at the template's default knobs and timed with random inputs; the
@@ -6,7 +6,12 @@ corresponding single-op ONNX model (Conv + bias + Clip) is timed with ONNX Runti
 thread count. Whole-network numbers (TVM vs ORT, 1 and 2 threads) are printed at the end.
 
     python benchmarks/layers.py [--alpha 1.0] [--resolution 224] [--threads 1,2] [--no-ort]
-    python benchmarks/layers.py --tune pw4 --trials 16     # tiny MetaSchedule run on one task
+        [--target x86] [--mcpu CPU] [--vector-bits 256|512]
+    python benchmarks/layers.py --tune mntvm_pw4 --trials 16   # tiny tuning run on one task
+
+The code is for a target profile (``x86``: this machine, or the CPU named by ``--mcpu``). ``--tune``
+tunes one task the way ``mntvm tune`` does (same space, builder, network-like runner on the first
+``--threads`` count, database format) into ``--work-dir`` and times it against the defaults.
 
 Peak: an AVX-512 / AVX2 FMA loop compiled with the system C compiler (gcc) at import; when no
 compiler is found the peak column is left out.
@@ -14,7 +19,7 @@ compiler is found the peak column is left out.
 from __future__ import annotations
 
 import argparse
-import os
+import dataclasses
 import subprocess
 import sys
 import tempfile
@@ -28,8 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from mntvm.templates import cpu as sc  # noqa: E402
-from mntvm.tuning import space  # noqa: E402
+from mntvm.core.threads import set_threads  # noqa: E402
+from mntvm.targets.profiles import get_profile  # noqa: E402
+from mntvm.templates.defaults import apply_default_schedules  # noqa: E402
+from mntvm.templates.lowering import lower  # noqa: E402
+from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_PW, RULE_STEM, all_blocks,  # noqa: E402
+                                      rule_of, tunable_tasks)
+from mntvm.tuning import open_schedules, tune_funcs  # noqa: E402
 
 PEAK_C = r"""
 #include <immintrin.h>
@@ -100,26 +110,25 @@ def measure_peak(threads: int, avx512: bool = True) -> float | None:
 
 def _flops_of(func: tvm.tirx.PrimFunc) -> tuple[str, float]:
     """(kind, flops) of one of our PrimFuncs from its buffer shapes."""
-    blocks = sc._all_blocks(func)
-    rules = [sc._rule_of(b) for b in blocks if sc._rule_of(b)]
+    rules = [r for r in map(rule_of, all_blocks(func)) if r]
     params = [[int(x) for x in p.shape] for p in func.params]
     if not rules:
         return "other", 0.0
     r = rules[0]
     out = params[-1]
-    if r == sc.RULE_PW:
+    if r == RULE_PW:
         n, ob, p, v = out
         ib = params[0][1]
         return "pw", 2.0 * n * ob * v * p * ib * v
-    if r == sc.RULE_DW:
+    if r == RULE_DW:
         n, cb, p, v = out
         _, kh, kw, _ = params[1]
         return "dw", 2.0 * n * cb * v * p * kh * kw
-    if r == sc.RULE_STEM:
+    if r == RULE_STEM:
         n, ob, p, v = out
         _, c, kh, kw, _ = params[1]
         return "stem", 2.0 * n * ob * v * p * c * kh * kw
-    if r == sc.RULE_DENSE:
+    if r == RULE_DENSE:
         nb, k, v = params[1]
         return "fc", 2.0 * out[0] * nb * v * k
     return r.replace("mntvm_", ""), 0.0
@@ -213,15 +222,14 @@ def ort_layer_model(spec, act="relu6"):
 
 
 # ---------------------------------------------------------------------------------------------
-def build_network(cfg, target, vector_bits, seed=0):
-    from mntvm.model.inference import inference_module
+def build_network(cfg, profile, seed=0):
+    """(weights, lowered module, module at the templates' default knobs) for ``profile``."""
     from mntvm.model.weights import random_weights
 
     w = random_weights(cfg, seed)
-    mod = inference_module(cfg, w)
-    low = sc.lower_cpu(mod, target, vector_bits)
-    sched = sc.apply_default_schedules(low, target, vector_bits)
-    return w, mod, low, sched
+    low = lower(cfg, w, profile)
+    sched = apply_default_schedules(low, profile.tvm_target(), profile.vector_bits)
+    return w, low, sched
 
 
 def main(argv=None):
@@ -229,13 +237,15 @@ def main(argv=None):
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--threads", default="1,2")
-    ap.add_argument("--vector-bits", type=int, default=512)
-    ap.add_argument("--mcpu", default="sapphirerapids")
+    ap.add_argument("--target", default="x86", help="target profile (default: x86, this machine)")
+    ap.add_argument("--mcpu", default=None, help="the CPU to generate code for (default: the profile's)")
+    ap.add_argument("--vector-bits", type=int, default=None, choices=(128, 256, 512),
+                    help="channel block width (default: the profile's, from the CPU)")
     ap.add_argument("--no-ort", action="store_true")
     ap.add_argument("--no-layers", action="store_true")
-    ap.add_argument("--tune", default=None, help="tune one kernel (e.g. mntvm_pw4) with MetaSchedule")
+    ap.add_argument("--tune", default=None, help="tune one task (e.g. mntvm_pw4) as `mntvm tune` does")
     ap.add_argument("--trials", type=int, default=16)
-    ap.add_argument("--work-dir", default=None)
+    ap.add_argument("--work-dir", default=None, help="schedules database folder for --tune (default: a temp one)")
     args = ap.parse_args(argv)
 
     from mntvm.model.network import MobileNetConfig, layer_specs
@@ -243,12 +253,15 @@ def main(argv=None):
 
     cfg = MobileNetConfig(alpha=args.alpha, resolution=args.resolution)
     threads = [int(t) for t in args.threads.split(",")]
-    target = tvm.target.Target({"kind": "llvm", "mcpu": args.mcpu, "num-cores": max(threads)})
+    profile = get_profile(args.target, mcpu=args.mcpu)
+    if args.vector_bits:
+        profile = dataclasses.replace(profile, vector_bits=args.vector_bits)
+    target = profile.tvm_target()
     dev = tvm.cpu()
-    w, mod, low, sched = build_network(cfg, target, args.vector_bits)
+    w, low, sched = build_network(cfg, profile)
 
     if args.tune:
-        return tune_one(low, args.tune, target, args.trials, args.work_dir, dev)
+        return tune_one(cfg, low, args.tune, profile, args.trials, args.work_dir, dev, threads[0])
 
     specs = {s.name: s for s in layer_specs(cfg)}
     conv_specs = [s for s in layer_specs(cfg)]  # execution order: stem, dw1, pw1, ..., fc
@@ -258,7 +271,7 @@ def main(argv=None):
     names = {id(c): s.name for c, s in zip(weighted, conv_specs)}
     del specs
 
-    peaks = {t: measure_peak(t, args.vector_bits >= 512) for t in threads}
+    peaks = {t: measure_peak(t, profile.vector_bits >= 512) for t in threads}
     ort_ok = not args.no_ort
     if ort_ok:
         try:
@@ -269,7 +282,7 @@ def main(argv=None):
     results = {}
     if not args.no_layers:
         for t in threads:
-            sc.set_num_threads(t)
+            set_threads(t)
             for c in calls:
                 results[(id(c), t)] = time_kernel(c[1], target, dev)
     ort_layers = {}
@@ -328,7 +341,7 @@ def main(argv=None):
         print(f"ORT max abs diff vs reference: {np.abs(o - ref).max():.2e}")
     for rnd in range(2):
         for t in threads:
-            sc.set_num_threads(t)
+            set_threads(t)
             r = ft(xt).results
             line = f"network {t}T: TVM median {np.median(r) * 1e3:.2f} ms (min {np.min(r) * 1e3:.2f})"
             if ort_ok:
@@ -339,23 +352,27 @@ def main(argv=None):
     return 0
 
 
-def tune_one(low, name, target, trials, work_dir, dev):
-    """Tiny MetaSchedule run of our rule on one kernel; writes a JSON database and applies it."""
-    import shutil
-
-    work_dir = work_dir or tempfile.mkdtemp(prefix="mntvm_tune_")
-    func = low[name]
-    t0 = time.time()
-    db = space.tune_tasks(func, target, work_dir, trials)
-    print(f"tuned {name}: {trials} trials in {time.time() - t0:.0f}s, database in {work_dir}")
-    tuned = space.apply_database(low, db, target)
-    default = sc.apply_default_schedules(low, target)
+def tune_one(cfg, low, name, profile, trials, work_dir, dev, threads):
+    """Tune one task of ``low`` as ``mntvm tune`` does (:func:`mntvm.tuning.tune_funcs`) into the
+    database ``work_dir``, then time it at the database's best against the templates' defaults."""
+    tasks = tunable_tasks(low)
+    if name not in tasks:
+        raise SystemExit(f"--tune: no task {name!r}; tasks: {', '.join(sorted(tasks))}")
+    target = profile.tvm_target()
+    work_dir = Path(work_dir or tempfile.mkdtemp(prefix="mntvm_tune_"))
+    summary = tune_funcs({name: tasks[name]}, profile, work_dir, trials, label=cfg.tag, threads=threads)
+    print(f"tuned {name}: {summary['tasks'][name]['trials']} trials ({summary['trials_run']} new) in "
+          f"{summary['seconds']:.0f}s on {threads} thread(s), database in {work_dir}")
+    tuned, covered = open_schedules(work_dir, profile).apply(low, target)
+    tuned = apply_default_schedules(tuned, target, profile.vector_bits)
+    default = apply_default_schedules(low, target, profile.vector_bits)
+    set_threads(threads)  # timed on the thread count it was tuned on
     t_def = time_kernel(default[name], target, dev)
     t_tun = time_kernel(tuned[name], target, dev)
-    kind, fl = _flops_of(func)
+    kind, fl = _flops_of(tasks[name])
     print(f"{name}: default {t_def * 1e6:.1f} us ({fl / t_def / 1e9:.1f} GFLOP/s), "
-          f"tuned {t_tun * 1e6:.1f} us ({fl / t_tun / 1e9:.1f} GFLOP/s)")
-    del shutil
+          f"tuned {t_tun * 1e6:.1f} us ({fl / t_tun / 1e9:.1f} GFLOP/s)"
+          + ("" if name in covered else " (no usable record: defaults)"))
     return 0
 
 

@@ -22,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mntvm.bench.bench import compare, format_compare  # noqa: E402
-from mntvm.compile.build import compile_model  # noqa: E402
-from mntvm.core.errors import MntvmError  # noqa: E402
-from mntvm.model.network import MobileNetConfig  # noqa: E402
+from mntvm import MntvmError  # noqa: E402
+from mntvm.bench import compare, format_compare  # noqa: E402
+from mntvm.compile import compile_model  # noqa: E402
+from mntvm.model import MobileNetConfig  # noqa: E402
 
 
 def main(argv=None) -> int:

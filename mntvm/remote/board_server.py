@@ -1,4 +1,4 @@
-"""TVM RPC server that runs *inside* the emulated board (copied to /opt/mntvm by mntvm.board).
+"""TVM RPC server that runs *inside* the emulated board (copied to /opt/mntvm by mntvm.remote.board).
 
 Standalone: it imports only the board's own Python and TVM runtime, never ``mntvm``.
 
@@ -14,7 +14,7 @@ serves in-process instead, reusing TVM's own machinery:
   clients whose match key fits, and hands each session to ``_serving``, which *forks*
   (``multiprocessing`` "fork" start method: no exec) a child running ``_ffi_api.ServerLoop``;
 - before that it registers ``mntvm.board.arch`` (returns ``platform.machine()``) and
-  ``mntvm.profile_vm`` (``_vm_profile.py``, copied beside this script), which forked session
+  ``mntvm.profile_vm`` (``vm_profile.py``, copied beside this script), which forked session
   children inherit, so the host can ask which architecture it talks to and time each kernel.
 """
 import argparse
@@ -48,9 +48,9 @@ def main(argv=None):
     def _arch():
         return platform.machine()
 
-    import vm_profile as _vm_profile  # next to this script: per-kernel timing for `mntvm bench --per-layer`
+    import vm_profile  # next to this script: per-kernel timing for `mntvm bench --per-layer`
 
-    _vm_profile.register()
+    vm_profile.register()
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

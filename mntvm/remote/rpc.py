@@ -15,7 +15,8 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from mntvm.core.errors import MntvmError
+from mntvm.core.errors import MntvmError, one_line
+from mntvm.remote import vm_profile
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -28,7 +29,8 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _warn_exposed(host: str, what: str) -> None:
+def warn_exposed(host: str, what: str) -> None:
+    """Warn on stderr when a tracker or server (``what``) listens beyond loopback."""
     if host not in LOOPBACK:
         print(f"mntvm: warning: the {what} listens on {host}: an RPC server runs whatever code it is sent; "
               "expose it only on a network you trust", file=sys.stderr)
@@ -39,7 +41,7 @@ def run_tracker(host: str = "127.0.0.1", port: int = 9190, port_end: int | None 
     """Run TVM's tracker in the foreground (``tvm.exec.rpc_tracker``)."""
     from tvm.exec import rpc_tracker
 
-    _warn_exposed(host, "tracker")
+    warn_exposed(host, "tracker")
     # 0.27's tracker searches [port, port_end) and finds nothing when port >= its default end 9199.
     end = port_end if port_end is not None else max(port + 10, 9199)
     rpc_tracker.main(argparse.Namespace(host=host, port=port, port_end=end, silent=silent))
@@ -48,7 +50,7 @@ def run_tracker(host: str = "127.0.0.1", port: int = 9190, port_end: int | None 
 def server_init() -> None:
     """Registered in every server process we start: the functions ``mntvm bench`` asks a board for.
 
-    ``mntvm.profile_vm`` (per-kernel timing, :mod:`mntvm._vm_profile`) and ``mntvm.board.arch``
+    ``mntvm.profile_vm`` (per-kernel timing, :mod:`mntvm.remote.vm_profile`) and ``mntvm.board.arch``
     (``platform.machine()``, for the architecture check before upload). Sessions are forked from
     the server process, so they inherit both.
     """
@@ -56,9 +58,7 @@ def server_init() -> None:
 
     import tvm_ffi
 
-    from mntvm.remote import vm_profile as _vm_profile
-
-    _vm_profile.register()
+    vm_profile.register()
     tvm_ffi.register_global_func("mntvm.board.arch", platform.machine, override=True)
 
 
@@ -71,7 +71,7 @@ def run_server(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090
     if not key:
         raise MntvmError("an RPC server needs --key (the board type the tracker hands out)")
     thost, tport = parse_addr(tracker)
-    _warn_exposed(host, "RPC server")
+    warn_exposed(host, "RPC server")
     server = rpc.Server(host, port, port_end if port_end is not None else max(port + 10, 9199),
                         key=key, tracker_addr=(thost, tport), silent=silent,
                         server_init_callback=server_init)
@@ -203,14 +203,8 @@ def open_session(tracker: str, key: str | None, wait_s: float = 60.0, session_ti
                          f"{known[key]['total']} registered, {busy} busy in other sessions)")
     t.close()
     if "error" in box:
-        raise MntvmError(f"could not open a session on a '{key}' board: {_one_line(box['error'])}")
+        raise MntvmError(f"could not open a session on a '{key}' board: {one_line(box['error'])}")
     return Session(box["remote"], box["board"], key)
-
-
-def _one_line(e: BaseException) -> str:
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    # TVM errors end with the interesting line, after a traceback.
-    return (lines[-1] if lines else type(e).__name__)[:300]
 
 
 _LOST_CONNECTION = ("kshutdown", "socket", "connection", "closed", "broken pipe", "reset by peer",
@@ -259,7 +253,7 @@ class RemoteWorker:
             e = box["error"]
             if isinstance(e, MntvmError):
                 raise e
-            msg = _one_line(e)
+            msg = one_line(e)
             if any(m in str(e).lower() for m in _LOST_CONNECTION):
                 self.failed = f"board {self.board} stopped answering during the benchmark ({what}: {msg})"
             else:

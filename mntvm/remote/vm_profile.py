@@ -2,7 +2,7 @@
 
 Standalone on purpose: it imports only the standard library and TVM, so the same file runs here
 (local ``mntvm bench --per-layer``), in ``mntvm rpc server`` sessions and inside the emulated board
-(copied to ``/opt/mntvm`` next to ``_board_server.py``), where :func:`register` exposes it as the
+(copied to ``/opt/mntvm`` next to ``board_server.py``), where :func:`register` exposes it as the
 global function ``mntvm.profile_vm`` that the host calls over RPC.
 
 :func:`profile_vm` runs ``main`` ``runs`` times with an instrument that timestamps each VM ``Call``

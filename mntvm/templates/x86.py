@@ -1,30 +1,22 @@
-"""x86 (AVX2 / AVX-512) knob spaces and defaults for the CPU conv templates in :mod:`mntvm.sched_cpu`.
+"""x86 (AVX2 / AVX-512) default knobs for the CPU templates (:mod:`mntvm.templates.cpu`).
 
-The template logic is shared (``sched_cpu``); a family only chooses the vector width and the
-default register tiles. With AVX-512 there are 32 zmm registers: the pointwise default keeps
+The template logic is shared; a family only chooses the vector width and the default register
+tiles. With AVX-512 there are 32 zmm registers: the pointwise default keeps
 up to ~28 accumulators (output-channel vectors x spatial positions) live; with AVX2 (16 ymm)
 10-12, as in the notes.
 """
 from __future__ import annotations
 
-from mntvm.templates.cpu import FamilyKnobs, divisors, largest_divisor_le
+from mntvm.templates.knobs import FamilyKnobs, largest_divisor_le, pointwise_tiles, split2
 
 
 def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
-    # (oc vectors, spatial) register tiles by preference; pick the first whose sizes divide.
+    # (oc vectors, spatial) register tiles by preference; the first whose sizes divide is taken.
     if num_regs >= 32:
         # measured on Sapphire Rapids (1 thread): 2x8, 2x7, 4x4 reach 170-177 GFLOP/s; 4x7
         # (28 accumulators) and 3x8 spill and fall to 55-115.
-        prefs = [(2, 8), (2, 7), (4, 4), (1, 8), (1, 7), (2, 4), (1, 4), (1, 2), (1, 1)]
-    else:
-        prefs = [(2, 6), (2, 5), (2, 7), (2, 4), (1, 8), (1, 7), (1, 4), (1, 2), (1, 1)]
-    for o_t, p_t in prefs:
-        if ob % o_t == 0 and p % p_t == 0:
-            break
-    # cache tile over spatial: enough spatial tiles that one weight panel is reused from L1/L2
-    rest = p // p_t
-    p_mid = largest_divisor_le(rest, max(1, 64 // p_t))
-    return {"ob": [ob // o_t, o_t], "p": [rest // p_mid, p_mid, p_t], "order": 0}
+        return pointwise_tiles(ob, p, [(2, 8), (2, 7), (4, 4), (1, 8), (1, 7), (2, 4), (1, 4), (1, 2), (1, 1)])
+    return pointwise_tiles(ob, p, [(2, 6), (2, 5), (2, 7), (2, 4), (1, 8), (1, 7), (1, 4), (1, 2), (1, 1)])
 
 
 def _dw_defaults(cb: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
@@ -32,23 +24,21 @@ def _dw_defaults(cb: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
     # 7 or 8 output columns, and 2 channel blocks per tile on the small 14x14 / 7x7 layers.
     wt = 7 if wo % 7 == 0 else largest_divisor_le(wo, 8)
     ct = 2 if wo <= 14 and cb % 2 == 0 else 1
-    return {"cb": [cb // ct, ct], "w": [wo // wt, wt]}
+    return {"cb": split2(cb, ct), "w": split2(wo, wt)}
 
 
 def _stem_defaults(ob: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
     wt = largest_divisor_le(wo, 8 if num_regs >= 32 else 4)
     o_t = 2 if ob % 2 == 0 else 1
-    return {"ob": [ob // o_t, o_t], "w": [wo // wt, wt]}
+    return {"ob": split2(ob, o_t), "w": split2(wo, wt)}
 
 
 def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
     t = largest_divisor_le(nb, 4)
-    return {"nb": [nb // t, t]}
+    return {"nb": split2(nb, t)}
 
 
 AVX512 = FamilyKnobs(name="avx512", vector_bits=512, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
                      stem=_stem_defaults, dense=_dense_defaults)
 AVX2 = FamilyKnobs(name="avx2", vector_bits=256, num_regs=16, pw=_pw_defaults, dw=_dw_defaults,
                    stem=_stem_defaults, dense=_dense_defaults)
-
-__all__ = ["AVX512", "AVX2", "divisors"]

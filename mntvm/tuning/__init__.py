@@ -1,4 +1,8 @@
 """Tuning our templates' knobs with MetaSchedule, and the schedules databases it writes."""
-from mntvm.tuning.tune import merge, open_schedules, prune, show, tune
+from mntvm.tuning.database import ScheduleDB, open_schedules
+from mntvm.tuning.manage import merge, prune, show
+from mntvm.tuning.report import format_merge, format_show, format_tune
+from mntvm.tuning.tune import tune, tune_funcs
 
-__all__ = ["merge", "open_schedules", "prune", "show", "tune"]
+__all__ = ["ScheduleDB", "format_merge", "format_show", "format_tune", "merge", "open_schedules", "prune", "show",
+           "tune", "tune_funcs"]

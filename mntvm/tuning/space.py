@@ -6,11 +6,16 @@ for CUDA).
 """
 from __future__ import annotations
 
-import tvm
-from tvm import relax, tirx
+import functools
+import json
+import os
+import tempfile
 
-from mntvm.templates.cpu import apply_default_schedules
-from mntvm.templates.cuda import nvcc_compile_mode
+import tvm
+from tvm import relax
+
+from mntvm.targets.fatbin import cuda_fatbin_packer
+from mntvm.templates.gpu import nvcc_compile_mode
 
 
 def _ms_build(mod, target, _params):
@@ -26,16 +31,10 @@ def _ms_export(cross_compiler, cuda_target, mod) -> str:
     so that a board needs no compiler of its own (MetaSchedule's default ships a .tar of objects
     that the board's RPC server links); CUDA kernels embedded as an nvcc fatbin for the target's
     arch (``cuda_target``: the target as JSON), as in compiled artifacts."""
-    import json
-    import os
-    import tempfile
-
     from tvm.support import cc
 
     kwargs = {"fcompile": cc.cross_compiler(cross_compiler)} if cross_compiler else {}
     if cuda_target:
-        from mntvm.targets.fatbin import cuda_fatbin_packer
-
         kwargs["fpack_imports"] = cuda_fatbin_packer(tvm.target.Target(json.loads(cuda_target)))
     path = os.path.join(tempfile.mkdtemp(prefix="mntvm-ms-"), "kernel.so")
     mod.export_library(path, **kwargs)
@@ -43,9 +42,7 @@ def _ms_export(cross_compiler, cuda_target, mod) -> str:
 
 
 def ms_builder(max_workers: int = 1, cross_compiler: str | None = None, target=None):
-    """The MetaSchedule builder for our tasks (``mntvm tune`` and :func:`tune_tasks`)."""
-    import functools
-
+    """The MetaSchedule builder for our tasks (:mod:`mntvm.tuning.tune`)."""
     from tvm.s_tir import meta_schedule as ms
 
     cuda = str(target) if target is not None and target.kind.name == "cuda" else None  # JSON text
@@ -69,36 +66,9 @@ def tune_space(target=None):
     )
 
 
-def tune_tasks(funcs, target, work_dir: str, trials: int, *, trials_per_task: int | None = None,
-               num_trials_per_iter: int = 16, max_workers: int | None = None, number: int = 5,
-               repeat: int = 3, min_repeat_ms: int = 20, seed: int | None = None):
-    """Tune our rules' knobs on ``funcs`` (a PrimFunc, or {name: PrimFunc}, e.g.
-    ``tunable_tasks(lower_cpu(...))``) with MetaSchedule; returns the JSON database in ``work_dir``
-    (``database_workload.json`` / ``database_tuning_record.json``)."""
-    from tvm.s_tir import meta_schedule as ms
-
-    if isinstance(funcs, tirx.PrimFunc):
-        funcs = {"main": funcs}
-    target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
-    mod = tvm.IRModule({name: f.without_attr("global_symbol") if f.attrs and "global_symbol" in f.attrs else f
-                        for name, f in funcs.items()})
-    builder = ms_builder(max_workers or 1)
-    runner = ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(
-        number=number, repeat=repeat, min_repeat_ms=min_repeat_ms, enable_cpu_cache_flush=False))
-    return ms.tune_tir(
-        mod, target, work_dir, max_trials_global=trials, max_trials_per_task=trials_per_task,
-        num_trials_per_iter=num_trials_per_iter, builder=builder, runner=runner,
-        space=tune_space(), seed=seed)
-
-
 def apply_records(mod: tvm.IRModule, db, target) -> tvm.IRModule:
-    """Replace each task of a ``lower_cpu`` module that ``db`` has a record for by its best trace
-    (the rest is left unscheduled)."""
+    """Replace each task of a lowered module (:func:`mntvm.templates.lowering.lower`) that ``db``
+    has a record for by its best trace (the rest is left unscheduled)."""
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     with target, db:
         return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
-
-
-def apply_database(mod: tvm.IRModule, db, target, vector_bits: int | None = None) -> tvm.IRModule:
-    """Apply tuned records to a ``lower_cpu`` module, then default schedules to the rest."""
-    return apply_default_schedules(apply_records(mod, db, target), target, vector_bits)

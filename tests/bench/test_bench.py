@@ -1,7 +1,7 @@
 """`mntvm bench`: locally and through TVM's tracker (x86 server on loopback, and the emulated
 aarch64 board), the JSON contract, per-layer timing and its plot, and the board faults (killed,
 hung, wrong architecture), each a one-line error in bounded time; side by side with ONNX Runtime
-(`bench.compare`, benchmarks/vs_peers.py) and its refusals."""
+(`mntvm.bench.compare`, benchmarks/vs_peers.py) and its refusals."""
 from __future__ import annotations
 
 import json
@@ -23,8 +23,7 @@ from mntvm.model import weights as W
 from mntvm.compile.artifact import load_artifact
 from mntvm.core import arch
 from mntvm.core.arch import artifact_arch
-from mntvm.bench.bench import (COMPARE_KEYS, RESULT_KEYS, artifact_weights, benchmark, compare,
-                         format_compare)
+from mntvm.bench import COMPARE_KEYS, RESULT_KEYS, artifact_weights, benchmark, compare, format_compare
 from mntvm.compile.build import compile_model
 from mntvm.model.network import MobileNetConfig
 
@@ -300,9 +299,9 @@ def test_cli_bench_compare(cmp_art):
 
 
 def test_compare_outputs_must_agree(cmp_art, monkeypatch):
-    import mntvm.bench.bench
+    from mntvm.bench import comparison
 
-    monkeypatch.setattr(mntvm.bench.bench, "COMPARE_TOL", 1e-12)
+    monkeypatch.setattr(comparison, "COMPARE_TOL", 1e-12)
     with pytest.raises(MntvmError, match=r"outputs disagree at 1 thread: max \|ours - ONNX Runtime\| = "
                                          r"[0-9.]+e-[0-9]+ > 1e-12"):
         compare(cmp_art, threads=(1,), rounds=1, per_round=1)
@@ -332,8 +331,6 @@ def test_compare_refusals(cmp_art, a64_art, small_cfg, tmp_path):
 
 
 def test_cuda_artifact_needs_a_gpu(tmp_path, monkeypatch):
-    from mntvm.bench import bench
-
     monkeypatch.setattr(arch, "local_cuda", lambda: False)  # as here; on a GPU machine too
     art = compile_model(MobileNetConfig(alpha=0.25, resolution=32), tmp_path / "cu", target="cuda-sm80")
     with pytest.raises(MntvmError, match="is a CUDA artifact .* has no CUDA GPU: .*--tracker"):

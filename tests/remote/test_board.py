@@ -3,7 +3,7 @@ the whole MobileNetV1 (α 0.25 / 96) through our ARM templates, at default and a
 knobs, run on the board and compared with ONNX Runtime; a tiny tuning run measured on the board
 through the tracker (issue #5).
 
-Needs the host packages in ``mntvm.board.APT_PACKAGES`` (debootstrap, qemu-user-static,
+Needs the host packages in ``mntvm.remote.board.APT_PACKAGES`` (debootstrap, qemu-user-static,
 g++-aarch64-linux-gnu), root for the first ``prepare`` and network to the Debian mirror and PyPI.
 Missing tools are a failure, not a skip.  First run ~1 min (downloads), later runs ~15 s.
 """
@@ -17,6 +17,7 @@ import time
 
 import numpy as np
 import pytest
+from rpc_fixtures import stop_group
 
 from mntvm import MntvmError
 from mntvm.remote import board
@@ -66,12 +67,7 @@ def tracker():
                 pytest.fail(f"RPC tracker did not come up on port {port}: {out[-500:]}")
             time.sleep(0.2)
     yield ("127.0.0.1", port)
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_group(proc)  # the whole group: TVM's tracker runs in a popen worker child
 
 
 def _tiny_add_lib(tmp_path):
@@ -282,13 +278,13 @@ def _random_knob_db(cfg, w, profile, path, seed):
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
-    from mntvm.templates import cpu as sc
+    from mntvm.templates.defaults import default_schedule
     from mntvm.templates.lowering import lower
-    from mntvm.tuning.tune import META, _task_mod
+    from mntvm.templates.registry import all_blocks, rule_of, tunable_tasks
+    from mntvm.tuning.database import META, task_mod
 
     target = profile.tvm_target()
-    fam = sc.family_for(target, profile.vector_bits)
-    tasks = sc.tunable_tasks(lower(cfg, w, profile))
+    tasks = tunable_tasks(lower(cfg, w, profile))
     path.mkdir(parents=True)
     (path / META).write_text(json.dumps({
         "format": 1, "target": profile.to_metadata(), "tvm_version": tvm.__version__,
@@ -296,14 +292,13 @@ def _random_knob_db(cfg, w, profile, path, seed):
     db = ms.database.JSONDatabase(work_dir=str(path))
     report = {}
     for i, (name, func) in enumerate(sorted(tasks.items())):
-        wl = _task_mod(func)  # the workload exactly as compile's MetaScheduleApplyDatabase keys it
+        wl = task_mod(func)  # the workload exactly as compile's MetaScheduleApplyDatabase keys it
         rand = s_tir.Schedule(wl, seed=seed + i)
-        dflt = s_tir.Schedule(wl)
-        rules = [(b.name_hint, sc._rule_of(b)) for b in sc._all_blocks(wl["main"]) if sc._rule_of(b)]
+        rules = [(b.name_hint, rule_of(b)) for b in all_blocks(wl["main"]) if rule_of(b)]
         assert rules, name
         for block, rule in rules:
             tvm.get_global_func(f"s_tir.meta_schedule.cpu.{rule}")(rand, rand.get_sblock(block))
-            sc.schedule_with_rule(dflt, block, rule, fam)  # what apply_default_schedules does
+        dflt = default_schedule(wl, target, profile.vector_bits)  # what apply_default_schedules does
         db.commit_tuning_record(ms.database.TuningRecord(
             rand.trace, db.commit_workload(wl), run_secs=[1e-3], target=target))
         report[name] = (_decisions(rand.trace), _decisions(dflt.trace),

@@ -102,9 +102,9 @@ def test_no_free_board_within_wait(tracker, server, tmp_path):
 
 
 def test_binding_elsewhere_warns(capsys):
-    rpc._warn_exposed("0.0.0.0", "RPC server")  # pylint: disable=protected-access
+    rpc.warn_exposed("0.0.0.0", "RPC server")
     assert "runs whatever code it is sent" in capsys.readouterr().err
-    rpc._warn_exposed("127.0.0.1", "RPC server")  # pylint: disable=protected-access
+    rpc.warn_exposed("127.0.0.1", "RPC server")
     assert capsys.readouterr().err == ""
 
 

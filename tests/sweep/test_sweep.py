@@ -227,6 +227,52 @@ def test_rerun_reuses_cache_and_prints_table(swept, boards, cache):
     assert json.loads(r)["compiled"] == [] and json.loads(r)["variants"][0]["cached"] is True
 
 
+def test_results_and_report_hold_no_absolute_path(swept, cache):
+    """Moving the checkout or the cache strands nothing: the results file names each artifact relative
+    to the cache, and neither it nor the report holds the checkout's, the cache's or any /tmp/ path."""
+    r, d = swept
+    for name in ("out.jsonl", "report.html"):
+        text = (d / name).read_text()
+        for absolute in (str(ROOT), str(cache), "/tmp/"):
+            assert absolute not in text, f"{absolute} in {name}"
+    for x in _lines(d / "out.jsonl"):
+        assert not Path(x["artifact"]).is_absolute() and (cache / x["artifact"] / "metadata.json").is_file()
+    assert not Path(r["schedules"]["dir"]).is_absolute()
+
+
+def test_artifact_cache_key_survives_moving_the_checkout(tmp_path, monkeypatch):
+    """The artifact cache key (profile, schedules and code identities) is the same for a copy of the
+    checkout elsewhere, and changes with what shapes the code."""
+    from mntvm.model import MobileNetConfig
+    from mntvm.sweep.cache import artifact_dir, schedules_identity
+    from mntvm.targets import get_profile
+
+    code = ("import json; from mntvm.model import MobileNetConfig; from mntvm.targets import get_profile; "
+            "from mntvm.sweep.cache import artifact_dir, schedules_identity; s = schedules_identity(); "
+            "print(json.dumps([str(artifact_dir(MobileNetConfig(alpha=0.25, resolution=96), "
+            "get_profile('x86').to_metadata(), 'w', s)), s]))")
+    moved = tmp_path / "elsewhere"
+    for name in ("mntvm", "schedules", "targets"):
+        shutil.copytree(ROOT / name, moved / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", moved / "pyproject.toml")
+    env = {**os.environ, "MNTVM_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(moved)}
+    p = subprocess.run([sys.executable, "-c", code], cwd=moved, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr
+    there, sched_there = json.loads(p.stdout)
+
+    monkeypatch.setenv("MNTVM_CACHE", str(tmp_path / "cache"))
+    cfg, sched = MobileNetConfig(alpha=0.25, resolution=96), schedules_identity()
+    meta = get_profile("x86").to_metadata()
+    here = artifact_dir(cfg, meta, "w", sched)
+    assert sched == sched_there and sched["dir"] == "schedules"
+    assert str(here) == there
+    assert artifact_dir(cfg, {**meta, "source": "/somewhere/else.toml"}, "w", sched) == here
+    assert artifact_dir(cfg, {**meta, "threads": 99}, "w", sched) != here
+    assert artifact_dir(cfg, meta, "w2", sched) != here
+    assert artifact_dir(cfg, meta, "w", {**sched, "code_sha256": "0"}) != here
+
+
 def test_plot_and_html_report_render(swept, tmp_path):
     import matplotlib.image as mpimg
     import numpy as np
@@ -356,7 +402,7 @@ def test_bad_input_one_line_before_compiling(args, message, boards, tmp_path):
 
 
 def test_pareto_budget_and_top1_data():
-    from mntvm.sweep.sweep import budget_pick, pareto_flags, top1, top1_table
+    from mntvm.sweep.results import budget_pick, pareto_flags, top1, top1_table
 
     t = top1_table()
     assert "tensorflow/models" in t["source"]["url"] and "mobilenet_v1.md" in t["source"]["url"]

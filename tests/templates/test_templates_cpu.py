@@ -1,4 +1,4 @@
-"""CPU conv templates (mntvm.sched_cpu): numerics vs numpy at default and randomly sampled knobs,
+"""CPU conv templates (mntvm.templates.cpu): numerics vs numpy at default and randomly sampled knobs,
 the Relax lowering of a small MobileNet, and a tiny MetaSchedule run of one rule."""
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pytest
 import tvm  # noqa: E402  (a hard requirement: never skip)
 from tvm import relax, te  # noqa: E402
 from tvm.s_tir import Schedule  # noqa: E402
-from tvm.s_tir import meta_schedule as ms  # noqa: E402
 
-from mntvm.templates import cpu as sc  # noqa: E402
-from mntvm.tuning import space  # noqa: E402
+from mntvm.templates.compute import dense_te, depthwise_te, pointwise_te, pool_te, stem_te  # noqa: E402
+from mntvm.templates.defaults import apply_default_schedules, default_schedule  # noqa: E402
+from mntvm.templates.lowering import lower_blocked  # noqa: E402
+from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, scheduler,  # noqa: E402
+                                      tunable_tasks)
 
 
 def _target():
@@ -21,7 +23,6 @@ def _target():
 
 TARGET = _target()
 DEV = tvm.cpu()
-FAM = sc.family_for(TARGET, 512)
 
 
 def _run(func_mod, arrays, out_shape):
@@ -31,16 +32,13 @@ def _run(func_mod, arrays, out_shape):
     return args[-1].numpy()
 
 
-def _schedule(tensors, block, rule, decisions=None, seed=None, fam=FAM):
-    """decisions=None and seed=None: family defaults; seed given: random sampled knobs."""
-    sch = Schedule(te.create_prim_func(tensors), seed=seed)
-    if seed is not None:
-        b = sch.get_sblock(block)
-        extra = (sc._pool_vec(sch, b),) if rule == sc.RULE_POOL else ()
-        {sc.RULE_PW: sc.schedule_pointwise, sc.RULE_DW: sc.schedule_depthwise, sc.RULE_STEM: sc.schedule_stem,
-         sc.RULE_DENSE: sc.schedule_dense, sc.RULE_POOL: sc.schedule_pool}[rule](sch, b, None, *extra)
-    else:
-        sc.schedule_with_rule(sch, block, rule, fam, decisions)
+def _schedule(tensors, block, rule, seed=None):
+    """seed=None: the AVX-512 family's defaults; seed given: random sampled knobs."""
+    mod = tvm.IRModule({"main": te.create_prim_func(tensors)})
+    if seed is None:
+        return default_schedule(mod, TARGET, 512).mod
+    sch = Schedule(mod, seed=seed)
+    scheduler("cpu", rule)(sch, sch.get_sblock(block), None)
     return sch.mod
 
 
@@ -75,15 +73,15 @@ def _conv_ref(x, w, stride, pad, groups):
 
 
 # Each check builds one template's TE compute, has ``schedule(tensors, block, rule) -> IRModule``
-# schedule it (CPU here; test_sched_gpu passes its CUDA schedules run on the CPU) and compares the
+# schedule it (CPU here; test_templates_cuda passes its CUDA schedules run on the CPU) and compares the
 # result with numpy.
 def check_pointwise(schedule, v, i_c, o_c, h, atol):
     rng = np.random.RandomState(0)
     data = te.placeholder((1, i_c // v, h * h, v), name="data")
     wt = te.placeholder((o_c // v, i_c // v, v, v), name="w")
     b = te.placeholder((o_c // v, v), name="b")
-    out = sc.pointwise_te(data, wt, b, ("clip", 0.0, 6.0))
-    mod = schedule([data, wt, b, out], "conv_pw", sc.RULE_PW)
+    out = pointwise_te(data, wt, b, ("clip", 0.0, 6.0))
+    mod = schedule([data, wt, b, out], "conv_pw", RULE_PW)
     x = rng.randn(1, i_c // v, h * h, v).astype("float32")
     w = rng.randn(o_c // v, i_c // v, v, v).astype("float32")
     bb = rng.randn(o_c // v, v).astype("float32")
@@ -97,9 +95,9 @@ def check_depthwise(schedule, v, c, stride, h, atol):
     data = te.placeholder((1, c // v, h * h, v), name="data")
     wt = te.placeholder((c // v, 3, 3, v), name="w")
     b = te.placeholder((c // v, v), name="b")
-    out = sc.depthwise_te(data, wt, b, ("relu",), h, h, stride, (1, 1, 1, 1))
+    out = depthwise_te(data, wt, b, ("relu",), h, h, stride, (1, 1, 1, 1))
     ho = (h + 2 - 3) // stride + 1
-    mod = schedule([data, wt, b, out], "conv_dw", sc.RULE_DW)
+    mod = schedule([data, wt, b, out], "conv_dw", RULE_DW)
     x = rng.randn(1, c, h, h).astype("float32")
     w = rng.randn(c, 1, 3, 3).astype("float32")
     bb = rng.randn(c).astype("float32")
@@ -115,8 +113,8 @@ def check_stem(schedule, v, o, atol):
     data = te.placeholder((1, c, h, h), name="data")
     wt = te.placeholder((o // v, c, 3, 3, v), name="w")
     b = te.placeholder((o // v, v), name="b")
-    out = sc.stem_te(data, wt, b, ("clip", 0.0, 6.0), 2, (1, 1, 1, 1))
-    mod = schedule([data, wt, b, out], "conv_stem", sc.RULE_STEM)
+    out = stem_te(data, wt, b, ("clip", 0.0, 6.0), 2, (1, 1, 1, 1))
+    mod = schedule([data, wt, b, out], "conv_stem", RULE_STEM)
     x = rng.randn(1, c, h, h).astype("float32")
     w = rng.randn(o, c, 3, 3).astype("float32")
     bb = rng.randn(o).astype("float32")
@@ -133,7 +131,7 @@ def check_dense_and_pool(schedule, v, k, n_out, c, atol):
     data = te.placeholder((1, k), name="data")
     wt = te.placeholder((nb, k, v), name="w")
     b = te.placeholder((n_out,), name="b")
-    mod = schedule([data, wt, b, sc.dense_te(data, wt, b, n_out)], "dense", sc.RULE_DENSE)
+    mod = schedule([data, wt, b, dense_te(data, wt, b, n_out)], "dense", RULE_DENSE)
     x = rng.randn(1, k).astype("float32")
     w = rng.randn(k, n_out).astype("float32")
     bb = rng.randn(n_out).astype("float32")
@@ -144,7 +142,7 @@ def check_dense_and_pool(schedule, v, k, n_out, c, atol):
 
     p, cb = 9, -(-c // v)
     data = te.placeholder((1, cb, p, v), name="data")
-    mod = schedule([data, sc.pool_te(data, c)], "pool_sum", sc.RULE_POOL)
+    mod = schedule([data, pool_te(data, c)], "pool_sum", RULE_POOL)
     x = rng.randn(1, cb, p, v).astype("float32")
     got = _run(mod, [x], (1, c, 1, 1))
     ref = x.transpose(0, 1, 3, 2).reshape(1, cb * v, p).mean(-1)[:, :c]
@@ -179,7 +177,7 @@ def test_stem(seed):
 def test_dense_and_pool(seed):
     # the pool has no knobs at its defaults: seed 7 samples its vector split
     def schedule(tensors, block, rule):
-        return _schedule(tensors, block, rule, seed=7 if seed is None and rule == sc.RULE_POOL else seed)
+        return _schedule(tensors, block, rule, seed=7 if seed is None and rule == RULE_POOL else seed)
 
     check_dense_and_pool(schedule, 16, 64, 37, 40, atol=1e-4)  # 40 channels: 3 blocks of 16, 8 padded
 
@@ -212,15 +210,15 @@ def test_lower_cpu_network(small_net, vector_bits):
     from mntvm.model import reference
 
     cfg, w, mod = small_net
-    low = sc.lower_cpu(mod, TARGET, vector_bits)
+    low = lower_blocked(mod, TARGET, vector_bits)
     names = _kernel_names(low)
     # stem, 13 x (dw, pw), pool, (reshape), fc, softmax -- nothing else, no layout transforms
     assert sum(n.startswith("mntvm_conv") for n in names) == 1
     assert sum(n.startswith("mntvm_dw") for n in names) == 13
     assert sum(n.startswith("mntvm_pw") for n in names) == 13
     assert not any("unblock" in n or "layout" in n or "conv2d" in n for n in names), names
-    assert len(sc.tunable_tasks(low)) >= 5
-    sched = sc.apply_default_schedules(low, TARGET, vector_bits)
+    assert len(tunable_tasks(low)) >= 5
+    sched = apply_default_schedules(low, TARGET, vector_bits)
     ex = tvm.compile(sched, target=TARGET)
     vm = relax.VirtualMachine(ex, DEV)
     x = np.random.RandomState(5).rand(*cfg.input_shape).astype("float32")
@@ -243,31 +241,50 @@ def test_blocked_output_is_unblocked():
             y = bb.emit(relax.op.nn.relu(y))
             out = bb.emit_output(y)
         bb.emit_func_output(out)
-    low = sc.lower_cpu(bb.get(), TARGET, 512)
+    low = lower_blocked(bb.get(), TARGET, 512)
     names = _kernel_names(low)
     assert names == ["mntvm_conv", "mntvm_unblock"], names  # conv from plain NCHW: the stem template
-    ex = tvm.compile(sc.apply_default_schedules(low, TARGET, 512), target=TARGET)
+    ex = tvm.compile(apply_default_schedules(low, TARGET, 512), target=TARGET)
     got = relax.VirtualMachine(ex, DEV)["main"](tvm.runtime.tensor(x, DEV)).numpy()
     ref = np.maximum(np.einsum("oc,nchw->nohw", wt[:, :, 0, 0], x), 0)
     np.testing.assert_allclose(got, ref, atol=1e-5, rtol=1e-5)
 
 
 def test_tune_one_task_and_apply(small_net, tmp_path):
+    """One task tuned through the product's tuner (mntvm.tuning.tune_funcs), its record applied
+    through the product's database, the rest on defaults: still numerically the network."""
     from mntvm.model import reference
+    from mntvm.targets.profiles import get_profile
+    from mntvm.tuning import open_schedules, tune_funcs
 
     cfg, w, mod = small_net
-    low = sc.lower_cpu(mod, TARGET, 512)
-    tasks = sc.tunable_tasks(low)
+    profile = get_profile("x86")
+    target = profile.tvm_target()
+    low = lower_blocked(mod, target, profile.vector_bits)
+    tasks = tunable_tasks(low)
     name = sorted(n for n in tasks if n.startswith("mntvm_pw"))[-1]
-    db = space.tune_tasks({name: tasks[name]}, TARGET, str(tmp_path), trials=4, num_trials_per_iter=4,
-                       number=2, repeat=1, min_repeat_ms=1)
-    assert (tmp_path / "database_tuning_record.json").stat().st_size > 0
-    db2 = ms.database.JSONDatabase(work_dir=str(tmp_path), allow_missing=False)
-    tuned = space.apply_database(low, db2, TARGET)
-    assert "tirx.is_scheduled" in tuned[name].attrs  # came from the database, not our defaults
-    ex = tvm.compile(tuned, target=TARGET)
+    tune_funcs({name: tasks[name]}, profile, tmp_path / "db", trials=4, chunk=4, progress=False)
+    assert (tmp_path / "db" / "database_tuning_record.json").stat().st_size > 0
+    from_db, covered = open_schedules(tmp_path / "db", profile).apply(low, target)
+    tuned = apply_default_schedules(from_db, target, profile.vector_bits)
+    assert covered == [name]  # the record came from the database, the rest from our defaults
+    assert "tirx.is_scheduled" in tuned[name].attrs
+    assert tuned[name].same_as(from_db[name]) and not from_db[name].same_as(low[name])
+    ex = tvm.compile(tuned, target=target)
     vm = relax.VirtualMachine(ex, DEV)
     x = np.random.RandomState(6).rand(*cfg.input_shape).astype("float32")
     got = vm["main"](tvm.runtime.tensor(x, DEV)).numpy()
     assert np.abs(got - reference.forward(cfg, w, x)).max() <= 1e-5
-    del db
+
+
+def test_importing_any_templates_module_registers_every_rule():
+    """Each rule is registered where it is defined, and the package imports them all: a fresh
+    process that imports only the registry finds every rule for CPU and CUDA targets."""
+    import subprocess
+    import sys
+
+    code = ("import tvm\nfrom mntvm.templates.registry import RULES\n"
+            "print(sorted(f'{k}.{r}' for k in ('cpu', 'cuda') for r in RULES\n"
+            "             if tvm.get_global_func(f's_tir.meta_schedule.{k}.{r}', allow_missing=True) is None))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.strip() == "[]", res.stdout + res.stderr

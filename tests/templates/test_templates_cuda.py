@@ -1,4 +1,4 @@
-"""CUDA templates (mntvm.sched_gpu), checked without a GPU.
+"""CUDA templates (mntvm.templates.cuda), checked without a GPU.
 
 No GPU is needed to check what a template *computes*: TIR gives a schedule the meaning of its loop
 nest run in order, and GPU execution is a refinement of it (TVM inserts the barriers for the
@@ -23,18 +23,20 @@ from tvm.s_tir import Schedule
 from tvm.s_tir.analysis import verify_gpu_code
 from tvm.s_tir.schedule import Trace
 
-from mntvm.templates import cpu as sc
-from mntvm.templates import cuda as sg
-from mntvm.model import weights as W
-from mntvm.templates.lowering import lower
 from mntvm.export.onnx import build_onnx
+from mntvm.model import weights as W
 from mntvm.model.network import MobileNetConfig
 from mntvm.targets.profiles import get_profile
+from mntvm.templates.cuda import VECTOR_BITS
+from mntvm.templates.defaults import apply_default_schedules, default_schedule
+from mntvm.templates.gpu import compile_gpu
+from mntvm.templates.lowering import lower
+from mntvm.templates.registry import RULES, all_blocks, mark_scheduled, rule_of, scheduler, tunable_tasks
 
 from conftest import ort_run
 from test_templates_cpu import check_dense_and_pool, check_depthwise, check_pointwise, check_stem
 
-V = sg.VECTOR_BITS // 32
+V = VECTOR_BITS // 32
 CUDA = get_profile("cuda-sm80").tvm_target()
 SEEDS = [None, 1, 2, 3, 4]  # None: the default knobs; else randomly sampled knobs
 
@@ -51,12 +53,12 @@ def _gpu_schedule(mod, seed):
     """Every block with one of our rules scheduled by its CUDA template: default knobs (seed None)
     or knobs sampled with ``seed``."""
     if seed is None:
-        return sg.default_schedule(mod)
+        return default_schedule(mod, CUDA)
     sch = Schedule(mod, seed=seed)
-    for b in sc._all_blocks(mod["main"]):
-        rule = sc._rule_of(b)
+    for b in all_blocks(mod["main"]):
+        rule = rule_of(b)
         if rule:
-            sg.SCHEDULERS[rule](sch, sch.get_sblock(b.name_hint), None)
+            scheduler("cuda", rule)(sch, sch.get_sblock(b.name_hint), None)
     return sch
 
 
@@ -72,7 +74,7 @@ def serial(sch: Schedule, mod) -> tvm.IRModule:
 
 def _check(tensors, block, seed):
     mod = tvm.IRModule({"main": te.create_prim_func(tensors)})
-    assert block in [b.name_hint for b in sc._all_blocks(mod["main"]) if sc._rule_of(b)]
+    assert block in [b.name_hint for b in all_blocks(mod["main"]) if rule_of(b)]
     sch = _gpu_schedule(mod, seed)
     if seed is None:
         assert verify_gpu_code(sch.mod["main"], limits(CUDA))
@@ -112,17 +114,15 @@ CFG = MobileNetConfig(alpha=0.25, resolution=64)
 def test_network_matches_onnx_runtime(seed):
     """The whole network as the CUDA build schedules it (every template task, at the defaults or
     at sampled knobs), run in order on this CPU, vs ONNX Runtime."""
-    from mntvm.templates.cpu import apply_default_schedules, tunable_tasks
-
     w = W.random_weights(CFG)
     low = lower(CFG, w, get_profile("cuda-sm80"))
     tasks = tunable_tasks(low)
-    assert {sc._rule_of(b) for f in tasks.values() for b in sc._all_blocks(f)} >= set(sc.RULES)
+    assert {rule_of(b) for f in tasks.values() for b in all_blocks(f)} >= set(RULES)
     for name, func in tasks.items():
         mod = tvm.IRModule({"main": func})
-        low[name] = serial(_gpu_schedule(mod, seed), mod)["main"].with_attr("mntvm_scheduled", 1)
+        low[name] = mark_scheduled(serial(_gpu_schedule(mod, seed), mod)["main"])
     cpu = tvm.target.Target("llvm")
-    ex = tvm.compile(apply_default_schedules(low, cpu, sg.VECTOR_BITS), target=cpu)
+    ex = tvm.compile(apply_default_schedules(low, cpu, VECTOR_BITS), target=cpu)
     x = np.random.default_rng(0).uniform(-1, 1, CFG.input_shape).astype(np.float32)
     got = relax.VirtualMachine(ex, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert np.abs(got - ort_run(build_onnx(CFG, w), x)).max() <= 1e-5
@@ -146,11 +146,11 @@ def test_default_knobs_fit_the_gpu_and_do_not_spill(alpha, res, tmp_path):
     profile = get_profile("cuda-sm90")
     target = profile.tvm_target()
     cfg = MobileNetConfig(alpha=alpha, resolution=res)
-    low = sg.apply_default_schedules(lower(cfg, W.random_weights(cfg), profile))
-    tasks = sc.tunable_tasks(low)
+    low = apply_default_schedules(lower(cfg, W.random_weights(cfg), profile), target)
+    tasks = tunable_tasks(low)
     for name, func in tasks.items():
         assert verify_gpu_code(func, limits(target)), name
-    ex, rules = sg.compile_gpu(low, target)
+    ex, rules = compile_gpu(low, target)
     assert "dlight.gpu.Matmul" not in rules  # every conv is ours; DLight only for softmax & co
     src = _cuda_sources(ex)
     for name in tasks:
@@ -171,10 +171,10 @@ def test_rules_are_registered_for_cuda():
     target: the design space is the template, with its knobs as sampling instructions."""
     from tvm.s_tir import meta_schedule as ms
 
-    for rule in sc.RULES:
+    for rule in RULES:
         assert tvm.get_global_func(f"s_tir.meta_schedule.cuda.{rule}", allow_missing=True) is not None
     low = lower(CFG, W.random_weights(CFG), get_profile("cuda-sm80"))
-    name = sorted(n for n in sc.tunable_tasks(low) if n.startswith("mntvm_pw"))[-1]
+    name = sorted(n for n in tunable_tasks(low) if n.startswith("mntvm_pw"))[-1]
     ctx = ms.TuneContext(mod=tvm.IRModule({"main": low[name]}), target=CUDA, task_name=name,
                          space_generator=ms.space_generator.PostOrderApply(
                              sch_rules=[ms.schedule_rule.ApplyCustomRule()], postprocs=[], mutator_probs={}))
@@ -190,7 +190,7 @@ def test_sampled_knobs_generate_cuda():
     MetaSchedule's VerifyGPUCode postproc does), generate CUDA for every task."""
     low = lower(CFG, W.random_weights(CFG), get_profile("cuda-sm80"))
     kept = 0
-    for name, func in sc.tunable_tasks(low).items():
+    for name, func in tunable_tasks(low).items():
         mod = tvm.IRModule({"main": func.with_attr("global_symbol", name)})
         for seed in (1, 2, 3):
             f = _gpu_schedule(mod, seed).mod["main"]

@@ -23,7 +23,9 @@ from mntvm.core.errors import MntvmError
 from mntvm.export.onnx import build_onnx
 from mntvm.model.network import MobileNetConfig
 from mntvm.targets.profiles import get_profile
-from mntvm.tuning.tune import META, RECORDS, WORKLOADS, _task_mod, db_name, open_schedules, prune, tune
+from mntvm.tuning.database import META, RECORDS, WORKLOADS, ScheduleDB, db_name, open_schedules, task_mod
+from mntvm.tuning.manage import prune
+from mntvm.tuning.tune import tune
 
 from conftest import ROOT, ort_run, run_cli
 from rpc_fixtures import Server, Tracker
@@ -52,16 +54,15 @@ def test_each_task_search_starts_from_the_default_knobs(tuned):
     import tvm
     from tvm import s_tir
 
-    from mntvm.templates.cpu import default_schedule, family_for
+    from mntvm.templates.defaults import default_schedule
 
     out, summary = tuned
     profile = get_profile("x86")
-    fam = family_for(profile.tvm_target(), profile.vector_bits)
     low = lower(CFG, W.random_weights(CFG), profile)
     mdb = open_schedules(out, profile).database()
     for name in summary["tasks"]:
-        mod = _task_mod(low[name])
-        want = default_schedule(mod, fam).mod["main"]
+        mod = task_mod(low[name])
+        want = default_schedule(mod, profile.tvm_target(), profile.vector_bits).mod["main"]
         recs = mdb.get_top_k(mdb.commit_workload(mod), 1 << 30)
         matches = []
         for rec in recs:
@@ -90,8 +91,8 @@ def test_compile_applies_the_database(tuned, tmp_path):
     assert covered == sorted(summary["tasks"])
     mdb = db.database()
     for name in covered:
-        rec = mdb.get_top_k(mdb.commit_workload(_task_mod(low[name])), 1)[0]
-        sch = s_tir.Schedule(_task_mod(low[name]))
+        rec = mdb.get_top_k(mdb.commit_workload(task_mod(low[name])), 1)[0]
+        sch = s_tir.Schedule(task_mod(low[name]))
         rec.trace.apply_to_schedule(sch, remove_postproc=False)
         tvm.ir.assert_structural_equal(sch.mod["main"].body, mod[name].body)
     art = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out))
@@ -139,7 +140,7 @@ def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeyp
     """No shipped log for this CPU: compile's default takes one tuned on another CPU with the same
     vector width (never one of another width) and says so; naming that log explicitly is still
     refused unless forced."""
-    import mntvm.tuning.tune as T
+    import mntvm.tuning.database as D
 
     out, summary = tuned
     shipped = tmp_path / "schedules"
@@ -151,7 +152,7 @@ def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeyp
     # more records, but the wrong vector width: never chosen
     with open(shipped / "x86-widercpu" / RECORDS, "a") as f:
         f.write((out / RECORDS).read_text())
-    monkeypatch.setattr(T, "data_dir", lambda name: shipped)
+    monkeypatch.setattr(D, "data_dir", lambda name: shipped)
     db = open_schedules("default", profile)
     assert db.path.name == "x86-othercpu" and db.stand_in and db.identity()["mcpu"] == "othercpu"
     with pytest.raises(MntvmError, match="tuned for target 'x86'.*othercpu.*--force-schedules"):
@@ -282,7 +283,7 @@ def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_pat
     assert _snapshot(out, other) == before  # sources untouched
     meta = json.loads((merged / META).read_text())
     assert meta["target"] == json.loads((out / META).read_text())["target"]
-    assert meta["merged"]["sources"] == [str(out), str(other)] and meta["tasks"]
+    assert meta["merged"]["sources"] == [out.name, other.name] and meta["tasks"]
     open_schedules(merged, get_profile("x86")).database()  # loads for compile
     # the Python API callers used before the subcommands: prune(list) merges
     assert prune([out, other], keep=1, out=tmp_path / "merged2") == len(got)
@@ -325,6 +326,52 @@ def test_prune_keeps_exactly_the_k_best(tuned, tmp_path, k):
     r = json.loads(run_cli("schedules", "show", str(db), "--json").stdout)
     assert [t["trials"] for t in r["tasks"]] == [len(m) for m in want.values()]
     open_schedules(db, get_profile("x86")).database()
+
+
+def _absolute_paths(value, where=""):
+    """Every string in JSON data ``value`` that is, or starts with, an absolute path."""
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _absolute_paths(v, f"{where}/{k}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _absolute_paths(v, f"{where}[{i}]")]
+    return [(where, value)] if isinstance(value, str) and os.path.isabs(value.split(" ")[0]) else []
+
+
+def test_databases_and_their_identity_name_no_absolute_path(tuned, other, tmp_path):
+    """What tune, merge and prune write, and the identity compile records of a database, name no
+    path of the machine they ran on (sources by folder name, the target file by its name); a
+    database carried over from elsewhere is made portable when merged or pruned. The shipped
+    logs hold none either."""
+    out, _ = tuned
+    merged, pruned = tmp_path / "merged", tmp_path / "pruned"
+    run_cli("schedules", "merge", str(out), str(other), "-o", str(merged))
+    old = tmp_path / "old"
+    shutil.copytree(other, old)
+    meta = json.loads((old / META).read_text())
+    meta["target"]["source"] = str(ROOT / "targets" / "x86.toml")  # as databases were written before
+    meta["merged"] = {"sources": ["/tmp/tune_scratch"], "top_k": 1}
+    (old / META).write_text(json.dumps(meta))
+    run_cli("schedules", "prune", str(old), "--top-k", "1", "-o", str(pruned))
+    for db in (out, other, merged, pruned):
+        meta = json.loads((db / META).read_text())
+        assert _absolute_paths(meta) == [] and str(tmp_path.parent) not in (db / META).read_text(), db
+        assert meta["target"]["source"] == "x86.toml"
+    assert json.loads((merged / META).read_text())["merged"]["sources"] == [out.name, other.name]
+    assert json.loads((pruned / META).read_text())["merged"]["sources"] == ["old"]
+    shipped = sorted((ROOT / "schedules").glob(f"*/{META}"))
+    assert shipped
+    for p in shipped:
+        meta = json.loads(p.read_text())
+        ident = ScheduleDB(p.parent, meta).identity()
+        assert _absolute_paths(meta) == [] and _absolute_paths(ident) == [] and ident["shipped"], p
+
+    profile = get_profile("x86")
+    ident = open_schedules(out, profile).identity()
+    assert ident["name"] == out.name and not ident["shipped"] and _absolute_paths(ident) == []
+    art = load_artifact(compile_model(CFG, tmp_path / "a", schedules=merged))
+    s = art.metadata["schedules"]["database"]
+    assert s == open_schedules(merged, profile).identity() and _absolute_paths(s) == []
+    assert str(tmp_path) not in json.dumps(s)
 
 
 def test_schedules_commands_on_corrupt_and_torn_logs(tuned, other, tmp_path):
@@ -404,7 +451,6 @@ def test_remote_tuning_through_the_tracker(tmp_path):
 # ---- CUDA: what can be checked without a GPU ------------------------------------------------------
 def test_cuda_tuning_needs_a_gpu_or_a_board(tmp_path, monkeypatch, capsys):
     from mntvm import cli
-    from mntvm.bench import bench
 
     monkeypatch.setattr(arch, "local_cuda", lambda: False)  # as here; on a GPU machine too
     with pytest.raises(MntvmError, match="no CUDA GPU on this machine to measure 'cuda-sm80' kernels: .*--tracker"):
@@ -423,14 +469,14 @@ def test_cuda_candidates_build_for_the_board():
     shared library with SASS for the target's SM, no CUDA source left to JIT-compile there."""
     from tvm.s_tir import meta_schedule as ms
 
+    from mntvm.templates.defaults import default_schedule
     from mntvm.tuning.space import ms_builder
-    from mntvm.templates.cuda import default_schedule
-    from test_targets import fatbin_archs
+    from binaries import fatbin_archs
 
     profile = get_profile("cuda-sm80")
     target = profile.tvm_target()
-    mod = _task_mod(lower(CFG, W.random_weights(CFG), profile)["mntvm_pw"])
-    (res,) = ms_builder(target=target).build([ms.builder.BuilderInput(default_schedule(mod).mod, target)])
+    mod = task_mod(lower(CFG, W.random_weights(CFG), profile)["mntvm_pw"])
+    (res,) = ms_builder(target=target).build([ms.builder.BuilderInput(default_schedule(mod, target).mod, target)])
     assert res.error_msg is None
     data = open(res.artifact_path, "rb").read()
     assert ("elf", 80) in fatbin_archs(data) and b'extern "C" __global__' not in data
@@ -444,17 +490,18 @@ def test_cuda_compile_applies_a_log(tmp_path):
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from mntvm.templates.cuda import SCHEDULERS, default_schedule
+    from mntvm.templates.defaults import default_schedule
+    from mntvm.templates.registry import RULE_PW, scheduler
 
     profile = get_profile("cuda-sm80")
     target = profile.tvm_target()
     low = lower(CFG, W.random_weights(CFG), profile)
     name = "mntvm_pw1"
-    mod = _task_mod(low[name])
+    mod = task_mod(low[name])
     sch = s_tir.Schedule(mod, seed=5)
-    SCHEDULERS["mntvm_pw"](sch, sch.get_sblock("conv_pw"), None)
+    scheduler("cuda", RULE_PW)(sch, sch.get_sblock("conv_pw"), None)
     with pytest.raises(ValueError):  # not the default knobs
-        tvm.ir.assert_structural_equal(sch.mod["main"], default_schedule(mod).mod["main"])
+        tvm.ir.assert_structural_equal(sch.mod["main"], default_schedule(mod, target).mod["main"])
     out = tmp_path / "db"
     out.mkdir()
     (out / META).write_text(json.dumps({"format": 1, "target": profile.to_metadata(), "trials": {}}))

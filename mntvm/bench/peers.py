@@ -1,0 +1,83 @@
+"""The runtimes :func:`mntvm.bench.compare` times ours against: one :class:`Peer` each, in :data:`PEERS`.
+
+A peer's ``setup(model_path, x, threads)`` runs in the compare worker process (one thread count,
+:mod:`mntvm.bench.comparison_worker`): it loads the model file of its ``model`` format for ``threads``
+threads with the input ``x`` (NCHW) bound, and returns ``(run, output, version)``: a call that runs
+one inference (the one timed), a call that runs one and returns the output as numpy, and the
+runtime's version.
+
+ONNX Runtime (:data:`REFERENCE`) is always measured: ``ratio`` is ours / its median, and our
+output must agree with its output.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Setup = Callable[[str, np.ndarray, int], tuple[Callable[[], object], Callable[[], np.ndarray], str]]
+
+
+@dataclass(frozen=True)
+class Peer:
+    key: str     # its name for --compare
+    label: str   # its name in the table
+    module: str  # the Python module it needs (and the key of its version)
+    pip: str     # what to pip install for it
+    model: str   # the model file it reads: "onnx" or "tflite"
+    setup: Setup
+
+
+def _setup_ort(path: str, x: np.ndarray, n: int):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = n
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x}
+    return (lambda: sess.run(None, feed)), (lambda: sess.run(None, feed)[0]), ort.__version__
+
+
+def _setup_openvino(path: str, x: np.ndarray, n: int):
+    import openvino as ov
+
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(path), "CPU", {
+        "INFERENCE_NUM_THREADS": n, "NUM_STREAMS": 1, "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_PRECISION_HINT": "f32",  # else bf16 on CPUs that have it
+    })
+    req = compiled.create_infer_request()
+    req.set_input_tensor(ov.Tensor(np.ascontiguousarray(x)))
+
+    def out():
+        req.infer()
+        return np.array(req.get_output_tensor(0).data)
+
+    return req.infer, out, ov.__version__
+
+
+def _setup_tflite(path: str, x: np.ndarray, n: int):
+    import ai_edge_litert
+    from ai_edge_litert.interpreter import Interpreter
+
+    it = Interpreter(model_path=path, num_threads=n)  # XNNPACK is the default delegate
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], np.ascontiguousarray(x.transpose(0, 2, 3, 1)))
+    out_index = it.get_output_details()[0]["index"]
+
+    def out():
+        it.invoke()
+        return it.get_tensor(out_index).copy()
+
+    return it.invoke, out, getattr(ai_edge_litert, "__version__", "?")
+
+
+OURS_LABEL = "mntvm (TVM)"
+REFERENCE = "ort"
+PEERS: dict[str, Peer] = {p.key: p for p in (
+    Peer("ort", "ONNX Runtime", "onnxruntime", "onnxruntime", "onnx", _setup_ort),
+    Peer("openvino", "OpenVINO", "openvino", "openvino", "onnx", _setup_openvino),
+    Peer("tflite", "TFLite+XNNPACK", "ai_edge_litert", "ai-edge-litert", "tflite", _setup_tflite),
+)}

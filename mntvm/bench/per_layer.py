@@ -1,0 +1,190 @@
+"""The per-layer report of a benchmark: VM-call timings mapped to the model's layers, as text and as a plot.
+
+The timings come from :func:`mntvm.remote.vm_profile.profile_vm` (run here or on the board by
+:func:`mntvm.bench.benchmark` with ``per_layer``); the layers and their mult-adds from
+:func:`mntvm.model.cost.cost_report`.
+
+Public entries: :func:`per_layer_report`, :func:`format_per_layer`, :func:`plot_per_layer`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mntvm.core.errors import MntvmError
+from mntvm.model.cost import cost_report
+
+_CONV_WORDS = ("conv", "mntvm_dw", "mntvm_pw")  # TVM default names, and our templates (mntvm.templates.cpu)
+_FC_WORDS = ("matmul", "dense", "linear")
+_POOL_WORDS = ("mean", "pool")
+
+
+def per_layer_report(profile: dict, cfg) -> dict:
+    """Per-kernel and per-layer times from :func:`mntvm.remote.vm_profile.profile_vm`'s output.
+
+    Kernels are the VM calls that are not VM builtins (``vm.*``), in call order. Convolution
+    kernels (name contains ``conv``) are assigned, in order, to the model's conv layers (stem,
+    dw1, pw1, …) and a ``matmul``/``dense``/``linear`` kernel to the FC layer, when their counts
+    match; the other kernels (bias, ReLU6, pooling, softmax, layout changes) are assigned to the
+    layer they follow (pooling and softmax kernels get pseudo-layers ``pool``/``softmax``; what
+    follows the pool belongs to the FC). GFLOP/s = 2 × the layer's mult-adds (:mod:`mntvm.model.cost`) / kernel time.
+    """
+    layers = cost_report(cfg)["layers"]
+    convs = [ly for ly in layers if ly["type"] != "fc"]
+    fcs = [ly for ly in layers if ly["type"] == "fc"]
+    calls = profile["calls"]
+    kern = [(i, c) for i, c in enumerate(calls) if not c[0].startswith("vm.")]
+    builtin_s = sum(c[2] for c in calls if c[0].startswith("vm."))
+
+    def is_conv(name):
+        return any(w in name for w in _CONV_WORDS)
+
+    def is_fc(name):
+        return any(w in name for w in _FC_WORDS)
+
+    n_conv = sum(1 for _, c in kern if is_conv(c[0]))
+    n_fc = sum(1 for _, c in kern if is_fc(c[0]) and not is_conv(c[0]))
+    mapped = n_conv == len(convs) and n_fc == len(fcs)
+    total_s = sum(c[2] for _, c in kern) or 1e-12
+
+    kernels = []
+    ci = fi = 0
+    current = "input"
+    for idx, (name, shapes, mean_s) in kern:
+        layer = madds = None
+        if mapped and is_conv(name):
+            ly = convs[ci]
+            ci += 1
+        elif mapped and is_fc(name):
+            ly = fcs[fi]
+            fi += 1
+        else:
+            ly = None
+        if ly is not None:
+            layer, madds, current = ly["name"], ly["madds"], ly["name"]
+        elif mapped and any(w in name for w in _POOL_WORDS):
+            layer = current = "pool"
+            kernels.append(_kernel(idx, name, "pool", False, "other", mean_s, total_s, None, shapes))
+            current = fcs[0]["name"] if fcs else "pool"  # what follows the pool prepares the FC
+            continue
+        elif mapped and "softmax" in name:
+            current = "softmax"
+        kernels.append(_kernel(idx, name, layer if layer else (current if mapped else None),
+                               layer is not None, ly["type"] if ly else "other", mean_s, total_s,
+                               madds, shapes))
+
+    by_layer = []
+    if mapped:
+        order = ["input"] + [ly["name"] for ly in layers if ly["type"] != "fc"] + ["pool"] + \
+            [ly["name"] for ly in fcs] + ["softmax"]
+        info = {ly["name"]: ly for ly in layers}
+        acc: dict[str, dict] = {}
+        for k in kernels:
+            a = acc.setdefault(k["layer"], {"layer": k["layer"], "mean_ms": 0.0, "kernels": 0,
+                                            "main_ms": 0.0})
+            a["mean_ms"] += k["mean_ms"]
+            a["kernels"] += 1
+            if k["main"]:
+                a["main_ms"] = k["mean_ms"]
+        for name in order:
+            if name not in acc:
+                continue
+            a = acc[name]
+            ly = info.get(name)
+            a["type"] = ly["type"] if ly else "other"
+            a["madds"] = ly["madds"] if ly else 0
+            a["share"] = a["mean_ms"] / (total_s * 1e3)
+            a["gflops"] = 2 * a["madds"] / (a["mean_ms"] / 1e3) / 1e9 if ly and a["mean_ms"] > 0 else None
+            a["main_gflops"] = (2 * a["madds"] / (a["main_ms"] / 1e3) / 1e9
+                                if ly and a["main_ms"] > 0 else None)
+            by_layer.append(a)
+    return {
+        "runs": profile["runs"],
+        "kernel_total_ms": total_s * 1e3,
+        "vm_builtin_ms": builtin_s * 1e3,
+        "instrumented_run_ms": float(np.median(profile["run_s"])) * 1e3 if profile.get("run_s") else None,
+        "mapped_to_layers": mapped,
+        "kernels": kernels,
+        "layers": by_layer,
+    }
+
+
+def _kernel(idx, name, layer, main, kind, mean_s, total_s, madds, shapes) -> dict:
+    return {"index": idx, "name": name, "layer": layer, "main": main, "type": kind,
+            "mean_ms": mean_s * 1e3, "share": mean_s / total_s, "madds": madds,
+            "gflops": (2 * madds / mean_s / 1e9) if madds and mean_s > 0 else None,
+            "arg_shapes": shapes}
+
+
+def format_per_layer(r: dict, top: int = 12) -> str:
+    pl = r["per_layer"]
+    rows = [f"per layer ({pl['runs']} instrumented runs; kernels {pl['kernel_total_ms']:.3f} ms + "
+            f"VM builtins {pl['vm_builtin_ms']:.3f} ms):"]
+    if pl["layers"]:
+        rows.append(f"  {'layer':<8} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {'GFLOP/s':>8}")
+        for ly in pl["layers"]:
+            g = f"{ly['gflops']:.2f}" if ly["gflops"] else "-"
+            rows.append(f"  {ly['layer']:<8} {ly['type']:<10} {ly['kernels']:>7} {ly['mean_ms']:>9.4f} "
+                        f"{100 * ly['share']:>6.1f}% {g:>8}")
+    rows.append("  slowest kernels:")
+    rows.append(f"  {'#':>4} {'kernel':<34} {'layer':<8} {'ms':>9} {'share':>7} {'GFLOP/s':>8}")
+    for k in sorted(pl["kernels"], key=lambda k: -k["mean_ms"])[:top]:
+        g = f"{k['gflops']:.2f}" if k["gflops"] else "-"
+        rows.append(f"  {k['index']:>4} {k['name'][:34]:<34} {str(k['layer'] or '-'):<8} "
+                    f"{k['mean_ms']:>9.4f} {100 * k['share']:>6.1f}% {g:>8}")
+    return "\n".join(rows)
+
+
+_COLOURS = {"conv": "#7f7f7f", "depthwise": "#1f77b4", "pointwise": "#ff7f0e", "fc": "#2ca02c",
+            "other": "#bcbd22"}
+
+
+def plot_per_layer(r: dict, path: str | Path, max_bars: int = 40) -> Path:
+    """Horizontal bar chart of per-layer (or, unmapped, per-kernel) times, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    pl = r.get("per_layer")
+    if not pl:
+        raise MntvmError("--plot needs the per-layer timing (it runs it itself from the CLI)")
+    if pl["layers"]:
+        items = [(ly["layer"], ly["mean_ms"], ly["type"], ly["gflops"]) for ly in pl["layers"]]
+        what = "layer (its conv/matmul kernel + bias/activation kernels)"
+    else:
+        ks = sorted(pl["kernels"], key=lambda k: -k["mean_ms"])[:max_bars]
+        items = [(f"#{k['index']} {k['name'][:28]}", k["mean_ms"], k["type"], k["gflops"]) for k in ks]
+        what = "kernel (slowest first)"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    total = sum(ms for _, ms, _, _ in items)
+    fig_h = max(3.5, 0.28 * len(items) + 1.6)
+    fig, ax = plt.subplots(figsize=(10, fig_h), dpi=110)
+    ys = np.arange(len(items))
+    ax.barh(ys, [ms for _, ms, _, _ in items], color=[_COLOURS.get(t, "#999999") for _, _, t, _ in items])
+    ax.set_yticks(ys)
+    ax.set_yticklabels([n for n, _, _, _ in items], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean time per inference (ms)")
+    ax.set_ylabel(what, fontsize=8)
+    xmax = max(ms for _, ms, _, _ in items) or 1
+    ax.set_xlim(0, xmax * 1.35)
+    for y, (_, ms, _, g) in zip(ys, items):
+        label = f"{ms:.3f} ms ({100 * ms / total:.1f}%)" + (f", {g:.3g} GFLOP/s" if g else "")
+        ax.text(ms + xmax * 0.01, y, label, va="center", fontsize=7)
+    m = r.get("model") or {}
+    board = r.get("board", "")
+    ax.set_title(f"MobileNetV1 {m.get('alpha', '')}/{m.get('resolution', '')} on {r['target']} "
+                 f"({board}, {r['threads']} thread{'s' if r['threads'] != 1 else ''}): kernels {pl['kernel_total_ms']:.2f} ms per "
+                 f"inference, median end-to-end {r['median_ms']:.2f} ms", fontsize=9)
+    used = sorted({t for _, _, t, _ in items})
+    ax.legend(handles=[Patch(color=_COLOURS.get(t, "#999999"), label=t) for t in used],
+              loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, title="kind", title_fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,138 @@
+"""A sweep's data: variant labels, published top-1, the JSON-lines results file, Pareto and budget.
+
+The results file holds one JSON object per finished variant (``alpha, resolution, madds, params,
+top1, median_ms, p90_ms, gflops, board, max_abs_diff, pareto, retried`` and more), each appended as
+one whole line (:class:`ResultsFile`) so that a killed sweep leaves whole lines behind
+and ``resume`` can run only the missing variants (:func:`read_out`).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import threading
+from pathlib import Path
+
+from mntvm.core.errors import MntvmError
+
+DEFAULT_ALPHAS = (1.0, 0.75, 0.5, 0.25)
+DEFAULT_RESOLUTIONS = (224, 192, 160, 128)
+_TOP1_FILE = Path(__file__).resolve().parent / "data" / "top1.json"
+
+
+def label(alpha: float, resolution: int) -> str:
+    """``α/res`` as printed everywhere (and the key of ``data/top1.json``), e.g. ``0.25/128``, ``1.0/224``."""
+    return f"{float(alpha)!s}/{int(resolution)}"
+
+
+def parse_list(text: str | None, kind: type, option: str) -> list:
+    """``"1.0,0.75"`` → ``[1.0, 0.75]`` (duplicates dropped, order kept); one-line error otherwise."""
+    items = [s.strip() for s in (text or "").split(",") if s.strip()]
+    if not items:
+        raise MntvmError(f"{option} needs a comma-separated list, got {text!r}")
+    out = []
+    for s in items:
+        try:
+            v = kind(s)
+        except ValueError:
+            raise MntvmError(f"{option}: {s!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if kind is float and not math.isfinite(v):
+            raise MntvmError(f"{option}: {s!r} is not a finite number")
+        if v not in out:
+            out.append(v)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def top1_table() -> dict:
+    """The shipped ``data/top1.json`` (published TF-slim top-1, with its source)."""
+    try:
+        return json.loads(_TOP1_FILE.read_text())
+    except (OSError, json.JSONDecodeError) as e:  # pragma: no cover - shipped file
+        raise MntvmError(f"cannot read the shipped top-1 table data/top1.json: {e}") from None
+
+
+def top1(alpha: float, resolution: int) -> float | None:
+    """Published ImageNet top-1 (%) of the reference checkpoint, or None where none is published."""
+    return top1_table()["top1"].get(label(alpha, resolution))
+
+
+# ---------------------------------------------------------------------------------------------
+# The results file (JSON lines, appended atomically per line)
+# ---------------------------------------------------------------------------------------------
+def read_out(path: str | os.PathLike) -> list[dict]:
+    """Records in a results file; a torn or foreign line is ignored (that variant is simply re-run)."""
+    recs = []
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return recs
+    except OSError as e:
+        raise MntvmError(f"cannot read {path}: {e.strerror}") from None
+    for line in text.splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(r, dict) and {"alpha", "resolution", "median_ms"} <= r.keys():
+            recs.append(r)
+    return recs
+
+
+class ResultsFile:
+    """Append one whole JSON line per call: a single ``os.write`` with O_APPEND, then fsync."""
+
+    def __init__(self, path: Path):
+        self.path, self.fd, self.lock = path, None, threading.Lock()
+
+    def append(self, record: dict) -> None:
+        data = (json.dumps(record, sort_keys=True) + "\n").encode()
+        with self.lock:
+            if self.fd is None:
+                self.fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                end = os.lseek(self.fd, 0, os.SEEK_END)
+                if end and os.pread(self.fd, 1, end - 1) != b"\n":
+                    data = b"\n" + data  # a torn last line (killed mid-write elsewhere) stays its own line
+            n = os.write(self.fd, data)
+            while n < len(data):  # regular files write fully; finish anyway rather than tear
+                n += os.write(self.fd, data[n:])
+            os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Analysis
+# ---------------------------------------------------------------------------------------------
+def pareto_flags(records: list[dict]) -> None:
+    """Set ``pareto``: True when no other variant is both faster and more accurate (None: no top1)."""
+    for r in records:
+        if r.get("top1") is None or r.get("median_ms") is None:
+            r["pareto"] = None
+            continue
+        r["pareto"] = not any(o is not r and o.get("top1") is not None and o["median_ms"] < r["median_ms"]
+                              and o["top1"] > r["top1"] for o in records)
+
+
+def budget_pick(records: list[dict], budget_ms: float) -> dict:
+    """The most accurate variant whose median fits ``budget_ms``, and by how much."""
+    fits = [r for r in records if r["median_ms"] <= budget_ms]
+    if not fits:
+        best = min(records, key=lambda r: r["median_ms"])
+        over = best["median_ms"] - budget_ms
+        return {"budget_ms": budget_ms, "variant": None, "fits": False, "fastest": label(best["alpha"], best["resolution"]),
+                "over_ms": over, "message": f"no variant fits {budget_ms:g} ms: the fastest, "
+                f"{label(best['alpha'], best['resolution'])}, takes {best['median_ms']:.3f} ms ({over:.3f} ms over)"}
+    best = max(fits, key=lambda r: (r.get("top1") is not None, r.get("top1") or 0.0, r["madds"], -r["median_ms"]))
+    margin = budget_ms - best["median_ms"]
+    acc = f"top-1 {best['top1']:.1f}%" if best.get("top1") is not None else "top-1 unpublished"
+    return {"budget_ms": budget_ms, "variant": label(best["alpha"], best["resolution"]), "fits": True,
+            "alpha": best["alpha"], "resolution": best["resolution"], "top1": best.get("top1"),
+            "median_ms": best["median_ms"], "margin_ms": margin, "margin_pct": 100.0 * margin / budget_ms,
+            "message": f"budget {budget_ms:g} ms: {label(best['alpha'], best['resolution'])} ({acc}) "
+                       f"runs in {best['median_ms']:.3f} ms, {margin:.3f} ms ({100.0 * margin / budget_ms:.0f}%) "
+                       "under budget"}

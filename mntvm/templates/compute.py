@@ -1,0 +1,151 @@
+"""The templates' TE computes, in the blocked layout (N, C/V, P, V) of :mod:`.lowering`.
+
+Layout
+------
+Every activation between the stem and the pooling is kept in one blocked layout,
+``(N, C/V, H*W, V)`` ("NCPc"): channels in blocks of ``V`` (the vector width in fp32 lanes:
+16 on AVX-512, 8 on AVX2, 4 on NEON and CUDA), spatial H and W flattened into one axis ``P``
+(the pointwise kernels tile it directly; depthwise kernels split it back into rows and columns).
+Channel counts that are not a multiple of ``V`` are zero-padded (zero weights and bias, so the
+padded channels stay 0 through ReLU/ReLU6 and the depthwise layers). The stem reads the NCHW
+input directly and the global pooling writes NCHW ``(N, C, 1, 1)``: there is no layout
+transform anywhere in the network. Weights (re-packed by the lowering):
+
+* stem conv (groups=1, any kernel): ``(O/V, C, KH, KW, V)``
+* depthwise: ``(C/V, KH, KW, V)``
+* pointwise 1x1: ``(O/V, I/V, V_i, V_o)``
+* FC (``matmul`` with a constant ``(K, N)`` weight): ``(N/V, K, V)``
+
+Every template is a ``te.compute`` reduction block carrying ``schedule_rule`` (one of
+:data:`.registry.RULES`) followed by one epilogue block (``+bias``, activation; for the FC the
+un-padding as well).
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import te, tirx
+
+from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM
+
+
+def _act(kind: str | None, x, dtype, lo=None, hi=None):
+    if kind is None:
+        return x
+    if kind == "relu":
+        return tvm.te.max(x, tirx.const(0.0, dtype))
+    if kind == "clip":
+        return tvm.te.min(tvm.te.max(x, tirx.const(lo, dtype)), tirx.const(hi, dtype))
+    raise ValueError(kind)
+
+
+def _epilogue(conv, bias, act, bias_index):
+    def f(*idx):
+        v = conv(*idx)
+        if bias is not None:
+            v = v + bias[bias_index(idx)]
+        return _act(act[0] if act else None, v, conv.dtype, *(act[1:] if act else ()))
+
+    return te.compute(conv.shape, f, name="epilogue")
+
+
+def pointwise_te(data, weight, bias=None, act=None):
+    """1x1 conv, stride 1. data (N, IB, P, V), weight (OB, IB, V, V), bias (OB, V)."""
+    n_, ib_, p_, v_ = data.shape
+    ob_ = weight.shape[0]
+    ib = te.reduce_axis((0, ib_), "ib")
+    vi = te.reduce_axis((0, v_), "vi")
+    conv = te.compute(
+        (n_, ob_, p_, v_),
+        lambda n, ob, p, vo: te.sum(data[n, ib, p, vi] * weight[ob, ib, vi, vo], axis=[ib, vi]),
+        name="conv_pw",
+        attrs={"schedule_rule": RULE_PW},
+    )
+    return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
+
+
+def _window(h, w, kh_, kw_, stride, pad):
+    """(ho, wo, tap) of a strided, zero-padded KHxKW window; ``tap(p, kh, kw)`` gives the input row,
+    column and whether it is inside the image for output position ``p`` (= row * wo + col)."""
+    pt, pl, pb, pr = pad
+    ho = (h + pt + pb - kh_) // stride + 1
+    wo = (w + pl + pr - kw_) // stride + 1
+
+    def tap(p, kh, kw):
+        ih = (p // wo) * stride + kh - pt
+        iw = (p % wo) * stride + kw - pl
+        return ih, iw, tirx.all(ih >= 0, ih < h, iw >= 0, iw < w)
+
+    return ho, wo, tap
+
+
+def depthwise_te(data, weight, bias, act, h, w, stride, pad):
+    """Depthwise KHxKW conv. data (N, CB, H*W, V), weight (CB, KH, KW, V); pad = (top, left)."""
+    n_, cb_, _, v_ = data.shape
+    _, kh_, kw_, _ = weight.shape
+    ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
+    kh = te.reduce_axis((0, kh_), "kh")
+    kw = te.reduce_axis((0, kw_), "kw")
+
+    def f(n, cb, p, v):
+        ih, iw, inside = tap(p, kh, kw)
+        x = tirx.if_then_else(inside, data[n, cb, ih * w + iw, v], tirx.const(0.0, data.dtype))
+        return te.sum(x * weight[cb, kh, kw, v], axis=[kh, kw])
+
+    conv = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
+                      attrs={"schedule_rule": RULE_DW, "mntvm_wo": wo})
+    return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
+
+
+def stem_te(data, weight, bias, act, stride, pad):
+    """groups=1 conv from plain NCHW input. data (N, C, H, W), weight (OB, C, KH, KW, V)."""
+    n_, c_, h, w = (int(x) for x in data.shape)
+    ob_, _, kh_, kw_, v_ = (int(x) for x in weight.shape)
+    ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
+    c = te.reduce_axis((0, c_), "c")
+    kh = te.reduce_axis((0, kh_), "kh")
+    kw = te.reduce_axis((0, kw_), "kw")
+
+    def f(n, ob, p, v):
+        ih, iw, inside = tap(p, kh, kw)
+        x = tirx.if_then_else(inside, data[n, c, ih, iw], tirx.const(0.0, data.dtype))
+        return te.sum(x * weight[ob, c, kh, kw, v], axis=[c, kh, kw])
+
+    conv = te.compute((n_, ob_, ho * wo, v_), f, name="conv_stem",
+                      attrs={"schedule_rule": RULE_STEM, "mntvm_wo": wo})
+    return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
+
+
+def dense_te(data, weight, bias, n_out):
+    """FC. data (N, K), weight (NB, K, V), bias (n_out,) -> (N, n_out)."""
+    n_, k_ = data.shape
+    nb_, _, v_ = weight.shape
+    k = te.reduce_axis((0, k_), "k")
+    acc = te.compute((n_, nb_, v_), lambda n, nb, v: te.sum(data[n, k] * weight[nb, k, v], axis=k),
+                     name="dense", attrs={"schedule_rule": RULE_DENSE})
+    v = int(v_)
+
+    def f(n, j):
+        x = acc[n, j // v, j % v]
+        return x + bias[j] if bias is not None else x
+
+    return te.compute((n_, n_out), f, name="epilogue")
+
+
+def pool_te(data, c_out):
+    """Global average pool of (N, CB, P, V) -> NCHW (N, c_out, 1, 1)."""
+    n_, _, p_, v_ = data.shape
+    v = int(v_)
+    p = te.reduce_axis((0, p_), "p")
+    s = te.compute((n_, c_out), lambda n, c: te.sum(data[n, c // v, p, c % v], axis=p),
+                   name="pool_sum", attrs={"schedule_rule": RULE_POOL})
+    inv = 1.0 / float(int(p_))
+    return te.compute((n_, c_out, 1, 1), lambda n, c, i, j: s[n, c] * tirx.const(inv, data.dtype),
+                      name="epilogue")
+
+
+def unblock_te(data, c, h, w):
+    """(N, CB, H*W, V) -> NCHW (N, c, h, w): only for consumers we do not lower ourselves."""
+    v = int(data.shape[3])
+    return te.compute((data.shape[0], c, h, w),
+                      lambda n, ci, y, x: data[n, ci // v, y * w + x, ci % v], name="unblock")
+

@@ -1,0 +1,132 @@
+"""Our templates at their default knobs (no tuning), on any target they cover: CPUs and CUDA.
+
+``default_schedule(mod, target)`` schedules one task's "main" and is what ``mntvm tune`` seeds each
+task's search with (its trace replays like a tuning record's); ``apply_default_schedules(mod,
+target)`` schedules every PrimFunc of a lowered module that is not scheduled yet (e.g. from a
+tuning database) and marks it scheduled (:func:`.registry.mark_scheduled`). On CPUs the
+PrimFuncs without a rule of ours (softmax, reshape) get a small generic schedule; on CUDA they
+are left to DLight (:func:`.gpu.compile_gpu`).
+
+The knob values come from the target's family: :mod:`.x86` / :mod:`.arm` on CPUs (chosen by
+:func:`.families.family_for` from the target and the vector width), :func:`.cuda.default_knobs`
+on CUDA.
+"""
+from __future__ import annotations
+
+import tvm
+from tvm import tirx
+from tvm.s_tir import Schedule
+
+from mntvm.templates import cpu, cuda
+from mntvm.templates.families import family_for
+from mntvm.templates.registry import (RULE_DW, RULE_PW, RULE_STEM, all_blocks, is_scheduled, mark_scheduled, rule_of,
+                                      scheduler)
+
+
+def _as_target(target) -> tvm.target.Target:
+    return target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+
+
+def _kind(target: tvm.target.Target) -> str:
+    """Which registration of our rules serves ``target``: ``cuda`` or ``cpu``."""
+    return "cuda" if "cuda" in target.keys else "cpu"
+
+
+def _infer_vector_bits(mod: tvm.IRModule) -> int | None:
+    """The V that the lowering used, read off a blocked (N, C/V, P, V) conv output (V * 32 bits)."""
+    for func in mod.functions.values():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        for b in all_blocks(func):
+            if rule_of(b) in (RULE_PW, RULE_DW, RULE_STEM):
+                return int(b.writes[0].source.shape[-1]) * 32
+    return None
+
+
+def _knobs(mod: tvm.IRModule, target: tvm.target.Target, vector_bits: int | None):
+    """``(sch, block, rule) -> decisions`` on ``target``; on CPUs, the knobs of the family of
+    ``vector_bits`` (default: the width the lowering used in ``mod``)."""
+    if _kind(target) == "cuda":
+        return cuda.default_knobs
+    fam = family_for(target, vector_bits if vector_bits is not None else _infer_vector_bits(mod))
+    return lambda sch, block, name: cpu.default_knobs(sch, block, name, fam)
+
+
+def default_decisions(sch: Schedule, block, rule: str, target, vector_bits: int | None = None) -> dict:
+    """The default knob values of ``block`` (which carries ``rule``) on ``target``."""
+    target = _as_target(target)
+    return _knobs(sch.mod, target, vector_bits)(sch, block, rule)
+
+
+def _schedule(mod: tvm.IRModule, target: tvm.target.Target, knobs) -> Schedule:
+    sch = Schedule(mod)
+    kind = _kind(target)
+    for b in all_blocks(mod["main"]):
+        name = rule_of(b)
+        if name:
+            block = sch.get_sblock(b.name_hint)
+            scheduler(kind, name)(sch, block, knobs(sch, block, name))
+    return sch
+
+
+def default_schedule(mod: tvm.IRModule, target, vector_bits: int | None = None) -> Schedule:
+    """``mod``'s "main" with every block that carries one of our rules scheduled at ``target``'s
+    default knobs (CPU: those of the family of ``vector_bits``, by default the width read off
+    ``mod``)."""
+    target = _as_target(target)
+    return _schedule(mod, target, _knobs(mod, target, vector_bits))
+
+
+def _generic_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """CPU fallback for PrimFuncs without our rule (softmax, reshape, bias adds, ...).
+
+    These are small in MobileNet (softmax over 1000 classes, a reshape): TVM's unscheduled
+    lowering is serial and cheap for them. Large elementwise blocks get their loops fused,
+    the outer part parallel and the inner part vectorized. (DLight's CPU Reduction rule is not
+    used: for softmax it parallelizes the outer 1000 and recomputes max/sum per element.)
+    """
+    try:
+        sch = Schedule(tvm.IRModule({"main": func}))
+        root = sch.get_sblock("root")
+        for blk in sch.get_child_blocks(root):
+            stmt = sch.get(blk)
+            if any(int(iv.iter_type) != 0 for iv in stmt.iter_vars):
+                continue  # reduction: leave serial
+            loops = sch.get_loops(blk)
+            if not loops:
+                continue
+            ext = 1
+            for lp in loops:
+                ext *= int(sch.get(lp).extent)
+            if ext < 4096:
+                continue
+            fused = sch.fuse(*loops)
+            if ext % 16 == 0:
+                o, i_ = sch.split(fused, [None, 16])
+                sch.vectorize(i_)
+                fused = o
+            if ext >= 65536:
+                sch.parallel(fused)
+        return sch.mod["main"]
+    except Exception:  # noqa: BLE001 - unscheduled code is still correct
+        return func
+
+
+def apply_default_schedules(mod: tvm.IRModule, target, vector_bits: int | None = None) -> tvm.IRModule:
+    """Schedule every PrimFunc of a lowered module that is not scheduled yet: ours at ``target``'s
+    default knobs, the rest (CPU only) with a generic schedule; each is marked scheduled."""
+    target = _as_target(target)
+    knobs = _knobs(mod, target, vector_bits)
+    cpu_target = _kind(target) == "cpu"
+    new = {}
+    for gv, func in mod.functions.items():
+        if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
+            continue
+        if any(rule_of(b) for b in all_blocks(func)):
+            new[gv] = mark_scheduled(_schedule(tvm.IRModule({"main": func}), target, knobs).mod["main"])
+        elif cpu_target:
+            new[gv] = mark_scheduled(_generic_schedule(func))
+    mod = mod.clone()
+    for gv, f in new.items():
+        mod[gv] = f
+    return mod

@@ -1,0 +1,283 @@
+"""The schedules database format: a folder of MetaSchedule's JSON database plus ``mntvm-db.json``.
+
+A schedules database is a folder holding MetaSchedule's JSON database (``database_workload.json``,
+``database_tuning_record.json``) plus ``mntvm-db.json``: the target profile and full TVM target it
+was tuned for, the TVM version, and the trials spent per task. ``schedules/<name>/`` in the
+repository holds the shipped ones; ``<name>`` is the profile name, followed by the detected CPU for
+profiles that describe "this machine" (e.g. ``x86-emeraldrapids``), since a log tuned on one CPU
+says nothing about another.
+
+Nothing written into a database names an absolute path (:func:`write_meta`), and its identity
+(:meth:`ScheduleDB.identity`, recorded by compile) is its name and content hash: a database means
+the same wherever it is.
+
+Public entries: :func:`open_schedules` (compile), :class:`ScheduleDB`, :func:`db_name`,
+:func:`load` (read-only, for show/merge/prune), :func:`task_mod` / :func:`task_rule` (a task's
+workload as MetaSchedule keys it, and its template rule).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from mntvm.core.atomic import write_text
+from mntvm.core.errors import MntvmError, one_line
+from mntvm.core.paths import data_dir
+from mntvm.templates.registry import all_blocks, is_scheduled, rule_of, tunable_tasks
+from mntvm.tuning.space import apply_records
+
+META = "mntvm-db.json"
+WORKLOADS = "database_workload.json"
+RECORDS = "database_tuning_record.json"
+TARGET_KEYS = ("kind", "arch", "mtriple", "mcpu", "mattr", "mabi", "mfloat-abi")
+
+
+def db_name(profile) -> str:
+    """Folder name of a profile's database under ``schedules/``."""
+    if not profile.detected:
+        return profile.name
+    # "this machine" profiles: the CPU the code is for (detected, or set with --mcpu)
+    mcpu = profile.to_metadata()["tvm_target"].get("mcpu") or profile.detected.get("mcpu")
+    return f"{profile.name}-{mcpu}" if mcpu else profile.name
+
+
+def target_essentials(tvm_target: dict) -> dict:
+    """The keys of a TVM target (as JSON) that decide whether a log fits it."""
+    return {k: tvm_target.get(k) for k in TARGET_KEYS if tvm_target.get(k) not in (None, "", [])}
+
+
+def target_diff(mine: dict, theirs: dict) -> str:
+    """``"key: theirs vs mine, ..."`` over the keys where two essentials differ."""
+    return ", ".join(f"{k}: {theirs.get(k)!r} vs {mine.get(k)!r}" for k in sorted(set(mine) | set(theirs))
+                     if mine.get(k) != theirs.get(k))
+
+
+def portable(value):
+    """``value`` (JSON data) with every absolute path replaced by its last component (e.g. a
+    profile's ``source``, ``/.../targets/x86.toml (as triple ...)`` -> ``x86.toml (as triple ...)``)."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [portable(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        head, sep, tail = value.partition(" ")
+        return os.path.basename(head.rstrip("/")) + sep + tail
+    return value
+
+
+def write_meta(path, meta: dict) -> dict:
+    """Write ``meta`` as the database folder ``path``'s ``mntvm-db.json`` (atomically, without any
+    absolute path); returns what was written."""
+    meta = portable(copy.deepcopy(meta))
+    write_text(Path(path) / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return meta
+
+
+def read_meta(path: Path) -> dict:
+    """A database folder's ``mntvm-db.json``; a bad one is a corrupt database."""
+    try:
+        return json.loads((path / META).read_text())
+    except json.JSONDecodeError as e:
+        raise MntvmError(f"corrupt schedules database {path / META}: {e}") from None
+
+
+def parse_lines(path: Path) -> tuple[list, bool]:
+    """``([(line number, row), ...], torn)`` of a JSON-lines database file, without touching it: a
+    torn final line (a kill mid-write) is left out and reported; any other bad line is a corrupt log."""
+    if not path.exists():
+        return [], False
+    raw = path.read_text().splitlines()
+    rows, torn = [], False
+    for i, line in enumerate(raw):
+        if not line.strip():
+            continue
+        try:
+            rows.append((i + 1, json.loads(line)))
+        except json.JSONDecodeError:
+            if i == len(raw) - 1:
+                torn = True
+                continue
+            raise MntvmError(f"corrupt schedules log {path}: line {i + 1} is not JSON") from None
+    return rows, torn
+
+
+def _read_lines(path: Path) -> list:
+    """JSON lines of a database file; a torn final line (a kill mid-write) is dropped and the file
+    rewritten atomically; any other bad line is a corrupt log."""
+    numbered, torn = parse_lines(path)
+    rows = [r for _, r in numbered]
+    if torn:
+        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def task_rule(func) -> str | None:
+    """The template rule of a task's PrimFunc (None: not one of ours)."""
+    for b in all_blocks(func):
+        r = rule_of(b)
+        if r:
+            return r
+    return None
+
+
+def task_mod(func):
+    """The workload module of a task's PrimFunc exactly as MetaSchedule keys it (what tune
+    records and compile's ``MetaScheduleApplyDatabase`` looks up)."""
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        func = func.without_attr("global_symbol")
+    return _normalize_mod(func)
+
+
+@dataclass
+class ScheduleDB:
+    """A schedules database folder."""
+
+    path: Path
+    meta: dict
+    stand_in: bool = False  # the shipped log of another CPU of the same ISA (see _stand_in)
+
+    def _check_consistency(self) -> tuple[list, list]:
+        workloads = _read_lines(self.path / WORKLOADS)
+        records = _read_lines(self.path / RECORDS)
+        for i, r in enumerate(records):
+            if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and 0 <= r[0] < len(workloads)):
+                raise MntvmError(f"corrupt schedules log {self.path / RECORDS}: record {i + 1} "
+                                 "does not refer to a known workload")
+        return workloads, records
+
+    def database(self):
+        """The MetaSchedule JSON database (a torn last line dropped first; a corrupt log refused)."""
+        from tvm.s_tir import meta_schedule as ms
+
+        self._check_consistency()
+        try:
+            return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
+        except Exception as e:  # noqa: BLE001 - TVM raises several types for a bad file
+            raise MntvmError(f"corrupt schedules log in {self.path}: {one_line(e)}") from None
+
+    def identity(self) -> dict:
+        """What compile records of the database: its folder name, whether it is a shipped one, a
+        hash of its logs and its target; no path (the same log means the same anywhere)."""
+        h = hashlib.sha256()
+        n = 0
+        for name in (WORKLOADS, RECORDS):
+            p = self.path / name
+            if p.exists():
+                data = p.read_bytes()
+                h.update(data)
+                n += data.count(b"\n") if name == RECORDS else 0
+        tgt = self.meta.get("target", {})
+        shipped = self.path.resolve().parent == data_dir("schedules").resolve()
+        return {"name": self.path.name, "shipped": shipped, "sha256": h.hexdigest()[:16], "records": n,
+                "target": tgt.get("name"), "mcpu": (tgt.get("tvm_target") or {}).get("mcpu"),
+                "stand_in": self.stand_in}
+
+    def apply(self, low, target):
+        """Apply tuned records to a lowered module; returns (module, names of the tasks covered)."""
+        mod = apply_records(low, self.database(), target)
+        covered = []
+        for name, func in tunable_tasks(low).items():
+            new = mod[name]
+            if is_scheduled(new) and not func.same_as(new):
+                covered.append(name)
+        return mod, sorted(covered)
+
+
+def open_schedules(spec, profile, force: bool = False) -> ScheduleDB | None:
+    """Resolve ``--schedules``: "default" (shipped, if any), None/"none", or a folder."""
+    if spec is None or str(spec) == "none":
+        return None
+    stand_in = None
+    if str(spec) == "default":
+        path = data_dir("schedules") / db_name(profile)
+        if not (path / META).is_file():
+            path = _stand_in(profile)
+            if path is None:
+                return None
+            stand_in = path.name
+    else:
+        path = Path(spec)
+        if not (path / META).is_file():
+            raise MntvmError(f"{path} is not a schedules database (no {META}); "
+                             "make one with `mntvm tune -o DIR`")
+    meta = read_meta(path)
+    db = ScheduleDB(path, meta, stand_in=stand_in is not None)
+    mine = target_essentials(profile.to_metadata()["tvm_target"])
+    theirs = target_essentials(meta.get("target", {}).get("tvm_target", {}))
+    if mine != theirs and not force and stand_in is None:
+        raise MntvmError(f"schedules {path} were tuned for target '{meta.get('target', {}).get('name')}', "
+                         f"not '{profile.name}' ({target_diff(mine, theirs)}); pass --force-schedules "
+                         "to apply them anyway")
+    return db
+
+
+def _stand_in(profile) -> Path | None:
+    """A shipped log that can stand in for a "this machine" profile whose CPU has none of its own:
+    same profile and target except ``mcpu``, same vector width (the templates' tiles are sized
+    to it). A log tuned on another CPU of the same ISA beats template defaults by far more than it
+    loses to a log of the CPU's own (MobileNetV1 1.0/224 on a Zen4: 20.0 ms on defaults, 12.5 ms
+    with the Emerald Rapids log at 1 thread), so compile uses it and says so; ``--schedules DIR``
+    with a foreign log is still refused unless forced. The log with the most records wins."""
+    mine = target_essentials(profile.to_metadata()["tvm_target"])
+    mine.pop("mcpu", None)
+    bits = profile.vector_bits
+    best = None
+    for path in sorted(data_dir("schedules").glob(f"{profile.name}-*")):
+        try:
+            meta = json.loads((path / META).read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        tgt = meta.get("target", {})
+        theirs = target_essentials(tgt.get("tvm_target", {}))
+        theirs.pop("mcpu", None)
+        if theirs != mine or tgt.get("name") != profile.name or tgt.get("vector_bits") != bits:
+            continue
+        n = ScheduleDB(path, meta).identity()["records"]
+        if best is None or n > best[0]:
+            best = (n, path)
+    return best[1] if best else None
+
+
+# ---- read-only loading, for show/merge/prune -----------------------------------------------------
+
+@dataclass
+class LoadedDB:
+    """A database read for show/merge/prune: nothing in its folder is ever rewritten by reading it
+    (a torn last line is only left out in memory)."""
+
+    path: Path
+    meta: dict
+    workloads: list  # [(line, [structural hash, serialized IRModule]), ...]
+    records: list  # [(line, workload index, record), ...]; record = [trace, run_secs, target, args_info]
+
+
+def load(path) -> LoadedDB:
+    """Read and check a database folder, naming the file and line of anything corrupt."""
+    path = Path(path)
+    if not (path / META).is_file():
+        raise MntvmError(f"{path} is not a schedules database (no {META})")
+    meta = read_meta(path)
+    if not isinstance(meta, dict) or not isinstance(meta.get("target"), dict):
+        raise MntvmError(f"corrupt schedules database {path / META}: no target")
+    workloads, _ = parse_lines(path / WORKLOADS)
+    for line, w in workloads:
+        if not (isinstance(w, list) and len(w) == 2 and all(isinstance(x, str) for x in w)):
+            raise MntvmError(f"corrupt schedules log {path / WORKLOADS}: line {line} is not a workload")
+    records = []
+    for line, r in parse_lines(path / RECORDS)[0]:
+        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and not isinstance(r[0], bool)
+                and 0 <= r[0] < len(workloads)):
+            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} does not refer to a known workload")
+        rec = r[1]
+        secs = rec[1] if isinstance(rec, list) and len(rec) >= 2 else False
+        if secs is not None and not (isinstance(secs, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in secs)):
+            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} is not a tuning record")
+        records.append((line, r[0], rec))
+    return LoadedDB(path, meta, workloads, records)

@@ -1,0 +1,162 @@
+"""Inspecting, merging and pruning schedules databases (``mntvm schedules show|merge|prune``).
+
+Reading never rewrites a source (a torn last line is only left out in memory); a result is built
+in a temporary folder beside its destination, checked to load in MetaSchedule, then swapped in.
+
+Public entries: :func:`show`, :func:`merge`, :func:`prune`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from mntvm.core.atomic import atomic_dir
+from mntvm.core.errors import MntvmError, one_line
+from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, load, portable, target_diff,
+                                   target_essentials, task_rule)
+
+FAILED_SECS = 1e10  # what MetaSchedule records as the run time of a candidate that failed to build/run
+
+
+def _mean_secs(rec) -> float:
+    """Mean measured seconds of a record; inf for a failed or unmeasured one (MetaSchedule's IsValid)."""
+    secs = [float(s) for s in (rec[1] or [])]
+    if not secs or all(s >= FAILED_SECS for s in secs):
+        return float("inf")
+    return sum(secs) / len(secs)
+
+
+def _target_summary(meta: dict) -> dict:
+    t = meta.get("target", {})
+    return {"name": t.get("name"), "tvm_target": target_essentials(t.get("tvm_target", {}))}
+
+
+def _describe_workload(db: LoadedDB, line: int, w: list) -> dict:
+    """Rule and argument shapes of a workload, read back from its serialized IRModule."""
+    from tvm.s_tir import meta_schedule as ms
+
+    try:
+        func = ms.database.Workload.from_json(w).mod["main"]
+        args = ms.arg_info.ArgInfo.from_prim_func(func)
+        shapes = [[int(x) for x in a.shape] for a in args]
+        rule = task_rule(func)
+    except Exception as e:  # noqa: BLE001 - TVM raises several types for a bad workload
+        raise MntvmError(f"corrupt schedules log {db.path / WORKLOADS}: line {line} does not deserialize "
+                         f"({one_line(e)})") from None
+    return {"rule": rule, "input_shape": shapes[0] if shapes else None,
+            "output_shape": shapes[-1] if shapes else None}
+
+
+def show(path) -> dict:
+    """What a database holds: its target, TVM version and, per workload (task), its name when
+    ``tune`` recorded it, rule, shapes, trials (record lines), failed trials and best time in ms."""
+    db = load(path)
+    names = db.meta.get("tasks", {}) if isinstance(db.meta.get("tasks"), dict) else {}
+    tasks = []
+    for i, (line, w) in enumerate(db.workloads):
+        recs = [rec for _, wi, rec in db.records if wi == i]
+        costs = [_mean_secs(rec) for rec in recs]
+        best = min(costs, default=float("inf"))
+        name = names.get(w[0])
+        tasks.append({"workload": i, "hash": w[0],
+                      "name": ", ".join(name) if isinstance(name, list) else name,
+                      **_describe_workload(db, line, w), "trials": len(recs),
+                      "failed": sum(c == float("inf") for c in costs),
+                      "best_ms": 1e3 * best if best < float("inf") else None})
+    return {"path": str(db.path), "target": _target_summary(db.meta), "tvm_version": db.meta.get("tvm_version"),
+            "tasks": tasks, "records": len(db.records)}
+
+
+def merge(sources, out, top_k: int = 1) -> dict:
+    """Write the ``top_k`` fastest records per workload over all ``sources`` to ``out``.
+
+    Sources must be tuned for the same target. ``out`` (which may be one of the sources) is built
+    in a temporary folder beside it, checked to load, then swapped in: an existing ``out`` is never
+    half-written, and a failure leaves every file as it was. ``out``'s ``mntvm-db.json`` names the
+    sources by folder name only. Returns a summary.
+    """
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not sources:
+        raise MntvmError("no schedules databases to merge")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise MntvmError(f"--top-k must be >= 1 (got {top_k})")
+    dbs = [load(s) for s in sources]  # every source parsed and checked before anything is written
+    first = dbs[0]
+    want = target_essentials(first.meta["target"].get("tvm_target", {}))
+    for db in dbs[1:]:
+        theirs = target_essentials(db.meta["target"].get("tvm_target", {}))
+        if theirs != want:
+            raise MntvmError(f"cannot merge {db.path}: tuned for target '{db.meta['target'].get('name')}', "
+                             f"not '{first.meta['target'].get('name')}' like {first.path} "
+                             f"({target_diff(want, theirs)})")
+    index: dict[str, int] = {}  # structural hash -> output workload index
+    wl_rows: list = []
+    per: dict[int, dict] = {}  # output workload index -> {record JSON: record}
+    meta = json.loads(json.dumps(first.meta))
+    names = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
+    for db in dbs:
+        remap = {}
+        for i, (_, w) in enumerate(db.workloads):
+            if w[0] not in index:
+                index[w[0]] = len(wl_rows)
+                wl_rows.append(w)
+            remap[i] = index[w[0]]
+        for _, wi, rec in db.records:
+            per.setdefault(remap[wi], {}).setdefault(json.dumps(rec, sort_keys=True), rec)
+        if db is not first:
+            theirs = db.meta.get("tasks") if isinstance(db.meta.get("tasks"), dict) else {}
+            for h, n in theirs.items():
+                names[h] = sorted(set(names.get(h, [])) | set(n))
+            for n, t in (db.meta.get("trials") or {}).items():
+                meta.setdefault("trials", {}).setdefault(n, t)
+    if names:
+        meta["tasks"] = names
+    kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi].values(), key=_mean_secs)[:top_k]
+            if _mean_secs(r) < float("inf")]
+    meta["merged"] = {"sources": [db.path.name for db in dbs], "top_k": top_k,
+                      "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = _replace_db(out, {WORKLOADS: "".join(json.dumps(w) + "\n" for w in wl_rows),
+                            RECORDS: "".join(json.dumps(r) + "\n" for r in kept),
+                            META: json.dumps(portable(meta), indent=2, sort_keys=True) + "\n"})
+    return {"path": str(out), "sources": [str(db.path) for db in dbs], "top_k": top_k,
+            "workloads": len(wl_rows), "records_in": sum(len(db.records) for db in dbs), "records": len(kept)}
+
+
+def prune(path, keep: int = 1, out=None) -> int:
+    """Keep the ``keep`` fastest records per workload of ``path`` (a list of paths is merged), in
+    place or into ``out``, atomically; returns the number of records kept."""
+    srcs = list(path) if isinstance(path, (list, tuple)) else [path]
+    return merge(srcs, out if out is not None else srcs[0], top_k=keep)["records"]
+
+
+def _replace_db(out, files: dict) -> Path:
+    """Write ``files`` as the database folder ``out``: built in a temp folder beside it, checked to
+    load with MetaSchedule, then renamed over it (other files already in ``out`` are carried over)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    out = Path(out)
+    if out.is_symlink():
+        out = out.resolve()
+    if out.exists() and not (out / META).is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise MntvmError(f"{out} exists and is not a schedules database; not replacing it")
+    with atomic_dir(out) as tmp:
+        if out.is_dir():
+            shutil.copymode(out, tmp)
+            for p in out.iterdir():
+                if p.name not in files and p.is_file() and not p.name.startswith("."):
+                    shutil.copy2(p, tmp / p.name)
+        for name, text in files.items():
+            with open(tmp / name, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+        try:
+            ms.database.JSONDatabase(work_dir=str(tmp), allow_missing=False)
+        except Exception as e:  # noqa: BLE001 - TVM raises several types for a bad file
+            raise MntvmError(f"the result for {out} does not load in MetaSchedule "
+                             f"({one_line(e)}); nothing written") from None
+    return out

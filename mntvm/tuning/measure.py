@@ -1,0 +1,118 @@
+"""How tuning measures a candidate kernel: the MetaSchedule runner (local or on a board).
+
+Measured as the kernel runs inside the network: its input was just written by the previous layer
+(warm); its weights were last touched an inference ago, so they are out of L1/L2 but (4-17 MB of
+them) in L3. Locally, each repeat evicts the private caches first (:func:`network_like_evaluator`).
+Warm-cache timing favoured tiles that lose 10-50 % in the network (pw12/pw13 ran 0.33 ms alone,
+0.55 ms in the network); flushing everything to DRAM (TVM's cache_flush_cpu_non_first_arg, still
+used on boards through RPC, where our evaluator cannot run) made weight streaming from DRAM look
+like the bottleneck it is not. GPU kernels: TVM's default timing (back-to-back launches; weights
+stay in the L2, as between a network's inferences).
+
+Public entries: :func:`runner`; :func:`network_like_evaluator`, :func:`evict_private_caches`,
+:func:`alloc_args_remote` (the runner's hooks).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+from typing import Iterator
+
+from mntvm.core.threads import set_threads
+from mntvm.remote.rpc import open_session, parse_addr
+
+_EVICT: dict = {}
+EVICT_BYTES_PER_THREAD = 2 << 20  # read + written: 4 MB per core, > the L2s we target (1-2 MB), << L3
+
+
+def evict_private_caches(*args) -> None:
+    """Runner f_preproc: every pool thread streams its own 2 x EVICT_BYTES_PER_THREAD, which pushes
+    L1/L2 out on each core but leaves the L3 (where a network's weights live between inferences);
+    then the first argument (the layer's input, just written by the previous layer in the
+    network) is read back in."""
+    import numpy as np
+    import tvm
+    from tvm import te
+
+    if "f" not in _EVICT:
+        nt = max(1, int(tvm.get_global_func("runtime.NumThreads")()))
+        a = te.placeholder((nt, EVICT_BYTES_PER_THREAD // 4), "float32", name="a")
+        b = te.compute(a.shape, lambda i, j: a[i, j] + 1.0, name="b")
+        sch = tvm.s_tir.Schedule(te.create_prim_func([a, b]))
+        i, j = sch.get_loops(sch.get_sblock("b"))
+        sch.parallel(i)
+        sch.vectorize(sch.split(j, [None, 16])[1])
+        _EVICT["f"] = tvm.compile(sch.mod, target="llvm")["main"]
+        _EVICT["bufs"] = [tvm.runtime.tensor(np.zeros((nt, EVICT_BYTES_PER_THREAD // 4), "float32")) for _ in range(2)]
+    _EVICT["f"](*_EVICT["bufs"])
+    if args and hasattr(args[0], "numpy"):
+        args[0].numpy()
+
+
+def network_like_evaluator(rt_mod, device, evaluator_config, repeated_args):
+    """LocalRunner f_run_evaluator: each repeat starts with private caches cold, L3 warm, input
+    warm (:func:`evict_private_caches`), as a layer finds them inside the network."""
+    import tvm
+
+    tvm.register_global_func("mntvm.evict_private_caches", evict_private_caches, override=True)
+    f = rt_mod.time_evaluator(rt_mod.entry_name, device, number=evaluator_config.number,
+                              repeat=evaluator_config.repeat, min_repeat_ms=evaluator_config.min_repeat_ms,
+                              f_preproc="mntvm.evict_private_caches")
+    costs = []
+    for args in repeated_args:
+        device.sync()
+        costs += [float(c) for c in f(*args).results]
+    return costs
+
+
+def alloc_args_remote(session, device, args_info, alloc_repeat):
+    """RPCRunner f_alloc_argument: seeded uniform data made here and copied to the board (the
+    default fills on the board with ``tvm.contrib.random``, which runtime-only installs lack)."""
+    import numpy as np
+    import tvm
+
+    rng = np.random.default_rng(0)
+    repeated = []
+    for _ in range(alloc_repeat):
+        args = []
+        for kind, dtype, shape in args_info:
+            if kind != "TENSOR":
+                raise ValueError(f"unsupported argument kind {kind}")
+            a = tvm.runtime.empty(shape=shape, dtype=dtype, device=device)
+            a.copyfrom(rng.uniform(-1, 1, shape).astype(dtype))
+            args.append(a)
+        repeated.append(args)
+    return repeated
+
+
+def _make_runner(tracker: str | None, key: str | None, threads: int, gpu: bool):
+    from tvm.s_tir import meta_schedule as ms
+
+    cfg = ms.runner.EvaluatorConfig(number=1 if not gpu else 10, repeat=10, min_repeat_ms=0,
+                                    enable_cpu_cache_flush=not gpu)
+    if not tracker and gpu:
+        return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60)
+    if not tracker:
+        # the measuring process's pool gets ``threads`` (TVM's own default halves the x86 cores,
+        # assuming SMT: 1 thread on a 2-core VM)
+        return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60,
+                                     f_run_evaluator=network_like_evaluator,
+                                     initializer=functools.partial(set_threads, threads))
+    host, port = parse_addr(tracker)
+    open_session(tracker, key, wait_s=30).remote  # fail fast: unreachable tracker / no board
+    return ms.runner.RPCRunner(
+        rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=key,
+                                       session_timeout_sec=120),
+        evaluator_config=cfg, max_workers=1, f_alloc_argument=alloc_args_remote)
+
+
+@contextlib.contextmanager
+def runner(tracker: str | None, key: str | None, threads: int = 1, gpu: bool = False) -> Iterator:
+    """The MetaSchedule runner, for a ``with`` block: local (CPU: :func:`network_like_evaluator`
+    on ``threads`` threads; GPU: TVM's timing), or the board that ``tracker`` hands out for ``key``
+    (checked reachable at once). Its worker processes end with the block."""
+    r = _make_runner(tracker, key, threads, gpu)
+    try:
+        yield r
+    finally:
+        r.pool.shutdown()

@@ -1,0 +1,36 @@
+"""What ``mntvm tune`` and ``mntvm schedules`` print: text forms of their results."""
+from __future__ import annotations
+
+
+def format_tune(r: dict) -> str:
+    """Per task: rule, trials, best time; then trials run, seconds and the database folder."""
+    lines = []
+    for name, t in r["tasks"].items():
+        best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
+        lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}")
+    lines.append(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
+                 + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
+    return "\n".join(lines)
+
+
+def format_show(r: dict) -> str:
+    """A database's target and TVM version, then one row per workload (task, rule, shapes, trials, best)."""
+    t = r["target"]
+    keys = ", ".join(f"{k} {v}" for k, v in t["tvm_target"].items())
+    lines = [f"{r['path']}: tuned for {t['name']} ({keys}) with TVM {r['tvm_version']}"]
+    rows = [("#", "task", "rule", "input -> output", "trials", "best ms")]
+    for k in r["tasks"]:
+        shape = " -> ".join("x".join(map(str, s)) for s in (k["input_shape"], k["output_shape"]) if s)
+        trials = f"{k['trials']}" + (f" ({k['failed']} failed)" if k["failed"] else "")
+        best = f"{k['best_ms']:.4f}" if k["best_ms"] is not None else "-"
+        rows.append((str(k["workload"]), k["name"] or "-", k["rule"] or "-", shape, trials, best))
+    w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        lines.append("  ".join(c.rjust(w[i]) if i in (0, 4, 5) else c.ljust(w[i]) for i, c in enumerate(row)).rstrip())
+    lines.append(f"{len(r['tasks'])} workloads, {r['records']} records")
+    return "\n".join(lines)
+
+
+def format_merge(r: dict) -> str:
+    return (f"kept {r['records']} of {r['records_in']} records (best {r['top_k']} per workload, "
+            f"{r['workloads']} workloads) -> {r['path']}")
