@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
 
 from mntvm.core.errors import MntvmError
 
@@ -70,39 +70,21 @@ def cmd_save_weights(a) -> None:
 
 
 def cmd_compile(a) -> None:
-    from mntvm.compile import compile_model
+    from mntvm.compile import compile_model, format_compiled
 
     out = compile_model(_config(a), a.output, target=a.target, weights=a.weights, seed=a.seed,
                         targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a), schedules=a.schedules,
                         force_schedules=a.force_schedules)
-    meta = json.loads((Path(out) / "metadata.json").read_text())
-    s = meta["schedules"]
-    print(f"wrote {out} ({meta['target']['name']}, built in {meta['build_seconds']:.1f}s, schedules: {s['kind']})")
-    if "tasks" in s:
-        db = s["database"]
-        print(f"schedules: {len(s['tuned'])}/{s['tasks']} tasks from "
-              f"{db['name'] + ' (' + db['sha256'] + ')' if db else 'no database'}; "
-              f"template defaults for: {', '.join(s['defaults']) or 'none'}")
-        if db and db.get("stand_in"):
-            print(f"schedules: no log for this CPU ({meta['target']['tvm_target'].get('mcpu')}) in schedules/; "
-                  f"used the one tuned on {db['mcpu']} (same ISA). `mntvm tune --target "
-                  f"{meta['target']['name']}` makes one for this CPU")
+    print(format_compiled(out))
 
 
 def cmd_tune(a) -> None:
-    from mntvm.tuning import tune
+    from mntvm.tuning import format_tune, tune
 
     r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
              targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads,
              mcpu=a.mcpu, mattr=_mattr(a))
-    if a.json:
-        print(json.dumps(r))
-        return
-    for name, t in r["tasks"].items():
-        best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
-        print(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}")
-    print(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
-          + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
+    print(json.dumps(r) if a.json else format_tune(r))
 
 
 def cmd_schedules(a) -> None:
@@ -110,69 +92,30 @@ def cmd_schedules(a) -> None:
 
     if a.schedules_cmd == "show":
         r = T.show(a.path)
-        if a.json:
-            print(json.dumps(r))
-            return
-        t = r["target"]
-        keys = ", ".join(f"{k} {v}" for k, v in t["tvm_target"].items())
-        print(f"{r['path']}: tuned for {t['name']} ({keys}) with TVM {r['tvm_version']}")
-        rows = [("#", "task", "rule", "input -> output", "trials", "best ms")]
-        for k in r["tasks"]:
-            shape = " -> ".join("x".join(map(str, s)) for s in (k["input_shape"], k["output_shape"]) if s)
-            trials = f"{k['trials']}" + (f" ({k['failed']} failed)" if k["failed"] else "")
-            best = f"{k['best_ms']:.4f}" if k["best_ms"] is not None else "-"
-            rows.append((str(k["workload"]), k["name"] or "-", k["rule"] or "-", shape, trials, best))
-        w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            print("  ".join(c.rjust(w[i]) if i in (0, 4, 5) else c.ljust(w[i]) for i, c in enumerate(row)).rstrip())
-        print(f"{len(r['tasks'])} workloads, {r['records']} records")
+        print(json.dumps(r) if a.json else T.format_show(r))
         return
     if a.schedules_cmd == "merge":
         r = T.merge(a.sources, a.output, top_k=a.top_k)
     else:
         r = T.merge([a.path], a.output or a.path, top_k=a.top_k)
-    print(f"kept {r['records']} of {r['records_in']} records (best {r['top_k']} per workload, "
-          f"{r['workloads']} workloads) -> {r['path']}")
+    print(T.format_merge(r))
 
 
 def cmd_run(a) -> None:
-    import numpy as np
+    from mntvm.compile import format_top_k, infer
 
-    from mntvm.compile import deterministic_input, load_artifact, top_k
-    from mntvm.core.threads import set_threads
-
-    art = load_artifact(a.artifact)
-    if a.input:
-        try:
-            x = np.load(a.input, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise MntvmError(f"cannot read input {a.input}: {e}") from None
-    else:
-        x = deterministic_input(art.input_shape)
-    set_threads(a.threads)
-    y = art.run(x)
-    if a.output:
-        np.save(a.output, y)
-    for b, row in enumerate(top_k(y, a.top)):
-        print(f"batch {b}: " + "  ".join(f"class {c}: {p:.4f}" for c, p in row))
+    print(format_top_k(infer(a.artifact, a.input, a.threads, a.output), a.top))
 
 
 def cmd_targets(a) -> None:
-    from mntvm.targets import list_profiles
+    from mntvm.targets import format_profiles, list_profiles
 
     profiles = list_profiles(a.targets_dir)
-    if a.json:
-        print(json.dumps([p.to_metadata() for p in profiles]))
-        return
-    width = max(len(p.name) for p in profiles)
-    for p in profiles:
-        print(f"{p.name:<{width}}  {p.family:<7} {p.description}")
+    print(json.dumps([p.to_metadata() for p in profiles]) if a.json else format_profiles(profiles))
 
 
 def cmd_bench(a) -> None:
-    import os
-
-    from mntvm.bench import benchmark, compare, format_compare, format_per_layer, plot_per_layer
+    from mntvm.bench import benchmark, compare, format_benchmark, format_compare, plot_per_layer
 
     if a.compare:
         r = compare(a.artifact, peers=tuple(p for p in a.compare.split(",") if p),
@@ -193,17 +136,8 @@ def cmd_bench(a) -> None:
         os._exit(2)
     if a.plot:
         plot_per_layer(r, a.plot)
-    if a.json:
-        print(json.dumps(r))
-        return
-    print(f"{r['target']} on {r['board']}, {r['threads']} threads, {r['repeat']} runs: "
-          f"median {r['median_ms']:.3f} ms  mean {r['mean_ms']:.3f}  p90 {r['p90_ms']:.3f}  "
-          f"p99 {r['p99_ms']:.3f}  min {r['min_ms']:.3f}  max {r['max_ms']:.3f}  std {r['std_ms']:.3f}")
-    print(f"upload {r['upload_s']:.2f} s, load {r['load_s']:.2f} s, first run {r['first_run_ms']:.1f} ms")
-    print(f"max |output - numpy reference| = {r['max_abs_diff']:.2e}")
-    if r.get("per_layer"):
-        print(format_per_layer(r))
-    if a.plot:
+    print(json.dumps(r) if a.json else format_benchmark(r))
+    if a.plot and not a.json:
         print(f"wrote {a.plot}")
 
 
@@ -236,25 +170,13 @@ def cmd_board(a) -> None:
 
 def cmd_demo(a) -> None:
     """The README's main job: compile for this machine with the shipped logs, benchmark, show top-5."""
-    from mntvm.bench import benchmark
-    from mntvm.compile import compile_model
+    from mntvm.bench import demo, format_demo
 
-    cfg = _config(a)
-    out = compile_model(cfg, a.output, target="x86")
-    meta = json.loads((Path(out) / "metadata.json").read_text())
-    print(f"compiled {cfg.tag} for {meta['target']['name']} (mcpu {meta['target']['tvm_target'].get('mcpu', '?')}) in "
-          f"{meta['build_seconds']:.1f}s -> {out}")
-    r = benchmark(out, repeat=a.repeat, warmup=5, threads=a.threads)
-    print(f"latency on this machine ({r['threads']} threads, {r['repeat']} runs): median {r['median_ms']:.2f} ms, "
-          f"p90 {r['p90_ms']:.2f} ms, min {r['min_ms']:.2f} ms")
-    print(f"max |output - numpy reference| = {r['max_abs_diff']:.2e}")
-    print("top-5 for the deterministic input: " + "  ".join(f"class {c}: {p:.4f}" for c, p in r["output_top5"]))
+    print(format_demo(demo(_config(a), a.output, repeat=a.repeat, threads=a.threads)))
 
 
 def cmd_sweep(a) -> None:
     """α×resolution sweep: compile, benchmark (here or on every board under a key), report."""
-    import os
-
     from mntvm.sweep import (DEFAULT_ALPHAS, DEFAULT_RESOLUTIONS, format_table, parse_list, plot_png, sweep,
                              write_plot, write_report)
 
@@ -290,8 +212,25 @@ def cmd_sweep(a) -> None:
         os._exit(rc)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (``mntvm: error: ...``), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"mntvm: error: {self.prog.removeprefix('mntvm ')}: {message}\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mntvm", description=__doc__.splitlines()[0])
+    p = _Parser(prog="mntvm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("cost", help="per-layer mult-adds and params (the MobileNets paper's cost model)")
@@ -330,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="board key registered with the tracker")
     s.add_argument("-o", "--output", help="database folder (default: schedules/<target>/)")
     s.add_argument("--force-schedules", action="store_true", help="continue a database tuned for another target")
-    s.add_argument("--threads", type=int, help="threads to measure kernels on here (default 1)")
+    s.add_argument("--threads", type=_positive, help="threads to measure kernels on here (default 1)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tune)
 
@@ -354,8 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("artifact")
     s.add_argument("--input", help=".npy input (default: the deterministic input)")
     s.add_argument("-o", "--output", help="save the probabilities as .npy")
-    s.add_argument("--top", type=int, default=5)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--top", type=_positive, default=5, help="classes to print per batch row (default 5)")
+    s.add_argument("--threads", type=_positive, help="threads to run on (at most this machine's cores)")
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("targets", help="list target profiles")
@@ -370,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", type=float, default=60.0, help="seconds to wait for a free board")
     s.add_argument("--repeat", type=int, default=50)
     s.add_argument("--warmup", type=int, default=5)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=_positive)
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.add_argument("--per-layer", action="store_true",
                    help="also time each kernel (Relax VM instrument hook) and map it to the layers")
@@ -421,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(s)
     s.add_argument("-o", "--output", default="artifacts/mobilenet_v1-x86")
     s.add_argument("--repeat", type=int, default=50)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=_positive)
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("sweep", help="alpha x resolution sweep: latency vs cost and top-1, over every board under a key")
@@ -432,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="board key: every board registered under it runs variants concurrently")
     s.add_argument("--repeat", type=int, default=30, help="timed runs per variant (default 30)")
     s.add_argument("--warmup", type=int, default=3, help="untimed runs per variant (default 3)")
-    s.add_argument("--threads", type=int, help="runtime threads on the board (default: its own)")
+    s.add_argument("--threads", type=_positive, help="runtime threads on the board (default: its own)")
     s.add_argument("--budget-ms", type=float, help="name the most accurate variant whose median fits this")
     s.add_argument("--json", action="store_true", help="print one JSON object (no progress bar)")
     s.add_argument("--plot", metavar="FILE.png", help="latency vs top-1 (Pareto front) and vs mult-adds")
@@ -473,12 +412,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(_old_spellings(argv))
     try:
         args.func(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler below
     except MntvmError as e:
         print(f"mntvm: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("mntvm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # stdout closed early (`mntvm ... | head`): not an error; keep Python from complaining at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -49,3 +51,34 @@ def tracker():
     t = Tracker()
     yield t
     t.stop()
+
+
+# Processes the suite starts (RPC trackers/servers, emulated boards, TVM's popen workers for
+# tuning) carry this marker in their environment, inherited from the test process.
+_MARK = "MNTVM_TEST_SESSION"
+_KINDS = ("tvm.exec.popen_worker", "mntvm.cli rpc", "mntvm rpc", "board_server", "rpc_server", "mntvm.cli board")
+
+
+def _strays(mark: str) -> list[str]:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if p.pid != os.getpid() and any(k in cmd for k in _KINDS) and p.environ().get(_MARK) == mark:
+                out.append(f"{p.pid}: {cmd[:100]}")
+        except psutil.Error:
+            continue
+    return out
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """After the whole suite, no tracker, server, board or popen worker it started is running."""
+    mark = os.environ.setdefault(_MARK, uuid.uuid4().hex)
+    yield
+    deadline = time.time() + 15
+    while (left := _strays(mark)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, "processes started by the tests are still running: " + "; ".join(left)

@@ -1,5 +1,6 @@
-"""Compiling MobileNetV1 for a target profile into an artifact folder, and loading artifacts."""
-from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
-from mntvm.compile.build import compile_model
+"""Compiling MobileNetV1 for a target profile into an artifact folder; loading and running artifacts."""
+from mntvm.compile.artifact import deterministic_input, format_top_k, infer, load_artifact, read_input, top_k
+from mntvm.compile.build import compile_model, format_compiled
 
-__all__ = ["compile_model", "deterministic_input", "load_artifact", "top_k"]
+__all__ = ["compile_model", "deterministic_input", "format_compiled", "format_top_k", "infer", "load_artifact",
+           "read_input", "top_k"]

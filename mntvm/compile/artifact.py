@@ -5,6 +5,7 @@ place; an older artifact at that path survives any failure). Read with :func:`lo
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -12,17 +13,45 @@ from pathlib import Path
 
 import numpy as np
 
-from mntvm.core.atomic import atomic_dir, write_text
-from mntvm.core.errors import MntvmError
+from mntvm.core.atomic import atomic_dir, atomic_path, check_destination, write_text
+from mntvm.core.errors import MntvmError, one_line
+from mntvm.core.threads import set_threads
 
 LIB_NAME = "model.so"
 META_NAME = "metadata.json"
 
 
+def is_artifact_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder holding nothing but an artifact's files (or nothing)."""
+    try:
+        return path.is_dir() and {p.name for p in path.iterdir()} <= {LIB_NAME, META_NAME}
+    except OSError:
+        return False
+
+
+def check_artifact_dir(out_dir: str | os.PathLike) -> Path:
+    """Refuse, before any work, an ``out_dir`` that :func:`write_artifact` would refuse."""
+    return check_destination(Path(out_dir), "an mntvm artifact", is_artifact_dir, folder=True)
+
+
 def write_artifact(out_dir: str | os.PathLike):
     """Context manager yielding a temp directory to fill; on success it replaces ``out_dir``, on
-    failure it is removed (see :func:`mntvm.atomic.atomic_dir`)."""
-    return atomic_dir(Path(out_dir).resolve())
+    failure it is removed (see :func:`mntvm.core.atomic.atomic_dir`). An ``out_dir`` that holds
+    anything else than an artifact is refused, never replaced."""
+    return atomic_dir(out_dir, what="an mntvm artifact", is_ours=is_artifact_dir)
+
+
+def library_record(lib: Path) -> dict:
+    """What metadata.json records of ``model.so``: its size and sha256 (checked before loading)."""
+    return {"file": LIB_NAME, "bytes": lib.stat().st_size, "sha256": _sha256(lib)}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -62,14 +91,55 @@ class Artifact:
 
 
 def load_artifact(path: str | os.PathLike) -> Artifact:
+    """Read an artifact folder; its ``model.so`` must be the one its metadata.json describes
+    (size and sha256, when recorded), so a truncated or swapped library is refused before any
+    loader touches it."""
     path = Path(path)
     meta = path / META_NAME
     if not meta.is_file() or not (path / LIB_NAME).is_file():
         raise MntvmError(f"{path} is not an mntvm artifact (needs {LIB_NAME} and {META_NAME})")
     try:
-        return Artifact(path, json.loads(meta.read_text()))
-    except json.JSONDecodeError as e:
+        metadata = json.loads(meta.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise MntvmError(f"{meta}: malformed JSON: {e}") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("input"), dict):
+        raise MntvmError(f"{meta}: not an mntvm artifact's metadata")
+    _check_library(path / LIB_NAME, metadata.get("library"))
+    return Artifact(path, metadata)
+
+
+def _check_library(lib: Path, rec: dict | None) -> None:
+    if not rec:
+        return  # artifacts from before the record: nothing to check against
+    size = lib.stat().st_size
+    if size != rec.get("bytes"):
+        raise MntvmError(f"{lib} is {size} bytes, its metadata.json says {rec.get('bytes')}: "
+                         "truncated or replaced; compile the artifact again")
+    if _sha256(lib) != rec.get("sha256"):
+        raise MntvmError(f"{lib} does not match its metadata.json (sha256 differs): a library from "
+                         "another artifact, or corrupted; compile the artifact again")
+
+
+def read_input(path: str | os.PathLike) -> np.ndarray:
+    """One input array from a ``.npy`` file; anything else is a one-line error naming the file."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise MntvmError(f"cannot read input {path}: {e.strerror or e}") from None
+    if magic != b"\x93NUMPY":
+        what = "an .npz archive" if magic[:2] == b"PK" else "not a .npy file"
+        raise MntvmError(f"input {path} is {what}: --input takes one array saved with numpy.save")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise MntvmError(f"cannot read input {path}: truncated or corrupt .npy ({one_line(e)})") from None
+    if x.dtype.kind not in "biuf":
+        raise MntvmError(f"input {path} holds {x.dtype} values, not numbers")
+    if x.size == 0:
+        raise MntvmError(f"input {path} is empty (shape {x.shape})")
+    return x
 
 
 def deterministic_input(shape, seed: int = 0) -> np.ndarray:
@@ -88,3 +158,23 @@ def top_k(probs: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
         idx = np.argsort(-row, kind="stable")[:k]
         out.append([(int(i), float(row[i])) for i in idx])
     return out
+
+
+def format_top_k(probs: np.ndarray, k: int = 5) -> str:
+    """One line per batch row: ``batch B: class C: P  ...`` (what ``mntvm run`` prints)."""
+    return "\n".join(f"batch {b}: " + "  ".join(f"class {c}: {p:.4f}" for c, p in row)
+                     for b, row in enumerate(top_k(probs, k)))
+
+
+def infer(path: str | os.PathLike, input_path: str | os.PathLike | None = None, threads: int | None = None,
+          save: str | os.PathLike | None = None) -> np.ndarray:
+    """Run the artifact at ``path`` here once, on ``input_path`` (.npy) or the deterministic input;
+    ``save`` writes the probabilities as .npy (atomically). Returns them."""
+    art = load_artifact(path)
+    x = read_input(input_path) if input_path else deterministic_input(art.input_shape)
+    set_threads(threads)
+    y = art.run(x)
+    if save:
+        with atomic_path(save, "the output probabilities") as tmp, open(tmp, "wb") as f:
+            np.save(f, y)
+    return y

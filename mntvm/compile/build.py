@@ -15,25 +15,28 @@ from typing import Mapping
 
 import numpy as np
 
+from mntvm.compile.artifact import (LIB_NAME, META_NAME, check_artifact_dir, library_record, load_artifact,
+                                    write_artifact,
+                                    write_json_atomic)
 from mntvm.model import weights as W
-from mntvm.tuning.tune import open_schedules
-from mntvm.compile.artifact import LIB_NAME, META_NAME, write_artifact, write_json_atomic
 from mntvm.model.inference import inference_module
 from mntvm.model.network import MobileNetConfig
+from mntvm.targets import get_profile
+from mntvm.templates.defaults import apply_default_schedules
+from mntvm.templates.gpu import compile_gpu
 from mntvm.templates.lowering import has_templates, lower
+from mntvm.templates.registry import tunable_tasks
+from mntvm.tuning import open_schedules
 
 
 def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, schedules=None):
     """Lower, schedule and build; returns ``(relax.Executable, schedule_info dict)``.
 
-    CPU families and CUDA: our templates (:mod:`mntvm.sched_cpu`, :mod:`mntvm.sched_gpu`), with
-    tuned records from ``schedules`` (a :class:`mntvm.tune.ScheduleDB` or None) where they exist
-    and template defaults elsewhere. Other GPU families: DLight rules (:mod:`mntvm.sched_gpu`).
+    CPU families and CUDA: our templates (:mod:`mntvm.templates`), with tuned records from
+    ``schedules`` (a :class:`mntvm.tuning.database.ScheduleDB` or None) where they exist and
+    template defaults elsewhere. Other GPU families: DLight rules (:mod:`mntvm.templates.gpu`).
     """
     import tvm
-
-    from mntvm.templates.cpu import apply_default_schedules, tunable_tasks
-    from mntvm.templates.cuda import compile_gpu
 
     target = profile.tvm_target()
     if not has_templates(profile):
@@ -48,10 +51,8 @@ def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, sche
         info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
                     defaults=[t for t in tasks if t not in tuned])
     if profile.is_gpu:
-        from mntvm.templates.cuda import apply_default_schedules as gpu_defaults
-
         # kernels without a template (softmax, reshape) get DLight rules, recorded in "rules"
-        ex, info["rules"] = compile_gpu(gpu_defaults(mod), target)
+        ex, info["rules"] = compile_gpu(apply_default_schedules(mod, target), target)
         return ex, info
     mod = apply_default_schedules(mod, target, profile.vector_bits)
     return tvm.compile(mod, target=target), info
@@ -78,8 +79,7 @@ def compile_model(
     import tvm
     import tvm_ffi
 
-    from mntvm.targets.profiles import get_profile
-
+    check_artifact_dir(out_dir)
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
     profile.check_toolchain()
 
@@ -93,12 +93,15 @@ def compile_model(
         profile.export_library(ex, tmp / LIB_NAME)
         meta = {
             "format": 1,
+            "library": library_record(tmp / LIB_NAME),
             "model": cfg.to_dict(),
             "target": profile.to_metadata(),
             "tvm_version": tvm.__version__,
             "tvm_ffi_version": tvm_ffi.__version__,
             "weights_sha256": W.digest(w),
-            "weights_source": str(weights) if isinstance(weights, (str, os.PathLike)) else
+            # relative to the artifact: no absolute path in what we write; bench --compare finds it
+            "weights_source": os.path.relpath(os.path.abspath(weights), out_dir.resolve())
+                              if isinstance(weights, (str, os.PathLike)) else
                               ("dict" if weights is not None else f"random(seed={seed})"),
             "input": {"name": "data", "shape": list(cfg.input_shape), "dtype": cfg.dtype},
             "output": {"name": "prob", "shape": list(cfg.output_shape), "dtype": cfg.dtype},
@@ -108,3 +111,22 @@ def compile_model(
         }
         write_json_atomic(tmp / META_NAME, meta)
     return out_dir
+
+
+def format_compiled(out: str | os.PathLike) -> str:
+    """What ``mntvm compile`` prints about the artifact at ``out``: target, build time, and which
+    tasks came from a tuned database (and which log stood in for this CPU's)."""
+    meta = load_artifact(out).metadata
+    s = meta["schedules"]
+    lines = [f"wrote {out} ({meta['target']['name']}, built in {meta['build_seconds']:.1f}s, "
+             f"schedules: {s['kind']})"]
+    if "tasks" in s:
+        db = s["database"]
+        lines.append(f"schedules: {len(s['tuned'])}/{s['tasks']} tasks from "
+                     f"{db['name'] + ' (' + db['sha256'] + ')' if db else 'no database'}; "
+                     f"template defaults for: {', '.join(s['defaults']) or 'none'}")
+        if db and db.get("stand_in"):
+            lines.append(f"schedules: no log for this CPU ({meta['target']['tvm_target'].get('mcpu')}) in "
+                         f"schedules/; used the one tuned on {db['mcpu']} (same ISA). `mntvm tune --target "
+                         f"{meta['target']['name']}` makes one for this CPU")
+    return "\n".join(lines)

@@ -6,6 +6,25 @@ import os
 from mntvm.core.errors import MntvmError
 
 
+def cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def check_threads(n: int | None) -> None:
+    """Threads for a run on this machine: at least 1, at most its cores (more only queue up and
+    make TVM's pool spin and pin for seconds)."""
+    if n is None:
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise MntvmError(f"threads must be an integer >= 1 (got {n!r})")
+    if n > cores():
+        raise MntvmError(f"threads {n} > the {cores()} cores of this machine")
+
+
 def set_threads(n: int | None) -> None:
     """Set the TVM runtime's CPU thread-pool size for this process (None: leave as is).
 
@@ -15,7 +34,6 @@ def set_threads(n: int | None) -> None:
         return
     import tvm
 
-    if n < 1:
-        raise MntvmError(f"threads must be >= 1 (got {n})")
+    check_threads(n)
     os.environ["TVM_NUM_THREADS"] = str(n)
     tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1 = kBig: pin to big cores

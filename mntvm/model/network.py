@@ -19,6 +19,7 @@ built from is :func:`layer_specs`.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Mapping
 
@@ -48,6 +49,14 @@ ACTIVATIONS = ("relu6", "relu")
 DEFAULT_BN_EPS = 1e-3  # TF-slim / Keras MobileNetV1
 
 
+# Bounds that keep every variant compilable on an edge toolchain (the paper uses α ≤ 1 and
+# ρ ≤ 1; wider/larger variants are allowed, absurd ones are refused before any work).
+MAX_ALPHA = 4.0
+MAX_RESOLUTION = 1024
+MAX_CLASSES = 100_000
+MAX_BATCH = 256
+
+
 @dataclass(frozen=True)
 class MobileNetConfig:
     """A validated MobileNetV1 variant. Invalid fields raise :class:`MntvmError` naming the field."""
@@ -63,14 +72,15 @@ class MobileNetConfig:
         def bad(field: str, why: str) -> MntvmError:
             return MntvmError(f"invalid model config: {field}={getattr(self, field)!r}: {why}")
 
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
-            raise bad("alpha", "width multiplier must be a number > 0")
-        if not _is_int(self.resolution) or self.resolution <= 0 or self.resolution % 32:
-            raise bad("resolution", "must be a positive multiple of 32")
-        if not _is_int(self.num_classes) or self.num_classes < 1:
-            raise bad("num_classes", "must be an integer >= 1")
-        if not _is_int(self.batch) or self.batch < 1:
-            raise bad("batch", "must be an integer >= 1")
+        if (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not math.isfinite(self.alpha)
+                or not 0 < self.alpha <= MAX_ALPHA):
+            raise bad("alpha", f"width multiplier must be a number in (0, {MAX_ALPHA:g}]")
+        if not _is_int(self.resolution) or not 0 < self.resolution <= MAX_RESOLUTION or self.resolution % 32:
+            raise bad("resolution", f"must be a multiple of 32 in [32, {MAX_RESOLUTION}]")
+        if not _is_int(self.num_classes) or not 1 <= self.num_classes <= MAX_CLASSES:
+            raise bad("num_classes", f"must be an integer in [1, {MAX_CLASSES}]")
+        if not _is_int(self.batch) or not 1 <= self.batch <= MAX_BATCH:
+            raise bad("batch", f"must be an integer in [1, {MAX_BATCH}]")
         if self.activation not in ACTIVATIONS:
             raise bad("activation", f"must be one of {', '.join(ACTIVATIONS)}")
         if self.dtype != "float32":

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
 from mntvm.core.atomic import atomic_path
-from mntvm.core.errors import MntvmError
+from mntvm.core.errors import MntvmError, one_line
 from mntvm.model.network import DEFAULT_BN_EPS, MobileNetConfig, layer_specs, param_shapes
 
 Weights = dict[str, np.ndarray]
@@ -67,10 +68,24 @@ def validate(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray]) -> Weights
                 f"weights do not fit {cfg.tag}: layer {name.split('.')[0]} '{name}' has shape "
                 f"{got}, the model expects {shape}"
             )
+    for name in expected:
+        check_values(name, weights[name])
     out = {k: np.ascontiguousarray(weights[k], dtype=np.float32) for k in expected}
     if "bn_eps" in weights:
         out["bn_eps"] = np.asarray(weights["bn_eps"], dtype=np.float32)
     return out
+
+
+def check_values(name: str, value) -> None:
+    """One parameter's values: numbers, all finite; batchnorm variances not negative."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "biuf":
+        raise MntvmError(f"weights: '{name}' holds {a.dtype} values, not numbers")
+    if not np.isfinite(a).all():
+        bad = int(a.size - np.isfinite(a).sum())
+        raise MntvmError(f"weights: '{name}' holds {bad} NaN or infinite value{'s' * (bad != 1)}")
+    if name.endswith(".bn.var") and (a < 0).any():
+        raise MntvmError(f"weights: '{name}' has negative batchnorm variances (min {a.min():g})")
 
 
 def fold_batchnorm(weights: Mapping[str, np.ndarray]) -> Weights:
@@ -109,19 +124,26 @@ def digest(weights: Mapping[str, np.ndarray]) -> str:
 def save_npz(weights: Mapping[str, np.ndarray], path: str | os.PathLike) -> Path:
     """Write weights to ``path`` atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+    with atomic_path(path, "a weights .npz", is_ours=zipfile.is_zipfile) as tmp, open(tmp, "wb") as f:
         np.savez(f, **{k: np.asarray(v) for k, v in weights.items()})
     return path
 
 
 def load_npz(path: str | os.PathLike) -> Weights:
+    path = Path(path)
+    if not path.is_file():
+        raise MntvmError(f"weights file not found: {path}" if not path.exists() else
+                         f"weights file {path} is not a file")
+    if not zipfile.is_zipfile(path):
+        with open(path, "rb") as f:
+            zip_start = f.read(4) == b"PK\x03\x04"
+        raise MntvmError(f"cannot read weights file {path}: " + ("truncated or corrupt (no zip directory)"
+                                                                  if zip_start else "not an .npz archive"))
     try:
         with np.load(path, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise MntvmError(f"weights file not found: {path}") from None
-    except (ValueError, OSError) as e:
-        raise MntvmError(f"cannot read weights file {path}: {e}") from None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:
+        raise MntvmError(f"cannot read weights file {path}: truncated or corrupt ({one_line(e)})") from None
 
 
 def load(cfg: MobileNetConfig, source: str | os.PathLike | Mapping | None = None, seed: int = 0) -> Weights:

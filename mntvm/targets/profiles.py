@@ -28,6 +28,7 @@ are recorded in :attr:`Profile.overrides`. Every error is a one-line :class:`Mnt
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -179,7 +180,8 @@ class Profile:
             "name": self.name,
             "description": self.description,
             "family": self.family,
-            "source": self.source,
+            # the profile file by folder and name (no absolute path in anything written)
+            "source": re.sub(r"(?:[^\s]*/)?([^/\s]+/[^/\s]+\.toml)", r"\1", self.source),
             "target_dict": copy.deepcopy(self.target_dict),
             "host_dict": copy.deepcopy(self.host_dict),
             "tvm_target": full,
@@ -203,7 +205,7 @@ def _dirs(targets_dir: str | os.PathLike | None) -> list[Path]:
     if targets_dir is not None:
         user = Path(targets_dir)
         if not user.is_dir():
-            raise MntvmError(f"targets dir {user} does not exist")
+            raise MntvmError(f"targets dir {user} " + ("is not a folder" if user.exists() else "does not exist"))
         dirs.append(user)
     dirs.append(data_dir("targets"))
     return dirs
@@ -217,6 +219,12 @@ def _known_names(targets_dir) -> list[str]:
 def list_profiles(targets_dir: str | os.PathLike | None = None) -> list[Profile]:
     """All profiles (user ``targets_dir`` ones shadowing shipped ones), sorted by name."""
     return [get_profile(n, targets_dir) for n in _known_names(targets_dir)]
+
+
+def format_profiles(profiles: list[Profile]) -> str:
+    """One line per profile: name, family, description (what ``mntvm targets`` prints)."""
+    width = max((len(p.name) for p in profiles), default=0)
+    return "\n".join(f"{p.name:<{width}}  {p.family:<7} {p.description}" for p in profiles)
 
 
 def get_profile(name: str, targets_dir: str | os.PathLike | None = None,
@@ -274,10 +282,41 @@ def _refine(prof: dict[str, Any], mcpu: str | None, mattr: str | list[str] | Non
         if bad:
             raise MntvmError(f"--mattr entries must start with + or -, got {bad[0]!r}")
         cpu["mattr"] = overrides["mattr"] = attrs
+        _check_mattr(cpu)
     prof = dict(prof, **{key: cpu}, overrides=overrides)
     if prof["family"] == "x86":  # the SIMD width follows the refined CPU
         prof["vector_bits"] = _x86_vector_bits(cpu)
     return prof
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """LLVM warns on fd 2 (one line per use of a bad feature, dozens in a build): silence it here."""
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _check_mattr(cpu: dict[str, Any]) -> None:
+    """Every ``+feature`` must be one LLVM knows for the triple (an unknown one is ignored by LLVM
+    with a warning per compiled function; refused here as a bogus ``--mcpu`` is)."""
+    import tvm
+    from tvm.target import codegen
+
+    wanted = [a[1:] for a in cpu.get("mattr", []) if a.startswith("+")]
+    if not wanted or not cpu.get("mtriple"):
+        return
+    tgt = {k: v for k, v in cpu.items() if k in ("kind", "mtriple", "mcpu", "mattr")}
+    with _quiet_stderr():
+        have = set(codegen.llvm_get_cpu_features(tvm.target.Target(tgt)))
+    unknown = [f for f in wanted if f not in have]
+    if unknown:
+        raise MntvmError(f"--mattr: LLVM does not know CPU feature '+{unknown[0]}' for {cpu['mtriple']}")
 
 
 def _validate_cpu(prof: dict[str, Any]) -> Profile:

@@ -1,5 +1,6 @@
 """Compiled model vs ONNX Runtime on our own ONNX export (same weights, same input)."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from mntvm.core.errors import MntvmError
 from mntvm.export.onnx import build_onnx
 from mntvm.model.network import MobileNetConfig
 
-from conftest import ort_run, run_cli
+from conftest import ROOT, ort_run, run_cli
 
 VARIANTS = [(0.25, 96), (0.25, 160), (1.0, 96), (1.0, 160)]
 
@@ -100,7 +101,7 @@ EF_ARM_ABI_FLOAT_HARD = 0x400
 @pytest.mark.parametrize("target,bits,machine", [
     ("x86", 64, EM_X86_64), ("rpi4-aarch64", 64, EM_AARCH64), ("rpi4-armv7", 32, EM_ARM)])
 def test_cpu_family_artifacts(tmp_path, target, bits, machine):
-    from test_targets import assert_cpu_lib, elf_header
+    from binaries import assert_cpu_lib, elf_header
 
     cfg = MobileNetConfig(alpha=0.25, resolution=64)
     path = compile_model(cfg, tmp_path / target, target=target)
@@ -116,7 +117,7 @@ def test_cpu_family_artifacts(tmp_path, target, bits, machine):
 
 
 def test_cuda_artifact_embeds_device_binary(tmp_path):
-    from test_targets import fatbin_archs
+    from binaries import fatbin_archs
 
     cfg = MobileNetConfig(alpha=0.25, resolution=64)
     path = compile_model(cfg, tmp_path / "cuda", target="cuda-sm80")
@@ -166,3 +167,20 @@ def test_cli_targets_and_user_profile(tmp_path):
     assert meta["target"]["tvm_target"]["mcpu"] == "cortex-a55"
     bad = run_cli("compile", "--target", "nope", "-o", str(tmp_path / "x"), check=False)
     assert bad.returncode == 2 and "x86" in bad.stderr and "rpi4-aarch64" in bad.stderr
+
+
+def test_metadata_holds_no_absolute_path(tmp_path, monkeypatch):
+    """A fresh artifact's metadata.json names no checkout, /tmp or home path; the weights file it
+    was compiled from is recorded relative to the artifact, and still found through it."""
+    from mntvm import bench
+
+    cfg = MobileNetConfig(alpha=0.25, resolution=64)
+    wfile = W.save_npz(W.random_weights(cfg, 3), tmp_path / "w" / "trained.npz")
+    out = compile_model(cfg, tmp_path / "art", weights=str(wfile))  # shipped log (a stand-in, or none)
+    text = (out / "metadata.json").read_text()
+    for bad in (str(ROOT), "/tmp/", str(tmp_path), os.path.expanduser("~") + "/"):
+        assert bad not in text, bad
+    meta = load_artifact(out).metadata
+    assert meta["weights_source"] == "../w/trained.npz"
+    monkeypatch.chdir("/")
+    assert W.digest(bench.artifact_weights(load_artifact(out))) == meta["weights_sha256"]

@@ -19,11 +19,12 @@ import pytest
 from mntvm.core.errors import MntvmError
 from mntvm.targets.profiles import get_profile, list_profiles
 
+from binaries import assert_cpu_lib, elf_header, fatbin_archs
+
 C, CLASSES, RES = 8, 10, 32
 
 EM_X86_64, EM_ARM, EM_AARCH64 = 62, 40, 183
 EF_ARM_ABI_FLOAT_HARD = 0x400
-CPU_LIBS = re.compile(r"^(libc|libm|libstdc\+\+|libgcc_s|libpthread|libdl|ld-linux[-\w.]*)\.so")
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ def compile_for(profile, weights):
 
     mod = build_tiny(weights)
     if profile.family in ("cuda", "opencl"):
-        from mntvm.templates.cuda import compile_gpu
+        from mntvm.templates.gpu import compile_gpu
 
         return compile_gpu(mod, profile.tvm_target())
     return tvm.compile(mod, target=profile.tvm_target()), []
@@ -105,45 +106,6 @@ def build_and_export(name, weights, tmp_path, **kw) -> tuple[Path, list[str]]:
     profile = get_profile(name, **kw)
     ex, rules = compile_for(profile, weights)
     return profile.export_library(ex, tmp_path / f"{name}.so"), rules
-
-
-def elf_header(path: Path) -> tuple[int, int, int]:
-    """(class: 32/64, e_machine, e_flags) of a little-endian ELF file."""
-    data = path.read_bytes()[:64]
-    assert data[:4] == b"\x7fELF", f"{path} is not an ELF file"
-    bits = {1: 32, 2: 64}[data[4]]
-    assert data[5] == 1, "expected little-endian"
-    (machine,) = struct.unpack_from("<H", data, 18)
-    (flags,) = struct.unpack_from("<I", data, 36 if bits == 32 else 48)
-    return bits, machine, flags
-
-
-def needed_libs(path: Path) -> list[str]:
-    out = subprocess.run(["readelf", "-d", str(path)], capture_output=True, text=True,
-                         check=True).stdout
-    return re.findall(r"\(NEEDED\).*\[(.+?)\]", out)
-
-
-def assert_cpu_lib(path: Path, bits: int, machine: int) -> None:
-    got_bits, got_machine, _ = elf_header(path)
-    assert (got_bits, got_machine) == (bits, machine)
-    libs = needed_libs(path)
-    assert libs and all(CPU_LIBS.match(lib) for lib in libs), libs
-
-
-def fatbin_archs(data: bytes) -> list[tuple[str, int]]:
-    """[(kind, sm)] of every fatbin in ``data``: kind 'elf' (SASS cubin) or 'ptx'."""
-    found, start = [], data.find(struct.pack("<I", 0xBA55ED50))
-    while start >= 0:
-        _, _, hsize, fsize = struct.unpack_from("<IHHQ", data, start)
-        p = start + hsize
-        while p < start + hsize + fsize:
-            kind, _, ehsize, padded = struct.unpack_from("<HHII", data, p)
-            (sm,) = struct.unpack_from("<I", data, p + 28)
-            found.append(({1: "ptx", 2: "elf"}.get(kind, str(kind)), sm))
-            p += ehsize + padded
-        start = data.find(struct.pack("<I", 0xBA55ED50), start + hsize + fsize)
-    return found
 
 
 def write_profile(folder: Path, name: str, text: str) -> Path:
@@ -274,7 +236,7 @@ def test_schedule_gpu_schedules_every_kernel(weights):
     import tvm
     from tvm import relax, tirx
 
-    from mntvm.templates.cuda import schedule_gpu
+    from mntvm.templates.gpu import schedule_gpu
 
     target = get_profile("cuda-sm80").tvm_target()
     with target:
