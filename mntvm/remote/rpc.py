@@ -1,5 +1,9 @@
 """Thin wrappers over TVM's own RPC tracker, server and tracker queries, with bounded waits.
 
+The tracker and the server run TVM's loops in the ``mntvm rpc`` process itself (not in TVM's
+popen-worker child), on a socket bound here first; session workers are forked with a parent-death
+signal, so nothing outlives the process, and a crashed session does not unregister the server.
+
 Everything binds 127.0.0.1 by default; binding another address warns that an RPC server runs
 whatever code it is sent.
 
@@ -7,11 +11,15 @@ Public entry for the other stages: :func:`open_session` (a board for a key, with
 """
 from __future__ import annotations
 
-import argparse
+import ctypes
+import multiprocessing
+import os
 import queue
+import signal
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,15 +44,80 @@ def warn_exposed(host: str, what: str) -> None:
               "expose it only on a network you trust", file=sys.stderr)
 
 
+def bind_port(host: str, port: int, port_end: int) -> socket.socket:
+    """A listening TCP socket on the first free port of ``[port, port_end)`` on ``host``.
+
+    Bound here, before anything starts, so that a taken range is one line (MntvmError) rather
+    than TVM's tracebacks; the socket is then handed to TVM's tracker or server loop.
+    """
+    why: list[str] = []
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except (OSError, OverflowError) as e:
+        why.append(getattr(e, "strerror", None) or str(e))
+        family = None
+    for p in range(port, port_end) if family is not None else ():
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as TVM does: restart over TIME_WAIT
+        try:
+            sock.bind((host, p))
+            sock.listen(16)
+            return sock
+        except (OSError, OverflowError) as e:
+            sock.close()
+            msg = getattr(e, "strerror", None) or str(e)
+            if msg not in why:
+                why.append(msg)
+    raise MntvmError(f"no free port in [{port}, {port_end}) on {host}: "
+                     f"{'; '.join(why) or 'the range is empty'}")
+
+
+def _note_parent() -> None:
+    global _FORK_PARENT
+    _FORK_PARENT = os.getpid()
+
+
+def _die_with_parent() -> None:
+    """In a forked child: SIGKILL when the parent dies (Linux ``PR_SET_PDEATHSIG``), even by kill -9."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: no parent-death signal to ask for
+        return
+    if os.getppid() != _FORK_PARENT:  # the parent died before the prctl
+        os._exit(1)
+
+
+_PR_SET_PDEATHSIG = 1
+_FORK_PARENT = os.getpid()
+
+
+def _sessions_die_with_this_process() -> None:
+    """Every child this process forks from now on (TVM's session workers) dies with it."""
+    multiprocessing.set_start_method("fork", force=True)  # sessions are forks of the server, never execs
+    os.register_at_fork(before=_note_parent, after_in_child=_die_with_parent)
+
+
 def run_tracker(host: str = "127.0.0.1", port: int = 9190, port_end: int | None = None,
                 silent: bool = False) -> None:
-    """Run TVM's tracker in the foreground (``tvm.exec.rpc_tracker``)."""
-    from tvm.exec import rpc_tracker
+    """Run TVM's tracker (``tvm.rpc.tracker.TrackerServerHandler``) in this process, in the foreground.
+
+    In this process, not in TVM's popen-worker child, so that nothing outlives it (kill -9, SIGTERM).
+    """
+    import asyncio
+    import logging
+
+    from tvm.rpc import base, tracker
 
     warn_exposed(host, "tracker")
     # 0.27's tracker searches [port, port_end) and finds nothing when port >= its default end 9199.
     end = port_end if port_end is not None else max(port + 10, 9199)
-    rpc_tracker.main(argparse.Namespace(host=host, port=port, port_end=end, silent=silent))
+    sock = bind_port(host, port, end)
+    if silent:
+        tracker.logger.setLevel(logging.WARN)
+    tracker.logger.info("bind to %s:%d", host, sock.getsockname()[1])
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    tracker.TrackerServerHandler(sock, base.random_key("tracker")).run()
 
 
 def server_init() -> None:
@@ -64,20 +137,45 @@ def server_init() -> None:
 
 def run_server(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090,
                port_end: int | None = None, silent: bool = False) -> None:
-    """Run TVM's RPC server (``tvm.rpc.Server``, as ``tvm.exec.rpc_server`` does) in the foreground,
-    registered with ``tracker`` under ``key``; each session is a forked child of the server."""
-    from tvm import rpc
+    """Run TVM's RPC server loop in this process, in the foreground, registered with ``tracker``
+    under ``key``; each session is a forked child that dies with this process.
+
+    TVM's loop (``tvm.rpc.server._listen_loop``, as in ``tvm.rpc.Server``'s worker) ends with an
+    error, and drops its tracker registration, when a session worker dies (a crash, a kill);
+    this loop then registers again, so the board stays available without a restart.
+    """
+    import logging
+
+    from tvm.rpc import server as tvm_server
 
     if not key:
         raise MntvmError("an RPC server needs --key (the board type the tracker hands out)")
     thost, tport = parse_addr(tracker)
     warn_exposed(host, "RPC server")
-    server = rpc.Server(host, port, port_end if port_end is not None else max(port + 10, 9199),
-                        key=key, tracker_addr=(thost, tport), silent=silent,
-                        server_init_callback=server_init)
-    print(f"mntvm: RPC server on {host}:{server.port} registered with {tracker} as '{key}'",
+    sock = bind_port(host, port, port_end if port_end is not None else max(port + 10, 9199))
+    bound = sock.getsockname()[1]
+    if silent:
+        tvm_server.logger.setLevel(logging.ERROR)
+    tvm_server.logger.info("bind to %s:%d", host, bound)
+    server_init()
+    _sessions_die_with_this_process()
+    print(f"mntvm: RPC server on {host}:{bound} registered with {tracker} as '{key}'",
           file=sys.stderr, flush=True)
-    server.proc.join()
+    cwd = os.getcwd()
+    delay = 1.0
+    while True:
+        started = time.monotonic()
+        try:
+            tvm_server._listen_loop(sock, bound, key, (thost, tport), None, None)  # noqa: SLF001
+            why = "the serving loop returned"
+        except Exception as e:  # noqa: BLE001 - a failed session or tracker link: register again
+            why = one_line(e)
+        os.chdir(cwd)  # the failed session left us in its (removed) work folder
+        delay = 1.0 if time.monotonic() - started > 60 else delay
+        print(f"mntvm: RPC server on {host}:{bound}: {why}; registering with {tracker} again "
+              f"in {delay:g}s", file=sys.stderr, flush=True)
+        time.sleep(delay)
+        delay = min(delay * 2, 30.0)
 
 
 def bounded(fn: Callable, timeout: float, on_timeout: str):
