@@ -212,6 +212,21 @@ def cmd_sweep(a) -> None:
         os._exit(rc)
 
 
+def cmd_cache(a) -> None:
+    """The compiled-artifact cache (MNTVM_CACHE, default ~/.cache/mntvm): show, prune to a size, clear."""
+    from mntvm.sweep import clear_cache, format_cache, prune_cache, show_cache
+
+    if a.cache_cmd == "show":
+        r = show_cache()
+    elif a.cache_cmd == "prune":
+        if a.max_mb is not None and not 0 <= a.max_mb < float("inf"):
+            raise MntvmError(f"--max-mb must be a number of MiB >= 0 (got {a.max_mb:g})")
+        r = prune_cache(None if a.max_mb is None else int(a.max_mb * 2**20))
+    else:
+        r = clear_cache()
+    print(json.dumps(r) if a.json else format_cache(r))
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr (``mntvm: error: ...``), exit 2."""
 
@@ -386,6 +401,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds one variant may run on a board before the board counts as hung (default 600)")
     s.add_argument("--attempts", type=int, default=3, help="tries per variant with a tracker (default 3)")
     s.set_defaults(func=cmd_sweep)
+
+    s = sub.add_parser("cache", help="the compiled-artifact cache: show, prune (least recently used first), clear")
+    cs = s.add_subparsers(dest="cache_cmd", required=True)
+    c = cs.add_parser("show", help="cached artifacts, least recently used first, their total and the limit")
+    c.add_argument("--json", action="store_true")
+    c = cs.add_parser("prune", help="delete least recently used artifacts down to a size (board userland stays)")
+    c.add_argument("--max-mb", type=float, help="size limit in MiB (default: MNTVM_CACHE_MAX_MB, else 2048)")
+    c.add_argument("--json", action="store_true")
+    c = cs.add_parser("clear", help="delete every cached artifact (the board userland stays)")
+    c.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_cache)
     return p
 
 

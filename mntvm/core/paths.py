@@ -1,10 +1,11 @@
-"""Where the shipped data folders (``targets/``, ``schedules/``) live.
+"""Where the shipped data folders (``targets/``, ``schedules/``) live, and the per-user cache.
 
 In a source checkout (editable install, tests) they are the repository's top-level folders;
 in a wheel (``pip install .``) setuptools maps them into ``mntvm/_data/``.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 _PKG = Path(__file__).resolve().parent.parent  # the mntvm package
@@ -19,8 +20,7 @@ def data_dir(name: str) -> Path:
 
 
 def cache_dir() -> Path:
-    """Per-user cache (compiled artifacts, emulated board userland). Override with MNTVM_CACHE."""
-    import os
-
+    """Per-user cache (compiled artifacts under ``artifacts/``, bounded by ``MNTVM_CACHE_MAX_MB``;
+    the emulated board's userland under ``board-*/``). Override with MNTVM_CACHE."""
     root = os.environ.get("MNTVM_CACHE")
     return Path(root) if root else Path.home() / ".cache" / "mntvm"

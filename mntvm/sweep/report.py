@@ -36,6 +36,11 @@ def format_table(result: dict) -> str:
         lines.append(result["budget"]["message"])
     for f in result.get("failed") or []:
         lines.append(f"FAILED {label(f['alpha'], f['resolution'])}: {f['errors'][-1]['error']}")
+    cache = result.get("cache") or {}
+    if cache.get("removed"):
+        lines.append(f"artifact cache: removed {len(cache['removed'])} least recently used artifacts "
+                     f"({cache['freed_bytes'] / 2**20:.1f} MB) to stay under {cache['max_bytes'] / 2**20:.0f} MB "
+                     "(MNTVM_CACHE_MAX_MB)")
     return "\n".join(lines)
 
 

@@ -1,9 +1,11 @@
 """A sweep's data: variant labels, published top-1, the JSON-lines results file, Pareto and budget.
 
 The results file holds one JSON object per finished variant (``alpha, resolution, madds, params,
-top1, median_ms, p90_ms, gflops, board, max_abs_diff, pareto, retried`` and more), each appended as
-one whole line (:class:`ResultsFile`) so that a killed sweep leaves whole lines behind
-and ``resume`` can run only the missing variants (:func:`read_out`).
+top1, median_ms, p90_ms, gflops, board, max_abs_diff, pareto, retried`` and more, and ``settings``:
+what produced it, :func:`run_settings`), each appended as one whole line (:class:`ResultsFile`) so
+that a killed sweep leaves whole lines behind and ``resume`` can run only the missing variants
+(:func:`read_out`), after checking that the lines were measured as this run asks
+(:func:`settings_mismatch`).
 """
 from __future__ import annotations
 
@@ -78,6 +80,42 @@ def read_out(path: str | os.PathLike) -> list[dict]:
         if isinstance(r, dict) and {"alpha", "resolution", "median_ms"} <= r.keys():
             recs.append(r)
     return recs
+
+
+# What shapes a measurement, as the option that sets it (in the order a mismatch is named).
+SETTING_OPTIONS = {"target": "--target", "mcpu": "--mcpu", "mattr": "--mattr", "repeat": "--repeat",
+                   "warmup": "--warmup", "threads": "--threads", "seed": "--seed"}
+
+
+def run_settings(target: str, mcpu: str | None, mattr, repeat: int, warmup: int, threads: int | None,
+                 seed: int) -> dict:
+    """The ``settings`` each results line records: target profile name, ``mcpu``/``mattr`` as asked
+    (None: the profile's own), repeat, warmup, threads (None: the board's default) and weights seed."""
+    if isinstance(mattr, str):
+        mattr = [a.strip() for a in mattr.split(",") if a.strip()]
+    return {"target": target, "mcpu": mcpu, "mattr": list(mattr) if mattr is not None else None,
+            "repeat": int(repeat), "warmup": int(warmup), "threads": None if threads is None else int(threads),
+            "seed": int(seed)}
+
+
+def _show(v) -> str:
+    if v is None:
+        return "none (the default)"
+    return (",".join(v) or "none") if isinstance(v, list) else str(v)
+
+
+def settings_mismatch(records: list[dict], settings: dict, path) -> str | None:
+    """Why the lines of ``path`` cannot be resumed by a run with ``settings`` (one line), or None."""
+    for r in records:
+        old = r.get("settings")
+        if not isinstance(old, dict):
+            return (f"--resume: {path} holds results that do not record their settings (written by an older "
+                    "mntvm); use another --output")
+        for key, option in SETTING_OPTIONS.items():
+            if old.get(key) != settings[key]:
+                return (f"--resume: {path} was measured with {option} {_show(old.get(key))}, this run asks for "
+                        f"{_show(settings[key])}; use another --output or the same settings")
+    return None
 
 
 class ResultsFile:

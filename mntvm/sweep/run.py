@@ -12,7 +12,15 @@ variant. An attempt that fails (board died) or exceeds its bounded wait (board h
 handed out) is retried (the tracker then hands out another board); the records say what was retried.
 
 Results are appended to ``out`` (JSON lines, :class:`mntvm.sweep.results.ResultsFile`) as each
-variant finishes; ``resume=True`` keeps the lines already there and runs only the missing variants.
+variant finishes, each with the settings that produced it; ``resume=True`` keeps the lines already
+there and runs only the missing variants, and refuses lines measured with other settings (another
+``repeat``, ``warmup``, ``threads``, target, ``mcpu``/``mattr`` or ``seed``): the summary's settings
+are those of every line it holds.
+
+Every artifact the sweep uses is touched, and after the run the artifact cache is pruned to
+``cache_max_bytes`` (default ``MNTVM_CACHE_MAX_MB`` or 2 GiB), least recently used first, sparing
+what this sweep used (:func:`mntvm.sweep.cache.prune_cache`).
+
 Bad input (α/resolution the model rejects, unknown target, unreachable tracker, key without boards,
 an existing ``out`` without ``resume``) raises :class:`MntvmError` before any compile starts and
 before ``out`` is touched.
@@ -35,10 +43,10 @@ from mntvm.model import MobileNetConfig
 from mntvm.model import weights as W
 from mntvm.model.cost import cost_report
 from mntvm.remote.rpc import status
-from mntvm.sweep.cache import (artifact_dir, artifact_schedules_kind, cache_relative, from_cache,
-                               schedules_identity)
+from mntvm.sweep.cache import (artifact_dir, artifact_schedules_kind, cache_limit, cache_relative, from_cache,
+                               prune_cache, schedules_identity, touch_artifact)
 from mntvm.sweep.results import (DEFAULT_ALPHAS, DEFAULT_RESOLUTIONS, ResultsFile, budget_pick, label,
-                                 pareto_flags, read_out, top1, top1_table)
+                                 pareto_flags, read_out, run_settings, settings_mismatch, top1, top1_table)
 from mntvm.targets import get_profile
 
 
@@ -77,8 +85,8 @@ def _check_boards(tracker: str | None, key: str | None) -> tuple[list[str], int]
     return sorted(s["addr"] for s in st["servers"] if s["key"] == key), known["total"]
 
 
-def _check_out(out_path: Path | None, resume: bool, target: str) -> dict[str, dict]:
-    """The results already in ``out_path`` (with ``resume``), by variant label."""
+def _check_out(out_path: Path | None, resume: bool, settings: dict) -> dict[str, dict]:
+    """The results already in ``out_path`` (with ``resume``, measured with ``settings``), by variant label."""
     done: dict[str, dict] = {}
     if resume and out_path is None:
         raise MntvmError("--resume needs --out (the results file to continue)")
@@ -92,10 +100,11 @@ def _check_out(out_path: Path | None, resume: bool, target: str) -> dict[str, di
         raise MntvmError(f"--out {out_path} already has results: pass --resume to continue that sweep, "
                          "or choose another file")
     if resume:
-        for r in read_out(out_path):
-            if r.get("target") not in (None, target):
-                raise MntvmError(f"--out {out_path} holds a sweep for target '{r['target']}', not '{target}'")
-            done[label(r["alpha"], r["resolution"])] = r
+        recs = read_out(out_path)
+        why = settings_mismatch(recs, settings, out_path)
+        if why:
+            raise MntvmError(why)
+        done = {label(r["alpha"], r["resolution"]): r for r in recs}
     return done
 
 
@@ -127,10 +136,10 @@ class _Attempt:
 class _Run:
     """The state of one sweep, shared by its compile and bench threads (lists/dicts under ``lock``)."""
 
-    def __init__(self, profile, compile_kw: dict, seed: int, tracker: str | None, bench_kw: dict,
+    def __init__(self, profile, compile_kw: dict, settings: dict, tracker: str | None, bench_kw: dict,
                  costs: dict, sink: ResultsFile | None, prog: Progress):
-        self.profile, self.compile_kw = profile, compile_kw
-        self.seed, self.tracker = seed, tracker
+        self.profile, self.compile_kw, self.settings = profile, compile_kw, settings
+        self.seed, self.tracker = settings["seed"], tracker
         self.bench_kw, self.timeout_s, self.wait_s = bench_kw, bench_kw["timeout_s"], bench_kw["wait_s"]
         self.profile_meta = profile.to_metadata()
         self.sched = schedules_identity()
@@ -138,6 +147,7 @@ class _Run:
         self.results: dict[str, dict] = {}
         self.failed: list[dict] = []
         self.compiled: list[str] = []
+        self.used: list[Path] = []  # the artifacts this sweep uses (spared when the cache is pruned)
         self.hung = 0
         self.fatal: list[BaseException] = []
         self.lock = threading.Lock()
@@ -170,7 +180,10 @@ class _Run:
         self.running(v, "compiling", f"{v} compiling")
         w = W.load(cfg, None, self.seed)
         d = artifact_dir(cfg, self.profile_meta, W.digest(w), self.sched)
+        with self.lock:
+            self.used.append(d)
         if (d / "metadata.json").is_file() and (d / "model.so").is_file():
+            touch_artifact(d)  # used now: the last to be pruned
             return d, True
         # weights=None + seed: the artifact records random(seed=…), which bench's reference re-creates
         compile_model(cfg, d, weights=None, seed=self.seed, **self.compile_kw)
@@ -217,7 +230,7 @@ class _Run:
             "board": r.get("board"), "max_abs_diff": r["max_abs_diff"], "pareto": None, "retried": retried,
             "min_ms": r.get("min_ms"), "mean_ms": r.get("mean_ms"), "repeat": r.get("repeat"),
             "threads": r.get("threads"), "target": self.profile.name, "artifact": str(art), "cached": cached,
-            "schedules": self.sched["id"], "finished": _now(),
+            "schedules": self.sched["id"], "finished": _now(), "settings": self.settings,
         }
         if self.sink is not None:  # the file names the artifact relative to the cache: no absolute path
             self.sink.append({**rec, "artifact": cache_relative(art)})
@@ -350,18 +363,21 @@ def sweep(
     targets_dir: str | os.PathLike | None = None,
     mcpu: str | None = None,
     mattr: list[str] | None = None,
+    cache_max_bytes: int | None = None,
 ) -> dict:
     """Compile and benchmark every (α, resolution) variant; return the sweep as a JSON-able dict.
 
     ``timeout_s`` bounds one attempt once a board runs it (a hung board costs at most that);
     ``wait_s`` (default ``timeout_s``) bounds the wait for the tracker to hand out a board.
     ``attempts`` is per variant with a tracker (a local run is not retried). ``mcpu``/``mattr``
-    refine the target profile's CPU (as for ``compile_model``).
+    refine the target profile's CPU (as for ``compile_model``). ``cache_max_bytes`` bounds the
+    artifact cache after the run (default: ``MNTVM_CACHE_MAX_MB`` MiB, else 2048).
     """
     cfgs = [MobileNetConfig(alpha=float(a), resolution=int(r)) for a in alphas for r in resolutions]
     if not cfgs:
         raise MntvmError("nothing to sweep: give at least one alpha and one resolution")
     _check_runs(repeat, warmup, threads, budget_ms, timeout_s, attempts)
+    limit = cache_limit(cache_max_bytes)
     wait_s = float(wait_s) if wait_s is not None else float(timeout_s)
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
     profile.check_toolchain()
@@ -371,7 +387,8 @@ def sweep(
     else:
         servers, n_boards = _check_boards(tracker, key)
     out_path = Path(out) if out is not None else None
-    done = _check_out(out_path, resume, profile.name)
+    settings = run_settings(profile.name, mcpu, mattr, repeat, warmup, threads, seed)
+    done = _check_out(out_path, resume, settings)
 
     costs = {label(c.alpha, c.resolution): cost_report(c) for c in cfgs}
     todo = [c for c in cfgs if label(c.alpha, c.resolution) not in done]
@@ -380,7 +397,7 @@ def sweep(
     prog = Progress(len(cfgs), "sweep", enabled=progress, done=len(cfgs) - len(todo), log_events=True)
     sink = ResultsFile(out_path) if out_path is not None else None
     compile_kw = dict(target=target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
-    run = _Run(profile, compile_kw, seed, tracker, bench_kw, costs, sink, prog)
+    run = _Run(profile, compile_kw, settings, tracker, bench_kw, costs, sink, prog)
     t_start = time.time()
     try:
         if tracker:
@@ -393,9 +410,11 @@ def sweep(
             sink.close()
     if run.fatal:
         raise run.fatal[0]
+    resumed = [from_cache(r["artifact"]) for r in done.values() if r.get("artifact")]
+    cache = prune_cache(limit, keep=run.used + resumed)
     setup = {"target": profile.name, "target_description": profile.description, "tracker": tracker, "key": key,
-             "servers": servers}
-    runs = {"repeat": repeat, "warmup": warmup, "threads": threads, "seed": seed}
+             "servers": servers, "mcpu": settings["mcpu"], "mattr": settings["mattr"]}
+    runs = {"repeat": repeat, "warmup": warmup, "threads": threads, "seed": seed, "cache": cache}
     return _summary(run, setup, runs, [label(c.alpha, c.resolution) for c in cfgs], done, budget_ms, out_path,
                     time.time() - t_start)
 

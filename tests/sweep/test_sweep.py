@@ -177,6 +177,10 @@ def test_two_boards_every_variant_once(swept, boards, cache):
     by = {(x["alpha"], x["resolution"]): x for x in lines}
     for v in r["variants"]:
         assert by[(v["alpha"], v["resolution"])]["median_ms"] == v["median_ms"]
+    # each line records the settings that measured it (what --resume checks)
+    for x in lines:
+        assert x["settings"] == {"target": "x86", "mcpu": None, "mattr": None, "repeat": 15, "warmup": 3,
+                                 "threads": 1, "seed": 0}
     # artifacts cached by config + target + weights + schedules identity
     for v in r["variants"]:
         meta = json.loads((Path(v["artifact"]) / "metadata.json").read_text())
@@ -358,7 +362,7 @@ def test_killed_sweep_resumes_only_missing(tmp_path, cache, swept):
     q = _sweep(cache, "--target", "x86", *SMALL, "--out", str(out))
     assert q.returncode == 2 and "--resume" in q.stderr and _lines(out) == before
 
-    q = _sweep(cache, "--target", "x86", *SMALL, "--repeat", "5", "--threads", "1", "--out", str(out),
+    q = _sweep(cache, "--target", "x86", *SMALL, "--repeat", "40", "--threads", "1", "--out", str(out),
                "--resume", "--json")
     assert q.returncode == 0, q.stderr
     r = json.loads(q.stdout)
@@ -370,9 +374,59 @@ def test_killed_sweep_resumes_only_missing(tmp_path, cache, swept):
     assert len(r["variants"]) == len(VARIANTS) and all(v["pareto"] in (True, False, None) for v in r["variants"])
 
     # resuming a complete sweep runs nothing
-    q = _sweep(cache, "--target", "x86", *SMALL, "--out", str(out), "--resume", "--json")
+    q = _sweep(cache, "--target", "x86", *SMALL, "--repeat", "40", "--threads", "1", "--out", str(out), "--resume",
+               "--json")
     r = json.loads(q.stdout)
     assert r["ran"] == [] and len(r["resumed"]) == 4 and _lines(out) == after
+
+
+def test_resume_with_another_repeat_is_refused(swept, cache, tmp_path):
+    """The results of a --repeat 15 sweep are not passed off as --repeat 10 ones: --resume with other
+    settings is refused in one line naming the setting, the file untouched; the same settings resume."""
+    out = tmp_path / "out.jsonl"
+    shutil.copy(swept[1] / "out.jsonl", out)
+    before = out.read_bytes()
+    for args, differs in ((["--repeat", "10", "--threads", "1"], "--repeat 15, this run asks for 10"),
+                          (["--repeat", "15"], "--threads 1, this run asks for none (the default)"),
+                          (["--repeat", "15", "--threads", "1", "--warmup", "1"], "--warmup 3, this run asks for 1")):
+        q = _sweep(cache, "--target", "x86", *SMALL, *args, "--out", str(out), "--resume")
+        assert q.returncode == 2 and q.stderr == (f"mntvm: error: --resume: {out} was measured with {differs}; "
+                                                  "use another --output or the same settings\n"), q.stderr
+        assert out.read_bytes() == before
+    q = _sweep(cache, "--target", "x86", *SMALL, "--repeat", "15", "--threads", "1", "--out", str(out), "--resume",
+               "--json")
+    assert q.returncode == 0, q.stderr
+    r = json.loads(q.stdout)
+    assert r["ran"] == [] and sorted(r["resumed"]) == sorted(VARIANTS) and r["repeat"] == 15 and r["threads"] == 1
+    assert out.read_bytes() == before
+
+
+def test_sweep_touches_what_it_uses_and_prunes_the_cache(swept, tmp_path):
+    """After a sweep the artifact cache is pruned to MNTVM_CACHE_MAX_MB, least recently used first: the
+    artifact the sweep reused is touched and kept, the oldest other one goes, the board userland stays."""
+    r, _ = swept
+    art = Path(next(v["artifact"] for v in r["variants"] if (v["alpha"], v["resolution"]) == (0.25, 96)))
+    moved = tmp_path / "cache"
+    mine = moved / "artifacts" / art.name
+    shutil.copytree(art, mine)  # the cache key holds no absolute path: a moved cache still serves
+    size = sum(f.stat().st_size for f in mine.rglob("*") if f.is_file())
+    now = time.time()
+    for name, age in (("old", 2000), ("newer", 1000)):
+        (moved / "artifacts" / name).mkdir()
+        (moved / "artifacts" / name / "model.so").write_bytes(b"\0" * (1 << 20))
+        os.utime(moved / "artifacts" / name, (now - age,) * 2)
+    os.utime(mine, (now - 3000,) * 2)  # the least recently used before this sweep
+    (moved / "board-aarch64").mkdir()
+    (moved / "board-aarch64" / "rootfs.img").write_bytes(b"\0" * (3 << 20))
+    env = {**_env(moved), "MNTVM_CACHE_MAX_MB": str((size + (1 << 20) + (1 << 19)) / (1 << 20))}
+    p = subprocess.run([sys.executable, "-m", "mntvm.cli", "sweep", "--target", "x86", "--alphas", "0.25",
+                        "--resolutions", "96", "--repeat", "3", "--threads", "1"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert "artifact cache: removed 1 least recently used artifacts (1.0 MB)" in p.stdout, p.stdout
+    assert sorted(x.name for x in (moved / "artifacts").iterdir()) == sorted([art.name, "newer"])
+    assert mine.stat().st_mtime >= now - 1, "the reused artifact was touched"
+    assert (moved / "board-aarch64" / "rootfs.img").stat().st_size == 3 << 20
 
 
 @pytest.mark.parametrize("args, message", [
