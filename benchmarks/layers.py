@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,73 +38,9 @@ from mntvm.templates.defaults import apply_default_schedules  # noqa: E402
 from mntvm.templates.lowering import lower  # noqa: E402
 from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_PW, RULE_STEM, all_blocks,  # noqa: E402
                                       rule_of, tunable_tasks)
+from mntvm.bench import measure_peak  # noqa: E402
 from mntvm.tuning import open_schedules, tune_funcs  # noqa: E402
 
-PEAK_C = r"""
-#include <immintrin.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <time.h>
-#include <pthread.h>
-#ifdef __AVX512F__
-typedef __m512 vec; enum {L=16};
-#define FMA _mm512_fmadd_ps
-#define SET _mm512_set1_ps
-#define RED(x) _mm512_reduce_add_ps(x)
-#else
-typedef __m256 vec; enum {L=8};
-#define FMA _mm256_fmadd_ps
-#define SET _mm256_set1_ps
-static float RED(__m256 x){float t[8]; _mm256_storeu_ps(t,x); return t[0];}
-#endif
-static long N = 100000000;
-static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
-/* Best rate over many ~5 ms windows: these machines are shared, and a window in which the
-   thread was preempted says nothing about the core. */
-static double best[64];
-static void* run(void* arg){
-  long id=(long)arg; vec a[24]; vec b=SET(1.0000001f), c=SET(1e-9f);
-  for(int i=0;i<24;i++) a[i]=SET((float)i);
-  for(int w=0; w<60; w++){
-    double t0=now();
-    for(long n=0;n<N;n++){
-      #pragma GCC unroll 24
-      for(int i=0;i<24;i++) a[i]=FMA(a[i],b,c);
-      #pragma GCC unroll 24
-      for(int i=0;i<24;i++) a[i]=FMA(a[i],c,b);
-    }
-    double r=(double)N*48*L*2/(now()-t0)/1e9; if(r>best[id]) best[id]=r;
-  }
-  float s=0; for(int i=0;i<24;i++) s+=RED(a[i]);
-  if(s==1234.5f) printf("x");
-  return 0;
-}
-int main(int argc,char**argv){
-  int nt=atoi(argv[1]); N=atol(argv[2]); pthread_t th[64];
-  for(long i=0;i<nt;i++) pthread_create(&th[i],0,run,(void*)i);
-  double tot=0;
-  for(int i=0;i<nt;i++){ pthread_join(th[i],0); tot+=best[i]; }
-  printf("%f\n", tot);
-  return 0;
-}
-"""
-
-
-def measure_peak(threads: int, avx512: bool = True) -> float | None:
-    """FMA peak in GFLOP/s on ``threads`` threads (best of 3), or None without a C compiler."""
-    d = Path(tempfile.gettempdir()) / f"mntvm_peak3_{'512' if avx512 else '256'}"
-    exe = d / "peak"
-    if not exe.exists():
-        d.mkdir(exist_ok=True)
-        (d / "peak.c").write_text(PEAK_C)
-        flags = ["-mavx512f"] if avx512 else ["-mavx2", "-mfma"]
-        try:
-            subprocess.run(["gcc", "-O3", *flags, str(d / "peak.c"), "-o", str(exe), "-lpthread"],
-                           check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError):
-            return None
-    out = subprocess.run([str(exe), str(threads), "200000"], capture_output=True, text=True)
-    return float(out.stdout.strip() or 0) or None
 
 
 def _flops_of(func: tvm.tirx.PrimFunc) -> tuple[str, float]:
@@ -271,7 +206,7 @@ def main(argv=None):
     names = {id(c): s.name for c, s in zip(weighted, conv_specs)}
     del specs
 
-    peaks = {t: measure_peak(t, profile.vector_bits >= 512) for t in threads}
+    peaks = {t: measure_peak(t, profile.vector_bits) for t in threads}
     ort_ok = not args.no_ort
     if ort_ok:
         try:

@@ -6,6 +6,7 @@ Public entries: :func:`artifact_weights` (rebuilt and checked against the record
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -40,9 +41,9 @@ def artifact_weights(art: Artifact, weights=None) -> dict:
     elif src == "dict" or not src:
         raise MntvmError(f"{art.path} was compiled from in-memory weights that are not recorded: "
                          "pass the same weights (an .npz or .onnx file) to reproduce them")
-    elif (art.path / src).is_file():  # recorded relative to the artifact folder (absolute in old artifacts)
+    elif any(f.is_file() for f in _candidates(art, src)):
         origin = f"weights file {src}"
-        w = W.load(cfg, art.path / src)
+        w = W.load(cfg, next(f for f in _candidates(art, src) if f.is_file()))
     else:
         raise MntvmError(f"{art.path} was compiled from weights file {src}, which is not here: "
                          "pass that file (--weights) to reproduce its weights")
@@ -51,3 +52,9 @@ def artifact_weights(art: Artifact, weights=None) -> dict:
         raise MntvmError(f"{origin} do not match {art.path}'s weights (sha256 {got[:12]}…, the "
                          f"artifact has {str(want)[:12]}…): not the weights it was compiled from")
     return w
+
+
+def _candidates(art: Artifact, src: str) -> list[Path]:
+    """Where the recorded weights file may be: relative to the artifact folder (as compile records
+    it), or, in artifacts from before that, as recorded (absolute, or relative to where compile ran)."""
+    return [art.path / src, Path(src)]

@@ -20,7 +20,7 @@ _FC_WORDS = ("matmul", "dense", "linear")
 _POOL_WORDS = ("mean", "pool")
 
 
-def per_layer_report(profile: dict, cfg) -> dict:
+def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None) -> dict:
     """Per-kernel and per-layer times from :func:`mntvm.remote.vm_profile.profile_vm`'s output.
 
     Kernels are the VM calls that are not VM builtins (``vm.*``), in call order. Convolution
@@ -28,7 +28,9 @@ def per_layer_report(profile: dict, cfg) -> dict:
     dw1, pw1, …) and a ``matmul``/``dense``/``linear`` kernel to the FC layer, when their counts
     match; the other kernels (bias, ReLU6, pooling, softmax, layout changes) are assigned to the
     layer they follow (pooling and softmax kernels get pseudo-layers ``pool``/``softmax``; what
-    follows the pool belongs to the FC). GFLOP/s = 2 × the layer's mult-adds (:mod:`mntvm.model.cost`) / kernel time.
+    follows the pool belongs to the FC). GFLOP/s = 2 × the layer's mult-adds (:mod:`mntvm.model.cost`) / kernel time;
+    ``peak_gflops`` (the FMA peak measured at the artifact's vector width and thread count, see
+    :func:`mntvm.bench.peak.measure_peak`) adds each layer's ``pct_peak``.
     """
     layers = cost_report(cfg)["layers"]
     convs = [ly for ly in layers if ly["type"] != "fc"]
@@ -98,6 +100,7 @@ def per_layer_report(profile: dict, cfg) -> dict:
             a["gflops"] = 2 * a["madds"] / (a["mean_ms"] / 1e3) / 1e9 if ly and a["mean_ms"] > 0 else None
             a["main_gflops"] = (2 * a["madds"] / (a["main_ms"] / 1e3) / 1e9
                                 if ly and a["main_ms"] > 0 else None)
+            a["pct_peak"] = 100 * a["gflops"] / peak_gflops if a["gflops"] and peak_gflops else None
             by_layer.append(a)
     return {
         "runs": profile["runs"],
@@ -107,6 +110,7 @@ def per_layer_report(profile: dict, cfg) -> dict:
         "mapped_to_layers": mapped,
         "kernels": kernels,
         "layers": by_layer,
+        "peak_gflops": peak_gflops,
     }
 
 
@@ -121,12 +125,15 @@ def format_per_layer(r: dict, top: int = 12) -> str:
     pl = r["per_layer"]
     rows = [f"per layer ({pl['runs']} instrumented runs; kernels {pl['kernel_total_ms']:.3f} ms + "
             f"VM builtins {pl['vm_builtin_ms']:.3f} ms):"]
+    if pl.get("peak_gflops"):
+        rows.append(f"  measured FMA peak here at the artifact's vector width: {pl['peak_gflops']:.1f} GFLOP/s")
     if pl["layers"]:
-        rows.append(f"  {'layer':<8} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {'GFLOP/s':>8}")
+        rows.append(f"  {'layer':<8} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {'GFLOP/s':>8} {'%peak':>6}")
         for ly in pl["layers"]:
             g = f"{ly['gflops']:.2f}" if ly["gflops"] else "-"
+            pk = f"{ly['pct_peak']:.0f}%" if ly.get("pct_peak") else "-"
             rows.append(f"  {ly['layer']:<8} {ly['type']:<10} {ly['kernels']:>7} {ly['mean_ms']:>9.4f} "
-                        f"{100 * ly['share']:>6.1f}% {g:>8}")
+                        f"{100 * ly['share']:>6.1f}% {g:>8} {pk:>6}")
     rows.append("  slowest kernels:")
     rows.append(f"  {'#':>4} {'kernel':<34} {'layer':<8} {'ms':>9} {'share':>7} {'GFLOP/s':>8}")
     for k in sorted(pl["kernels"], key=lambda k: -k["mean_ms"])[:top]:

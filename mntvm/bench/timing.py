@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mntvm.bench.checks import reference_output
+from mntvm.bench.peak import measure_peak
 from mntvm.bench.per_layer import format_per_layer, per_layer_report
 from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
 from mntvm.core import arch
@@ -147,8 +148,12 @@ def benchmark(
     result["output_top5"] = [[i, p] for i, p in top_k(out, 5)[0]]
     result["model"] = model
     if per_layer:
+        # the peak at the artifact's vector width, on the threads it ran on (here only: a board's
+        # CPU is not this one)
+        bits = art.metadata["target"].get("vector_bits")
+        peak = None if tracker is not None or not bits else measure_peak(result["threads"], bits)
         result["per_layer"] = per_layer_report(json.loads(result.pop("_profile")),
-                                               MobileNetConfig.from_dict(model))
+                                               MobileNetConfig.from_dict(model), peak_gflops=peak)
     return result
 
 

@@ -1,0 +1,99 @@
+"""The FMA peak of this machine's CPU, measured at the vector width an artifact uses.
+
+Per-layer GFLOP/s mean little without it: machines of one kind differ (a Zen4 core does 115
+GFLOP/s with AVX-512, a Sapphire Rapids core with two 512-bit FMA ports twice that), and the
+clock of a virtual machine is whatever it is today. The measurement is a small C program (24
+independent FMA chains per thread, the best of 60 short windows: a window in which the thread was
+preempted says nothing about the core), built once with gcc into the cache folder.
+"""
+from __future__ import annotations
+
+import platform
+import subprocess
+from pathlib import Path
+
+from mntvm.core.paths import cache_dir
+
+PEAK_C = r"""
+#include <immintrin.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+#include <pthread.h>
+#ifdef __AVX512F__
+typedef __m512 vec; enum {L=16};
+#define FMA _mm512_fmadd_ps
+#define SET _mm512_set1_ps
+#define RED(x) _mm512_reduce_add_ps(x)
+#else
+typedef __m256 vec; enum {L=8};
+#define FMA _mm256_fmadd_ps
+#define SET _mm256_set1_ps
+static float RED(__m256 x){float t[8]; _mm256_storeu_ps(t,x); return t[0];}
+#endif
+static long N = 100000000;
+static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
+/* Best rate over many ~5 ms windows: these machines are shared, and a window in which the
+   thread was preempted says nothing about the core. */
+static double best[64];
+static void* run(void* arg){
+  long id=(long)arg; vec a[24]; vec b=SET(1.0000001f), c=SET(1e-9f);
+  for(int i=0;i<24;i++) a[i]=SET((float)i);
+  for(int w=0; w<60; w++){
+    double t0=now();
+    for(long n=0;n<N;n++){
+      #pragma GCC unroll 24
+      for(int i=0;i<24;i++) a[i]=FMA(a[i],b,c);
+      #pragma GCC unroll 24
+      for(int i=0;i<24;i++) a[i]=FMA(a[i],c,b);
+    }
+    double r=(double)N*48*L*2/(now()-t0)/1e9; if(r>best[id]) best[id]=r;
+  }
+  float s=0; for(int i=0;i<24;i++) s+=RED(a[i]);
+  if(s==1234.5f) printf("x");
+  return 0;
+}
+int main(int argc,char**argv){
+  int nt=atoi(argv[1]); N=atol(argv[2]); pthread_t th[64];
+  for(long i=0;i<nt;i++) pthread_create(&th[i],0,run,(void*)i);
+  double tot=0;
+  for(int i=0;i<nt;i++){ pthread_join(th[i],0); tot+=best[i]; }
+  printf("%f\n", tot);
+  return 0;
+}
+"""
+
+
+def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000) -> float | None:
+    """fp32 FMA peak in GFLOP/s on ``threads`` threads with ``vector_bits``-wide vectors (512: AVX-512,
+    256: AVX2+FMA). None where it cannot be measured here (not x86, no gcc, no such ISA)."""
+    if platform.machine() not in ("x86_64", "AMD64") or vector_bits not in (256, 512):
+        return None
+    exe = _binary(vector_bits)
+    if exe is None:
+        return None
+    try:
+        out = subprocess.run([str(exe), str(int(threads)), str(iterations)], capture_output=True, text=True,
+                             timeout=120)
+        return float(out.stdout.strip()) or None if out.returncode == 0 else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
+def _binary(vector_bits: int) -> Path | None:
+    d = cache_dir() / "peak"
+    exe = d / f"fma{vector_bits}"
+    if exe.exists():
+        return exe
+    flags = ["-mavx512f"] if vector_bits == 512 else ["-mavx2", "-mfma"]
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        src = d / f"fma{vector_bits}.c"
+        src.write_text(PEAK_C)
+        tmp = d / f".fma{vector_bits}.tmp"
+        subprocess.run(["gcc", "-O3", *flags, str(src), "-o", str(tmp), "-lpthread"], check=True,
+                       capture_output=True, timeout=120)
+        tmp.replace(exe)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return exe
