@@ -13,9 +13,14 @@ from mntvm.templates.knobs import FamilyKnobs, largest_divisor_le, pointwise_til
 def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
     # (oc vectors, spatial) register tiles by preference; the first whose sizes divide is taken.
     if num_regs >= 32:
-        # measured on Sapphire Rapids (1 thread): 2x8, 2x7, 4x4 reach 170-177 GFLOP/s; 4x7
-        # (28 accumulators) and 3x8 spill and fall to 55-115.
-        return pointwise_tiles(ob, p, [(2, 8), (2, 7), (4, 4), (1, 8), (1, 7), (2, 4), (1, 4), (1, 2), (1, 1)])
+        # Measured on Sapphire/Emerald Rapids, 1 thread: 2x8, 2x7, 4x4 reach 86-97 % of the zmm FMA
+        # peak; 4x7 / 2x12 (28 / 24 accumulators) spill (52-59 %). With 1-2 input blocks (Cin <= 32)
+        # 4x4 is 7-10 % faster. The 5-wide tiles are for the 5x5 layers of resolution 160 (P = 25:
+        # without them the tile fell to 1x1, 12-16 % of peak; 4x5 / 2x5 reach 62-96 %), the 3-wide
+        # ones for 48 output channels (alpha 0.75: 1x8 gave 47 %, 3x8 61 %).
+        first = [(4, 4)] if ib <= 2 else []
+        return pointwise_tiles(ob, p, first + [(2, 8), (2, 7), (4, 5), (2, 5), (4, 4), (3, 8), (3, 7), (1, 8),
+                                               (1, 7), (2, 4), (1, 5), (1, 4), (1, 2), (1, 1)])
     return pointwise_tiles(ob, p, [(2, 6), (2, 5), (2, 7), (2, 4), (1, 8), (1, 7), (1, 4), (1, 2), (1, 1)])
 
 

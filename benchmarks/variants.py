@@ -1,0 +1,76 @@
+"""All 16 MobileNetV1 variants (alpha in 1, 0.75, 0.5, 0.25 x resolution 224, 192, 160, 128) side by
+side with ONNX Runtime, one run.
+
+    python benchmarks/variants.py [--alphas 1.0,0.75,0.5,0.25] [--resolutions 224,192,160,128]
+                                  [--threads 1,2] [--rounds 10] [--per-round 5]
+                                  [--schedules default|none|DIR] [--json]
+
+Each variant is compiled for this machine (the shipped schedules where they cover it, template
+defaults elsewhere) and handed to :func:`mntvm.bench.compare`: same weights and input exported to
+ONNX, outputs checked to agree, then ours and ONNX Runtime timed in interleaved rounds, one
+process per thread count. Prints per variant and thread count the two medians and the ratio
+ours / ORT (below 1: we are faster), then the worst ratio per thread count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mntvm import MntvmError  # noqa: E402
+from mntvm.bench import compare  # noqa: E402
+from mntvm.compile import compile_model, load_artifact  # noqa: E402
+from mntvm.model import MobileNetConfig  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--alphas", default="1.0,0.75,0.5,0.25")
+    p.add_argument("--resolutions", default="224,192,160,128")
+    p.add_argument("--threads", default="1,2")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--per-round", type=int, default=5)
+    p.add_argument("--schedules", default="default")
+    p.add_argument("--json", action="store_true")
+    a = p.parse_args(argv)
+    counts = [int(t) for t in a.threads.split(",")]
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for alpha in (float(x) for x in a.alphas.split(",")):
+                for res in (int(x) for x in a.resolutions.split(",")):
+                    cfg = MobileNetConfig(alpha=alpha, resolution=res)
+                    art = compile_model(cfg, Path(tmp) / cfg.tag, schedules=a.schedules)
+                    sched = load_artifact(art).metadata["schedules"]
+                    r = compare(art, peers=("ort",), threads=counts, rounds=a.rounds, per_round=a.per_round)
+                    rows.append({"variant": f"{alpha:g}/{res}", "tuned": f"{len(sched.get('tuned', []))}/"
+                                 f"{sched.get('tasks', '-')}", "threads": r["threads"]})
+                    if not a.json:
+                        print(_row(rows[-1], counts), flush=True)
+    except MntvmError as e:
+        print(f"variants: error: {e}", file=sys.stderr)
+        return 2
+    if a.json:
+        print(json.dumps(rows))
+        return 0
+    for n in counts:
+        worst = max(rows, key=lambda r: r["threads"][str(n)]["ratio"])
+        print(f"{n} thread{'s' * (n != 1)}: worst ours/ORT {worst['threads'][str(n)]['ratio']:.3f} "
+              f"({worst['variant']}); variants <= 0.9: "
+              f"{sum(r['threads'][str(n)]['ratio'] <= 0.9 for r in rows)}/{len(rows)}")
+    return 0
+
+
+def _row(r: dict, counts) -> str:
+    cells = "  ".join(f"{n}T ours {r['threads'][str(n)]['ours_median_ms']:7.3f} ms  ORT "
+                      f"{r['threads'][str(n)]['ort_median_ms']:7.3f} ms  ratio {r['threads'][str(n)]['ratio']:.3f}"
+                      for n in counts)
+    return f"{r['variant']:>9} (tuned {r['tuned']:>5})  {cells}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
