@@ -11,9 +11,13 @@ Nothing written into a database names an absolute path (:func:`write_meta`), and
 (:meth:`ScheduleDB.identity`, recorded by compile) is its name and content hash: a database means
 the same wherever it is.
 
+Every reader checks both logs line by line as MetaSchedule will read them (:func:`read_logs`), so
+a corrupt one is named by file and line, whoever opens it (compile, tune, show, merge, prune).
+
 Public entries: :func:`open_schedules` (compile), :class:`ScheduleDB`, :func:`db_name`,
-:func:`load` (read-only, for show/merge/prune), :func:`task_mod` / :func:`task_rule` (a task's
-workload as MetaSchedule keys it, and its template rule).
+:func:`load` (read-only, for show/merge/prune), :func:`read_logs`, :func:`check_destination_db`
+(where tune/merge may write a database), :func:`task_mod` / :func:`task_rule` (a task's workload as
+MetaSchedule keys it, and its template rule).
 """
 from __future__ import annotations
 
@@ -24,10 +28,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from mntvm.core.atomic import write_text
+from mntvm.core.atomic import check_destination, write_text
 from mntvm.core.errors import MntvmError, one_line
 from mntvm.core.paths import data_dir
 from mntvm.templates.registry import all_blocks, is_scheduled, rule_of, tunable_tasks
+from mntvm.tuning.lock import LOCK, db_lock
 from mntvm.tuning.space import apply_records
 
 META = "mntvm-db.json"
@@ -57,15 +62,15 @@ def target_diff(mine: dict, theirs: dict) -> str:
 
 
 def portable(value):
-    """``value`` (JSON data) with every absolute path replaced by its last component (e.g. a
-    profile's ``source``, ``/.../targets/x86.toml (as triple ...)`` -> ``x86.toml (as triple ...)``)."""
+    """``value`` (JSON data) with every absolute path replaced by its folder and name, as profiles
+    name their source (``/.../targets/x86.toml (as triple ...)`` -> ``targets/x86.toml (as triple ...)``)."""
     if isinstance(value, dict):
         return {k: portable(v) for k, v in value.items()}
     if isinstance(value, list):
         return [portable(v) for v in value]
     if isinstance(value, str) and os.path.isabs(value):
         head, sep, tail = value.partition(" ")
-        return os.path.basename(head.rstrip("/")) + sep + tail
+        return "/".join(Path(head).parts[1:][-2:]) + sep + tail
     return value
 
 
@@ -105,14 +110,48 @@ def parse_lines(path: Path) -> tuple[list, bool]:
     return rows, torn
 
 
-def _read_lines(path: Path) -> list:
-    """JSON lines of a database file; a torn final line (a kill mid-write) is dropped and the file
-    rewritten atomically; any other bad line is a corrupt log."""
-    numbered, torn = parse_lines(path)
-    rows = [r for _, r in numbered]
-    if torn:
-        write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
-    return rows
+def _is_record(rec) -> bool:
+    """A tuning record as MetaSchedule reads it: [trace, run_secs, target, args_info]."""
+    if not (isinstance(rec, list) and len(rec) == 4):
+        return False
+    trace, secs, target, args = rec
+    return (isinstance(trace, list) and len(trace) == 2 and all(isinstance(x, list) for x in trace)
+            and (secs is None or isinstance(secs, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) for x in secs))
+            and (target is None or isinstance(target, dict)) and (args is None or isinstance(args, list)))
+
+
+def read_logs(path) -> tuple[list, list, bool]:
+    """``(workloads, records, torn)`` of the database folder ``path``, each line checked as
+    MetaSchedule will read it; anything corrupt is one error naming its file and line. Workloads:
+    ``[(line, [structural hash, serialized IRModule]), ...]``; records: ``[(line, workload index,
+    [trace, run_secs, target, args_info]), ...]``; ``torn``: a torn final line was left out. Reads only."""
+    path = Path(path)
+    workloads, wtorn = parse_lines(path / WORKLOADS)
+    for line, w in workloads:
+        if not (isinstance(w, list) and len(w) == 2 and all(isinstance(x, str) for x in w)):
+            raise MntvmError(f"corrupt schedules log {path / WORKLOADS}: line {line} is not a workload")
+    rows, rtorn = parse_lines(path / RECORDS)
+    records = []
+    for line, r in rows:
+        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and not isinstance(r[0], bool)
+                and 0 <= r[0] < len(workloads)):
+            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} does not refer to a known workload")
+        if not _is_record(r[1]):
+            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} is not a tuning record")
+        records.append((line, r[0], r[1]))
+    return workloads, records, wtorn or rtorn
+
+
+def is_database_folder(path: Path) -> bool:
+    """A schedules database folder, or an empty one (nothing in it but a writer's lock)."""
+    return (path / META).is_file() or all(p.name == LOCK for p in path.iterdir())
+
+
+def check_destination_db(path) -> Path:
+    """The absolute folder that tune or merge may write a schedules database into, or a one-line
+    error: a file, the current folder, a folder holding something else."""
+    return check_destination(Path(path), "a schedules database", is_database_folder, folder=True)
 
 
 def task_rule(func) -> str | None:
@@ -142,23 +181,28 @@ class ScheduleDB:
     meta: dict
     stand_in: bool = False  # the shipped log of another CPU of the same ISA (see _stand_in)
 
-    def _check_consistency(self) -> tuple[list, list]:
-        workloads = _read_lines(self.path / WORKLOADS)
-        records = _read_lines(self.path / RECORDS)
-        for i, r in enumerate(records):
-            if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and 0 <= r[0] < len(workloads)):
-                raise MntvmError(f"corrupt schedules log {self.path / RECORDS}: record {i + 1} "
-                                 "does not refer to a known workload")
-        return workloads, records
+    def _repair(self) -> None:
+        """Check both logs (:func:`read_logs`); drop a torn last line (a kill mid-write) from a file,
+        rewriting it atomically, under the writer's lock (a live writer's half line is left to it)."""
+        if not read_logs(self.path)[2]:
+            return
+        with db_lock(self.path, "wait for it"):
+            for name in (WORKLOADS, RECORDS):
+                rows, torn = parse_lines(self.path / name)
+                if torn:
+                    write_text(self.path / name, "".join(json.dumps(r) + "\n" for _, r in rows))
 
     def database(self):
-        """The MetaSchedule JSON database (a torn last line dropped first; a corrupt log refused)."""
+        """The MetaSchedule JSON database (a torn last line dropped first; a corrupt log refused,
+        naming its file and line)."""
         from tvm.s_tir import meta_schedule as ms
 
-        self._check_consistency()
+        self._repair()
         try:
             return ms.database.JSONDatabase(work_dir=str(self.path), allow_missing=True)
         except Exception as e:  # noqa: BLE001 - TVM raises several types for a bad file
+            if "Cannot create new file" in str(e):  # a new database's logs, on a full or read-only disk
+                raise MntvmError(f"cannot write {self.path}: {one_line(e)}") from None
             raise MntvmError(f"corrupt schedules log in {self.path}: {one_line(e)}") from None
 
     def identity(self) -> dict:
@@ -265,19 +309,5 @@ def load(path) -> LoadedDB:
     meta = read_meta(path)
     if not isinstance(meta, dict) or not isinstance(meta.get("target"), dict):
         raise MntvmError(f"corrupt schedules database {path / META}: no target")
-    workloads, _ = parse_lines(path / WORKLOADS)
-    for line, w in workloads:
-        if not (isinstance(w, list) and len(w) == 2 and all(isinstance(x, str) for x in w)):
-            raise MntvmError(f"corrupt schedules log {path / WORKLOADS}: line {line} is not a workload")
-    records = []
-    for line, r in parse_lines(path / RECORDS)[0]:
-        if not (isinstance(r, list) and len(r) == 2 and isinstance(r[0], int) and not isinstance(r[0], bool)
-                and 0 <= r[0] < len(workloads)):
-            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} does not refer to a known workload")
-        rec = r[1]
-        secs = rec[1] if isinstance(rec, list) and len(rec) >= 2 else False
-        if secs is not None and not (isinstance(secs, list) and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) for x in secs)):
-            raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} is not a tuning record")
-        records.append((line, r[0], rec))
+    workloads, records, _ = read_logs(path)
     return LoadedDB(path, meta, workloads, records)

@@ -1,12 +1,14 @@
 """Inspecting, merging and pruning schedules databases (``mntvm schedules show|merge|prune``).
 
 Reading never rewrites a source (a torn last line is only left out in memory); a result is built
-in a temporary folder beside its destination, checked to load in MetaSchedule, then swapped in.
+in a temporary folder beside its destination, checked to load in MetaSchedule, then swapped in,
+under the destination's writer lock (:mod:`mntvm.tuning.lock`: never into a folder being tuned).
 
 Public entries: :func:`show`, :func:`merge`, :func:`prune`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -15,8 +17,9 @@ from pathlib import Path
 
 from mntvm.core.atomic import atomic_dir
 from mntvm.core.errors import MntvmError, one_line
-from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, load, portable, target_diff,
-                                   target_essentials, task_rule)
+from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, check_destination_db, is_database_folder,
+                                   load, portable, target_diff, target_essentials, task_rule)
+from mntvm.tuning.lock import db_lock
 
 FAILED_SECS = 1e10  # what MetaSchedule records as the run time of a candidate that failed to build/run
 
@@ -75,8 +78,9 @@ def merge(sources, out, top_k: int = 1) -> dict:
 
     Sources must be tuned for the same target. ``out`` (which may be one of the sources) is built
     in a temporary folder beside it, checked to load, then swapped in: an existing ``out`` is never
-    half-written, and a failure leaves every file as it was. ``out``'s ``mntvm-db.json`` names the
-    sources by folder name only. Returns a summary.
+    half-written, and a failure leaves every file as it was; an ``out`` being tuned (or merged
+    into) by another process is refused. ``out``'s ``mntvm-db.json`` names the sources by folder
+    name only. Returns a summary.
     """
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -84,6 +88,14 @@ def merge(sources, out, top_k: int = 1) -> dict:
         raise MntvmError("no schedules databases to merge")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
         raise MntvmError(f"--top-k must be >= 1 (got {top_k})")
+    out = Path(out).resolve() if Path(out).is_symlink() else Path(out)
+    check_destination_db(out)  # a file, or a folder of something else, is refused before any work
+    # one writer at a time: out (possibly a source, for prune in place) is read and replaced whole
+    with db_lock(out) if out.is_dir() else contextlib.nullcontext():
+        return _merge(sources, out, top_k)
+
+
+def _merge(sources, out: Path, top_k: int) -> dict:
     dbs = [load(s) for s in sources]  # every source parsed and checked before anything is written
     first = dbs[0]
     want = target_essentials(first.meta["target"].get("tvm_target", {}))
@@ -138,12 +150,7 @@ def _replace_db(out, files: dict) -> Path:
     load with MetaSchedule, then renamed over it (other files already in ``out`` are carried over)."""
     from tvm.s_tir import meta_schedule as ms
 
-    out = Path(out)
-    if out.is_symlink():
-        out = out.resolve()
-    if out.exists() and not (out / META).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise MntvmError(f"{out} exists and is not a schedules database; not replacing it")
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "a schedules database", is_database_folder) as tmp:
         if out.is_dir():
             shutil.copymode(out, tmp)
             for p in out.iterdir():

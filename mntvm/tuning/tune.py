@@ -5,7 +5,10 @@ our builder, measured by our runner (:mod:`mntvm.tuning.measure`) and logged in 
 format of :mod:`mntvm.tuning.database`, starting from a record of the template defaults.
 
 Tuning is resumable: records are appended per measured batch, a torn last line (kill -9) is dropped
-on the next open, and a re-run tunes only the trials a task still lacks.
+on the next open, and a re-run tunes only the trials a task still lacks. One tune at a time per
+folder (:mod:`mntvm.tuning.lock`); the output, its free space and the threads are checked before
+any work, and each batch is checked to have reached the log (MetaSchedule's own writes ignore a
+full disk).
 
 Public entries: :func:`tune` (a model's tasks on a target profile: ``mntvm tune``) and
 :func:`tune_funcs` (given task PrimFuncs, e.g. one layer in a benchmark; :func:`tune` uses it).
@@ -14,6 +17,8 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
+import stat
 import sys
 import tempfile
 import time
@@ -24,15 +29,19 @@ from mntvm.core import arch
 from mntvm.core.console import Progress
 from mntvm.core.errors import MntvmError
 from mntvm.core.paths import data_dir
+from mntvm.core.threads import check_threads
 from mntvm.model import weights as W
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.defaults import default_schedule
 from mntvm.templates.lowering import has_templates, lower
 from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, tunable_tasks
-from mntvm.tuning.database import META, ScheduleDB, db_name, open_schedules, task_mod, task_rule, write_meta
+from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_db, db_name, open_schedules, task_mod,
+                                   task_rule, write_meta)
+from mntvm.tuning.lock import db_lock
 from mntvm.tuning.measure import runner as measuring
 from mntvm.tuning.space import ms_builder, tune_space
 
+MIN_FREE_BYTES = 50 << 20  # free space tune wants on the database's filesystem before it starts
 OPS = {"pw": (RULE_PW,), "dw": (RULE_DW,), "stem": (RULE_STEM,), "fc": (RULE_DENSE,), "pool": (RULE_POOL,)}
 
 
@@ -51,7 +60,8 @@ def _wanted_rules(ops: str) -> set:
 
 def _check_measurable(profile, tracker: str | None, threads: int | None) -> None:
     """Refuse what cannot be tuned here: a family our templates don't cover, a missing toolchain,
-    CUDA kernels without a GPU, another architecture's code without a board, threads < 1."""
+    CUDA kernels without a GPU, another architecture's code without a board, threads < 1 or, when
+    measured here, more than this machine's cores."""
     if not has_templates(profile):
         raise MntvmError(f"'{profile.name}' ({profile.family}) cannot be tuned: it is scheduled by TVM's DLight "
                          "rules; our templates cover CPUs and CUDA")
@@ -68,6 +78,68 @@ def _check_measurable(profile, tracker: str | None, threads: int | None) -> None
                              "machine: tune on its board with --tracker HOST:PORT --key KEY")
     if threads is not None and threads < 1:
         raise MntvmError(f"threads must be >= 1 (got {threads})")
+    if not tracker:
+        check_threads(threads)
+
+
+def _check_output(path: Path) -> None:
+    """Refuse, before any work, an output that tune must not write into (a file, a folder holding
+    something else), one another process is tuning, or one on a filesystem with under
+    :data:`MIN_FREE_BYTES` free."""
+    check_destination_db(path)
+    if path.is_dir():
+        with db_lock(path):  # only a probe: tune_funcs holds it while it writes
+            pass
+    probe = Path(os.path.abspath(path))
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    try:
+        free = shutil.disk_usage(probe).free
+    except OSError:
+        return  # not ours to judge: the write itself will say
+    if free < MIN_FREE_BYTES:
+        raise MntvmError(f"cannot write {path}: No space left on device ({free >> 20} MB free, tuning wants "
+                         f"{MIN_FREE_BYTES >> 20} MB)")
+
+
+class _LogCheck:
+    """Checks that every record MetaSchedule committed to ``db`` reached the log file in ``path``:
+    its C++ appends ignore write errors, so a full disk would lose trials without a word."""
+
+    def __init__(self, path: Path, db):
+        self.path, self.db = path, db
+        self.offset = self.lines = 0
+        self._count()
+        self.base = (self.lines, len(db))
+
+    def _count(self) -> None:
+        """Count the log's lines written since the last call (a log that is gone or no longer a
+        regular file has none)."""
+        file = self.path / RECORDS
+        try:
+            st = os.stat(file)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISREG(st.st_mode):
+            return
+        if st.st_size < self.offset:
+            raise MntvmError(f"cannot write {self.path}: {file.name} shrank while tuning")
+        with open(file, "rb") as f:
+            f.seek(self.offset)
+            data = f.read()
+        self.offset += len(data)
+        self.lines += data.count(b"\n")
+
+    def __call__(self) -> None:
+        self._count()
+        lost = (len(self.db) - self.base[1]) - (self.lines - self.base[0])
+        if lost > 0:
+            try:
+                full = shutil.disk_usage(self.path).free < (1 << 20)
+            except OSError:
+                full = False
+            why = "No space left on device" if full else "measured trials did not reach the log"
+            raise MntvmError(f"cannot write {self.path}: {why} ({RECORDS} lacks {lost} of them)")
 
 
 def _seed_with_defaults(db, mod, target, builder, runner, schedule) -> bool:
@@ -134,10 +206,10 @@ def _count(db, mod) -> int:
 
 
 def _open_or_create(path: Path, profile, force: bool) -> ScheduleDB:
-    """The database in ``path``, continued (it must be for ``profile`` unless ``force``) or new."""
+    """The database in ``path`` (an existing folder), continued (it must be for ``profile`` unless
+    ``force``) or new."""
     import tvm
 
-    path.mkdir(parents=True, exist_ok=True)
     if (path / META).exists():
         return open_schedules(path, profile, force=force)
     meta = write_meta(path, {"format": 1, "target": profile.to_metadata(), "tvm_version": tvm.__version__,
@@ -155,32 +227,41 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
     The database records each workload's task name as ``label/name`` (``name`` without a label).
     Measuring: locally on ``threads`` threads (1 by default), or on the board a tracker hands out
     for ``key``; each measured batch of ``chunk`` trials is committed before the next starts.
+    A folder another process is tuning is refused (one writer per database).
     """
     if trials < 1:
         raise MntvmError(f"trials must be >= 1 (got {trials})")
     _check_measurable(profile, tracker, threads)
     path, t0 = Path(out), time.time()
+    _check_output(path)
     summary = {"database": str(path), "tasks": {}, "trials_run": 0, "skipped": [], "exhausted": []}
-    with measuring(tracker, key, threads or 1, gpu=profile.is_gpu) as runner:
-        sdb = _open_or_create(path, profile, force)
-        db = sdb.database()
-        mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary)
-    meta = sdb.meta
-    meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
-    names = meta.setdefault("tasks", {})  # workload hash -> "<label>/<task>", for `mntvm schedules show`
-    for name, mod in mods.items():
-        if db.has_workload(mod):
-            shash = str(db.commit_workload(mod).as_json()[0])
-            names[shash] = sorted(set(names.get(shash, [])) | {f"{label}/{name}" if label else name})
-    meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    sdb.meta = write_meta(path, meta)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise MntvmError(f"cannot write {path}: {e.strerror or e}") from None
+    with db_lock(path):
+        with measuring(tracker, key, threads or 1, gpu=profile.is_gpu) as runner:
+            sdb = _open_or_create(path, profile, force)
+            db = sdb.database()
+            mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db))
+        meta = sdb.meta
+        meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
+        names = meta.setdefault("tasks", {})  # workload hash -> "<label>/<task>", for `mntvm schedules show`
+        for name, mod in mods.items():
+            if db.has_workload(mod):
+                shash = str(db.commit_workload(mod).as_json()[0])
+                names[shash] = sorted(set(names.get(shash, [])) | {f"{label}/{name}" if label else name})
+        meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        sdb.meta = write_meta(path, meta)
     summary["seconds"] = time.time() - t0
     return summary
 
 
-def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict) -> dict:
+def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,
+            check) -> dict:
     """Search each task's knobs until it has ``trials`` records in ``db`` or its space runs out;
-    fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}."""
+    fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}.
+    ``check()`` runs after each commit (:class:`_LogCheck`)."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -215,6 +296,7 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                 continue
             before = _count(db, mod)
             if before == 0 and _seed_with_defaults(db, mod, ttarget, builder, runner, schedule):
+                check()
                 left -= 1
                 show(name, mod)
             # One MetaSchedule run per task, so that its cost model learns across batches; each
@@ -226,7 +308,7 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                                 builder=builder, runner=runner, database=db, space=tune_space(ttarget),
                                 strategy=_strategy(),
                                 measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
-                                + [_progress_callback(lambda name=name, mod=mod: show(name, mod))])
+                                + [_progress_callback(lambda name=name, mod=mod: (check(), show(name, mod)))])
             added = _count(db, mod) - before
             if added < todo[name]:  # the search ran out of new candidates: this task's space is exhausted
                 summary["exhausted"].append(name)
@@ -256,8 +338,10 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     wanted = _wanted_rules(ops)
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
     _check_measurable(profile, tracker, threads)  # before lowering: refusals come at once
+    out = Path(out) if out else data_dir("schedules") / db_name(profile)
+    _check_output(out)
     low = lower(cfg, W.random_weights(cfg), profile)
     tasks = {n: f for n, f in tunable_tasks(low).items() if task_rule(f) in wanted}
-    return tune_funcs(tasks, profile, out if out else data_dir("schedules") / db_name(profile), trials,
+    return tune_funcs(tasks, profile, out, trials,
                       label=cfg.tag, tracker=tracker, key=key, chunk=chunk, progress=progress, force=force,
                       threads=threads)

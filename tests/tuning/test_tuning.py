@@ -355,7 +355,7 @@ def test_databases_and_their_identity_name_no_absolute_path(tuned, other, tmp_pa
     for db in (out, other, merged, pruned):
         meta = json.loads((db / META).read_text())
         assert _absolute_paths(meta) == [] and str(tmp_path.parent) not in (db / META).read_text(), db
-        assert meta["target"]["source"] == "x86.toml"
+        assert meta["target"]["source"] == "targets/x86.toml"  # folder/name, as profiles write it
     assert json.loads((merged / META).read_text())["merged"]["sources"] == [out.name, other.name]
     assert json.loads((pruned / META).read_text())["merged"]["sources"] == ["old"]
     shipped = sorted((ROOT / "schedules").glob(f"*/{META}"))
