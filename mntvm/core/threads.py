@@ -7,11 +7,9 @@ from mntvm.core.errors import MntvmError
 
 
 def cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+    """CPU cores of this machine (not this process's affinity mask: TVM's thread pool pins the
+    thread that sizes it, and children inherit that one-core mask)."""
+    return os.cpu_count() or 1
 
 
 def check_threads(n: int | None) -> None:

@@ -12,7 +12,7 @@ import time
 
 import psutil
 import pytest
-from rpc_fixtures import ROOT, Server, Tracker, free_port, stop_group, wait_for
+from rpc_fixtures import ROOT, Server, Tracker, free_port, listening, stop_group, wait_for
 
 from mntvm.remote import rpc
 from mntvm.remote.board import board_arch
@@ -29,20 +29,13 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
     return out
 
 
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
-
 
 def _assert_all_gone(procs: list[psutil.Process], port: int, what: str) -> None:
     deadline = time.monotonic() + 5
-    while (_alive(procs) or _listening(port)) and time.monotonic() < deadline:
+    while (_alive(procs) or listening(port)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(procs), f"{what}: children outlived it: {_alive(procs)}"
-    assert not _listening(port), f"{what}: something still listens on its port {port}"
+    assert not listening(port), f"{what}: something still listens on its port {port}"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, run_cli
+from rpc_fixtures import listening
 
 ALPHAS, RESOLUTIONS = (0.25, 0.5), (96, 128)
 VARIANTS = {f"{a:g}/{r}" for a in ALPHAS for r in RESOLUTIONS}
@@ -64,7 +65,7 @@ class Boards:
         self.procs.append(self._start([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
                                        "--port", str(self.tport), "--port-end", str(self.tport + 10)],
                                       tmp / "tracker.log", env))
-        _wait(lambda: _listening(self.tport), 30, "the tracker to listen")
+        _wait(lambda: listening(self.tport), 30, "the tracker to listen")
         for i in range(n):
             port = _free_port(11)
             p = self._start([sys.executable, "-m", "mntvm.cli", "rpc", "server", "--tracker", self.tracker,
@@ -111,13 +112,6 @@ def _die_with_parent() -> None:
     except (OSError, AttributeError):
         pass
 
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _wait(cond, timeout: float, what: str) -> None:
@@ -227,8 +221,10 @@ def test_rerun_reuses_cache_and_prints_table(swept, boards, cache):
     assert p.returncode == 0, p.stderr
     assert "compiling" in p.stderr and "running on 127.0.0.1:" in p.stderr and "2/2" in p.stderr
     assert "alpha  res" in p.stdout and "no variant fits 0.001 ms" in p.stdout
-    r = _sweep(cache, "--target", "x86", "--alphas", "0.25", "--resolutions", "96", "--json").stdout
-    assert json.loads(r)["compiled"] == [] and json.loads(r)["variants"][0]["cached"] is True
+    p = _sweep(cache, "--target", "x86", "--alphas", "0.25", "--resolutions", "96", "--json")
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["compiled"] == [] and r["variants"][0]["cached"] is True
 
 
 def test_results_and_report_hold_no_absolute_path(swept, cache):
