@@ -45,7 +45,7 @@ def main(argv=None) -> int:
                 for res in (int(x) for x in a.resolutions.split(",")):
                     cfg = MobileNetConfig(alpha=alpha, resolution=res)
                     art = compile_model(cfg, Path(tmp) / cfg.tag, schedules=a.schedules)
-                    sched = load_artifact(art).metadata["schedules"]
+                    sched = load_artifact(art, verify=False).metadata["schedules"]
                     r = compare(art, peers=("ort",), threads=counts, rounds=a.rounds, per_round=a.per_round)
                     rows.append({"variant": f"{alpha:g}/{res}", "tuned": f"{len(sched.get('tuned', []))}/"
                                  f"{sched.get('tasks', '-')}", "threads": r["threads"]})

@@ -12,7 +12,7 @@ from mntvm.model.network import MobileNetConfig
 def demo(cfg: MobileNetConfig, out: str | os.PathLike, repeat: int = 50, threads: int | None = None) -> dict:
     """Compile ``cfg`` for the ``x86`` profile (this CPU) into ``out`` and benchmark it here."""
     path = compile_model(cfg, out, target="x86")
-    meta = load_artifact(path).metadata
+    meta = load_artifact(path, verify=False).metadata
     r = benchmark(path, repeat=repeat, warmup=5, threads=threads)
     return {"model": cfg.tag, "artifact": str(out), "target": meta["target"]["name"],
             "mcpu": meta["target"]["tvm_target"].get("mcpu", "?"), "build_seconds": meta["build_seconds"],

@@ -27,7 +27,7 @@ from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
 from mntvm.core import arch
 from mntvm.core.console import Progress
 from mntvm.core.errors import MntvmError
-from mntvm.core.threads import set_threads
+from mntvm.core.threads import cores, set_threads
 from mntvm.model.network import MobileNetConfig
 from mntvm.remote import rpc, vm_profile
 from mntvm.remote.board import board_arch
@@ -128,8 +128,8 @@ def benchmark(
         if arch.is_cuda(art.metadata) and not arch.local_cuda():
             raise MntvmError(f"{art.path} is a CUDA artifact ({art.metadata['target']['name']}) and this machine "
                              "has no CUDA GPU: bench it where one is, or on a GPU board with --tracker/--key")
-        if threads is None:  # the profile's thread count (the runtime's own default may use fewer)
-            threads = int(art.metadata["target"].get("threads") or 0) or None
+        if threads is None:  # the profile's thread count, at most this machine's cores
+            threads = min(int(art.metadata["target"].get("threads") or 0), cores()) or None
         set_threads(threads)
         worker = _Local()
         result["board"] = "local"

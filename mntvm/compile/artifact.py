@@ -90,10 +90,10 @@ class Artifact:
         return vm["main"](tvm.runtime.tensor(x)).numpy()
 
 
-def load_artifact(path: str | os.PathLike) -> Artifact:
+def load_artifact(path: str | os.PathLike, verify: bool = True) -> Artifact:
     """Read an artifact folder; its ``model.so`` must be the one its metadata.json describes
     (size and sha256, when recorded), so a truncated or swapped library is refused before any
-    loader touches it."""
+    loader touches it. ``verify=False``: metadata only (for callers that do not load the library)."""
     path = Path(path)
     meta = path / META_NAME
     if not meta.is_file() or not (path / LIB_NAME).is_file():
@@ -104,7 +104,8 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
         raise MntvmError(f"{meta}: malformed JSON: {e}") from None
     if not isinstance(metadata, dict) or not isinstance(metadata.get("input"), dict):
         raise MntvmError(f"{meta}: not an mntvm artifact's metadata")
-    _check_library(path / LIB_NAME, metadata.get("library"))
+    if verify:
+        _check_library(path / LIB_NAME, metadata.get("library"))
     return Artifact(path, metadata)
 
 

@@ -39,8 +39,9 @@ def _cannot_write(path: Path, e: OSError) -> MntvmError:
 
 
 def check_destination(path: Path, what: str, is_ours: Callable[[Path], bool] | None, folder: bool) -> Path:
-    """The absolute destination, or a one-line error when it must not be (re)placed."""
-    path = Path(os.path.abspath(path))
+    """The absolute destination (for a folder: a symlink's target), or a one-line error when it
+    must not be (re)placed."""
+    path = Path(os.path.realpath(path) if folder else os.path.abspath(path))
     if path.parent == path:
         raise MntvmError(f"cannot write {what} to {path}: give a file or folder name")
     if folder:
@@ -144,7 +145,7 @@ def recover(path: str | os.PathLike) -> None:
         return
     for p in sorted(siblings, key=lambda p: p.name):
         m = pat.match(p.name)
-        if not m or _alive(int(m.group(2))) and int(m.group(2)) != os.getpid():
+        if not m or _alive(int(m.group(2))):  # a live writer's (this process's too: another thread)
             continue
         if m.group(1) == "old" and (p / "x").exists() and not path.exists():
             os.replace(p / "x", path)

@@ -35,10 +35,11 @@ from collections import deque
 from pathlib import Path
 
 from mntvm.bench import benchmark, check_run_args
-from mntvm.compile import compile_model
+from mntvm.compile import compile_model, load_artifact
 from mntvm.core import arch
 from mntvm.core.console import Progress
 from mntvm.core.errors import MntvmError, one_line
+from mntvm.core.threads import check_threads
 from mntvm.model import MobileNetConfig
 from mntvm.model import weights as W
 from mntvm.model.cost import cost_report
@@ -63,6 +64,15 @@ def _check_runs(repeat, warmup, threads, budget_ms, timeout_s, attempts) -> None
         raise MntvmError(f"--budget-ms must be > 0 (got {budget_ms:g})")
     if not timeout_s > 0 or attempts < 1:
         raise MntvmError("--timeout must be > 0 and --attempts >= 1")
+
+
+def _loads(d: Path) -> bool:
+    """Whether a cached artifact is whole (its library matches its metadata); else it is rebuilt."""
+    try:
+        load_artifact(d)
+        return True
+    except MntvmError:
+        return False
 
 
 def _check_runs_here(profile) -> None:
@@ -182,7 +192,7 @@ class _Run:
         d = artifact_dir(cfg, self.profile_meta, W.digest(w), self.sched)
         with self.lock:
             self.used.append(d)
-        if (d / "metadata.json").is_file() and (d / "model.so").is_file():
+        if _loads(d):
             touch_artifact(d)  # used now: the last to be pruned
             return d, True
         # weights=None + seed: the artifact records random(seed=…), which bench's reference re-creates
@@ -377,6 +387,8 @@ def sweep(
     if not cfgs:
         raise MntvmError("nothing to sweep: give at least one alpha and one resolution")
     _check_runs(repeat, warmup, threads, budget_ms, timeout_s, attempts)
+    if tracker is None:
+        check_threads(threads)  # runs here: at most this machine's cores, refused before any compile
     limit = cache_limit(cache_max_bytes)
     wait_s = float(wait_s) if wait_s is not None else float(timeout_s)
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)

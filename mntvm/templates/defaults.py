@@ -52,12 +52,6 @@ def _knobs(mod: tvm.IRModule, target: tvm.target.Target, vector_bits: int | None
     return lambda sch, block, name: cpu.default_knobs(sch, block, name, fam)
 
 
-def default_decisions(sch: Schedule, block, rule: str, target, vector_bits: int | None = None) -> dict:
-    """The default knob values of ``block`` (which carries ``rule``) on ``target``."""
-    target = _as_target(target)
-    return _knobs(sch.mod, target, vector_bits)(sch, block, rule)
-
-
 def _schedule(mod: tvm.IRModule, target: tvm.target.Target, knobs) -> Schedule:
     sch = Schedule(mod)
     kind = _kind(target)

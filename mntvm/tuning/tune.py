@@ -27,7 +27,7 @@ from typing import Mapping
 
 from mntvm.core import arch
 from mntvm.core.console import Progress
-from mntvm.core.errors import MntvmError
+from mntvm.core.errors import MntvmError, one_line
 from mntvm.core.paths import data_dir
 from mntvm.core.threads import check_threads
 from mntvm.model import weights as W
@@ -158,7 +158,7 @@ def _seed_with_defaults(db, mod, target, builder, runner, schedule) -> bool:
         ran = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args)])[0].result()
         err = ran.error_msg or (None if ran.run_secs else "no timings")
     if err:  # the search still runs, from random knobs
-        sys.stderr.write(f"tune: could not measure the default knobs ({err.strip().splitlines()[-1]})\n")
+        sys.stderr.write(f"tune: could not measure the default knobs ({one_line(RuntimeError(err))})\n")
         return False
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), ran.run_secs,
                                                      target, args))

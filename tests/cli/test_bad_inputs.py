@@ -99,3 +99,19 @@ def test_closed_stdout_is_not_an_error(inputs):
                        shell=True, executable="/bin/bash", cwd=inputs, env=env, capture_output=True, text=True,
                        timeout=120)
     assert p.stdout == "rc=0\n" and p.stderr == "", (p.stdout, p.stderr)
+
+
+def test_profile_threads_above_the_cores_are_capped(inputs, tmp_path):
+    """Without --threads a run takes the profile's count (x86-avx512 says 8), at most the cores:
+    only a count the user asks for is refused."""
+    import json
+    import shutil
+
+    from mntvm.bench import benchmark
+    from mntvm.core.threads import cores
+
+    art = shutil.copytree(inputs / "art", tmp_path / "art")
+    meta = json.loads((art / "metadata.json").read_text())
+    meta["target"]["threads"] = cores() + 6
+    (art / "metadata.json").write_text(json.dumps(meta))
+    assert benchmark(art, repeat=2, warmup=0, progress=False)["threads"] == cores()
