@@ -106,6 +106,7 @@ def write_text(path: str | os.PathLike, text: str, what: str = "the output") -> 
 # ---------------------------------------------------------------------------------------------
 # folders
 # ---------------------------------------------------------------------------------------------
+_TEMP = re.compile(r"^\.(.+)\.(?:tmp|old)-\d+-")  # the temp folders atomic_dir and remove_dir make
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -150,6 +151,24 @@ def recover(path: str | os.PathLike) -> None:
         if m.group(1) == "old" and (p / "x").exists() and not path.exists():
             os.replace(p / "x", path)
         shutil.rmtree(p, ignore_errors=True)
+
+
+def recover_all(folder: str | os.PathLike) -> None:
+    """:func:`recover` every destination in ``folder`` that killed writers left temp folders for."""
+    try:
+        names = {m.group(1) for p in Path(folder).iterdir() if (m := _TEMP.match(p.name))}
+    except OSError:
+        return
+    for name in sorted(names):
+        recover(Path(folder) / name)
+
+
+def remove_dir(path: str | os.PathLike) -> None:
+    """Delete a folder so that nobody sees it half deleted: one rename aside, then the removal."""
+    path = Path(path)
+    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=path.parent))
+    os.replace(path, trash / "gone")  # not "x": recover() never puts it back
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 @contextmanager

@@ -8,15 +8,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_PKG = Path(__file__).resolve().parent.parent  # the mntvm package
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the installed mntvm package
 
 
 def data_dir(name: str) -> Path:
     """Return the folder holding shipped data ``name`` ("targets" or "schedules")."""
-    checkout = _PKG.parent / name
-    if checkout.is_dir() and (_PKG.parent / "pyproject.toml").is_file():
+    checkout = PACKAGE_DIR.parent / name
+    if checkout.is_dir() and (PACKAGE_DIR.parent / "pyproject.toml").is_file():
         return checkout
-    return _PKG / "_data" / name
+    return PACKAGE_DIR / "_data" / name
 
 
 def cache_dir() -> Path:

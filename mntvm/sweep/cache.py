@@ -15,20 +15,14 @@ import datetime as _dt
 import hashlib
 import json
 import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
 
-from mntvm.core.atomic import recover
+from mntvm.core.atomic import recover_all, remove_dir
 from mntvm.core.errors import MntvmError
-from mntvm.core.paths import cache_dir, data_dir
+from mntvm.core.paths import PACKAGE_DIR, cache_dir, data_dir
 
 DEFAULT_CACHE_MAX_MB = 2048  # MiB of artifacts a sweep leaves behind (env MNTVM_CACHE_MAX_MB)
 _MB = 1 << 20
-_WRITER_TEMP = re.compile(r"^\.(.+)\.(?:tmp|old)-\d+-")  # mntvm.core.atomic's temp folders
-
-_PKG = Path(__file__).resolve().parent.parent  # the mntvm package
 # Sources whose change changes the compiled code: part of the artifact cache key.
 _CODE_FILES = ("compile/*.py", "model/*.py", "targets/*.py", "templates/*.py", "tuning/*.py")
 
@@ -52,14 +46,14 @@ def schedules_identity() -> dict:
     sched = data_dir("schedules")
     files = sorted(p.relative_to(sched).as_posix() for p in sched.rglob("*") if p.is_file()) \
         if sched.is_dir() else []
-    code = sorted({p.relative_to(_PKG).as_posix() for pat in _CODE_FILES for p in _PKG.glob(pat) if p.is_file()})
+    code = sorted({p.relative_to(PACKAGE_DIR).as_posix() for pat in _CODE_FILES for p in PACKAGE_DIR.glob(pat) if p.is_file()})
     sha = _hash_files(sched, files)
     try:
-        where = sched.resolve().relative_to(_PKG.parent).as_posix()
+        where = sched.resolve().relative_to(PACKAGE_DIR.parent).as_posix()
     except ValueError:
         where = sched.name
     return {"dir": where, "files": len(files), "sha256": sha, "id": f"schedules-{sha[:12]}",
-            "code_sha256": _hash_files(_PKG, code)}
+            "code_sha256": _hash_files(PACKAGE_DIR, code)}
 
 
 def artifacts_dir() -> Path:
@@ -163,13 +157,6 @@ def cache_entries() -> list[dict]:
     return sorted(entries, key=lambda e: (e["mtime"], e["name"]))
 
 
-def _remove(path: Path) -> None:
-    """Move the folder aside in one rename (nobody sees half an artifact), then delete it."""
-    trash = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-{os.getpid()}-", dir=path.parent))
-    os.replace(path, trash / "gone")
-    shutil.rmtree(trash, ignore_errors=True)
-
-
 def prune_cache(max_bytes: int | None = None, keep=()) -> dict:
     """Delete least recently used artifacts until the artifacts take at most ``max_bytes``
     (default :func:`cache_limit`); never one in ``keep`` (folders this sweep uses), never anything
@@ -181,12 +168,7 @@ def prune_cache(max_bytes: int | None = None, keep=()) -> dict:
     """
     limit = cache_limit(max_bytes)
     root = artifacts_dir()
-    try:
-        stale = {m.group(1) for p in root.iterdir() if (m := _WRITER_TEMP.match(p.name))}
-    except OSError:
-        stale = set()
-    for name in sorted(stale):
-        recover(root / name)  # only folders of writers that are no longer running
+    recover_all(root)  # temp folders of writers that are no longer running
     keep = {os.path.realpath(k) for k in keep}
     entries = cache_entries()
     total = before = sum(e["bytes"] for e in entries)
@@ -198,7 +180,7 @@ def prune_cache(max_bytes: int | None = None, keep=()) -> dict:
         if os.path.realpath(path) in keep:
             continue
         try:
-            _remove(path)
+            remove_dir(path)
         except OSError as err:
             errors.append(f"{e['name']}: {err.strerror or err}")
             continue
