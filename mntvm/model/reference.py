@@ -10,7 +10,7 @@ from typing import Mapping
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from mntvm.model.network import MobileNetConfig, layer_specs
+from mntvm.model.network import LayerSpec, MobileNetConfig, layer_specs
 from mntvm.model.weights import bn_eps, is_folded
 
 
@@ -23,6 +23,21 @@ def _windows(x: np.ndarray, k: int, stride: int, pad: int) -> np.ndarray:
     return as_strided(x, (n, c, ho, wo, k, k), (s[0], s[1], s[2] * stride, s[3] * stride, s[2], s[3]))
 
 
+def conv_float(spec: LayerSpec, w: np.ndarray, bias: np.ndarray | None, x: np.ndarray) -> np.ndarray:
+    """One conv layer of ``spec`` (float64): ``x`` (N, C, H, W) with weight ``w`` (+ ``bias``)."""
+    w = np.asarray(w, dtype=np.float64)
+    if spec.kind == "pointwise":
+        x = np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0], optimize=True)
+    elif spec.kind == "depthwise":
+        x = np.einsum("nchwij,cij->nchw", _windows(x, spec.kernel, spec.stride, spec.padding), w[:, 0],
+                      optimize=True)
+    else:
+        x = np.einsum("nchwij,ocij->nohw", _windows(x, spec.kernel, spec.stride, spec.padding), w, optimize=True)
+    if bias is not None:
+        x = x + np.asarray(bias, np.float64)[None, :, None, None]
+    return x
+
+
 def forward(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], x: np.ndarray) -> np.ndarray:
     """Softmax probabilities of ``cfg`` with ``weights`` on input ``x`` (N, 3, R, R)."""
     x = np.asarray(x, dtype=np.float64)
@@ -33,15 +48,8 @@ def forward(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], x: np.ndarr
         if s.kind == "fc":
             x = x.mean(axis=(2, 3)) @ w.T + weights["fc.bias"]
             break
-        if s.kind == "pointwise":
-            x = np.einsum("nchw,oc->nohw", x, w[:, :, 0, 0], optimize=True)
-        elif s.kind == "depthwise":
-            x = np.einsum("nchwij,cij->nchw", _windows(x, s.kernel, s.stride, s.padding), w[:, 0], optimize=True)
-        else:
-            x = np.einsum("nchwij,ocij->nohw", _windows(x, s.kernel, s.stride, s.padding), w, optimize=True)
-        if folded:
-            x = x + np.asarray(weights[f"{s.name}.bias"], np.float64)[None, :, None, None]
-        else:
+        x = conv_float(s, w, weights[f"{s.name}.bias"] if folded else None, x)
+        if not folded:
             g, b, m, v = (np.asarray(weights[f"{s.name}.bn.{p}"], np.float64)[None, :, None, None]
                           for p in ("gamma", "beta", "mean", "var"))
             x = (x - m) / np.sqrt(v + eps) * g + b
