@@ -16,15 +16,17 @@ import numpy as np
 from mntvm.core.atomic import atomic_dir, atomic_path, check_destination, write_text
 from mntvm.core.errors import MntvmError, one_line
 from mntvm.core.threads import set_threads
+from mntvm.model.calibration import deterministic_input  # noqa: F401 - re-exported: `run`'s default input
 
 LIB_NAME = "model.so"
 META_NAME = "metadata.json"
+QDQ_NAME = "model.qdq.onnx"  # int8 artifacts: the quantized network the library computes, for the peers
 
 
 def is_artifact_dir(path: Path) -> bool:
     """Whether ``path`` is a folder holding nothing but an artifact's files (or nothing)."""
     try:
-        return path.is_dir() and {p.name for p in path.iterdir()} <= {LIB_NAME, META_NAME}
+        return path.is_dir() and {p.name for p in path.iterdir()} <= {LIB_NAME, META_NAME, QDQ_NAME}
     except OSError:
         return False
 
@@ -141,15 +143,6 @@ def read_input(path: str | os.PathLike) -> np.ndarray:
     if x.size == 0:
         raise MntvmError(f"input {path} is empty (shape {x.shape})")
     return x
-
-
-def deterministic_input(shape, seed: int = 0) -> np.ndarray:
-    """The documented deterministic input: a smooth colour gradient plus seeded noise, in [-1, 1]."""
-    n, c, h, w = shape
-    yy, xx = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
-    base = np.stack([xx, yy, (xx * yy)], axis=0)[:c]
-    noise = np.random.default_rng(seed).uniform(-0.25, 0.25, (n, c, h, w))
-    return np.clip(base[None] + noise, -1, 1).astype(np.float32)
 
 
 def top_k(probs: np.ndarray, k: int = 5) -> list[list[tuple[int, float]]]:
