@@ -1,4 +1,5 @@
-"""The FMA peak of this machine's CPU, measured at the vector width an artifact uses.
+"""The FMA peak of this machine's CPU, measured at the vector width an artifact uses (float32),
+or its int8 dot-product peak (AVX512-VNNI ``vpdpbusd``: 64 u8 x s8 multiply-adds per instruction).
 
 Per-layer GFLOP/s mean little without it: machines of one kind differ (a Zen4 core does 115
 GFLOP/s with AVX-512, a Sapphire Rapids core with two 512-bit FMA ports twice that), and the
@@ -20,7 +21,12 @@ PEAK_C = r"""
 #include <stdlib.h>
 #include <time.h>
 #include <pthread.h>
-#ifdef __AVX512F__
+#if defined(INT8)
+typedef __m512i vec; enum {L=64};   /* multiply-adds per vpdpbusd */
+#define FMA _mm512_dpbusd_epi32
+#define SET(x) _mm512_set1_epi32((int)(x))
+#define RED(x) (float)_mm512_reduce_add_epi32(x)
+#elif defined(__AVX512F__)
 typedef __m512 vec; enum {L=16};
 #define FMA _mm512_fmadd_ps
 #define SET _mm512_set1_ps
@@ -64,12 +70,15 @@ int main(int argc,char**argv){
 """
 
 
-def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000) -> float | None:
+def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000, dtype: str = "float32") -> float | None:
     """fp32 FMA peak in GFLOP/s on ``threads`` threads with ``vector_bits``-wide vectors (512: AVX-512,
-    256: AVX2+FMA). None where it cannot be measured here (not x86, no gcc, no such ISA)."""
+    256: AVX2+FMA); ``dtype="int8"``: the AVX512-VNNI dot-product peak in GOP/s (2 ops per
+    multiply-add; 512-bit only). None where it cannot be measured here (not x86, no gcc, no such ISA)."""
     if platform.machine() not in ("x86_64", "AMD64") or vector_bits not in (256, 512):
         return None
-    exe = _binary(vector_bits)
+    if dtype == "int8" and (vector_bits != 512 or not _cpu_has("avx512_vnni")):
+        return None
+    exe = _binary(vector_bits, dtype)
     if exe is None:
         return None
     try:
@@ -80,17 +89,27 @@ def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000) -> f
         return None
 
 
-def _binary(vector_bits: int) -> Path | None:
+def _cpu_has(flag: str) -> bool:
+    try:
+        return any(flag in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+    except OSError:
+        return False
+
+
+def _binary(vector_bits: int, dtype: str = "float32") -> Path | None:
     d = cache_dir() / "peak"
-    exe = d / f"fma{vector_bits}"
+    name = f"fma{vector_bits}" if dtype == "float32" else f"vnni{vector_bits}"
+    exe = d / name
     if exe.exists():
         return exe
     flags = ["-mavx512f"] if vector_bits == 512 else ["-mavx2", "-mfma"]
+    if dtype == "int8":
+        flags = ["-mavx512f", "-mavx512vnni", "-DINT8"]
     try:
         d.mkdir(parents=True, exist_ok=True)
-        src = d / f"fma{vector_bits}.c"
+        src = d / f"{name}.c"
         src.write_text(PEAK_C)
-        tmp = d / f".fma{vector_bits}.tmp"
+        tmp = d / f".{name}.tmp"
         subprocess.run(["gcc", "-O3", *flags, str(src), "-o", str(tmp), "-lpthread"], check=True,
                        capture_output=True, timeout=120)
         tmp.replace(exe)

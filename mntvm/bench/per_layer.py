@@ -20,7 +20,7 @@ _FC_WORDS = ("matmul", "dense", "linear")
 _POOL_WORDS = ("mean", "pool")
 
 
-def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None) -> dict:
+def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype: str = "float32") -> dict:
     """Per-kernel and per-layer times from :func:`mntvm.remote.vm_profile.profile_vm`'s output.
 
     Kernels are the VM calls that are not VM builtins (``vm.*``), in call order. Convolution
@@ -30,7 +30,9 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None) -> di
     layer they follow (pooling and softmax kernels get pseudo-layers ``pool``/``softmax``; what
     follows the pool belongs to the FC). GFLOP/s = 2 × the layer's mult-adds (:mod:`mntvm.model.cost`) / kernel time;
     ``peak_gflops`` (the FMA peak measured at the artifact's vector width and thread count, see
-    :func:`mntvm.bench.peak.measure_peak`) adds each layer's ``pct_peak``.
+    :func:`mntvm.bench.peak.measure_peak`) adds each layer's ``pct_peak``. For an int8 artifact
+    (``dtype``) the same numbers are GOP/s (integer multiply-adds x 2) against the int8 dot-product
+    peak.
     """
     layers = cost_report(cfg)["layers"]
     convs = [ly for ly in layers if ly["type"] != "fc"]
@@ -111,6 +113,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None) -> di
         "kernels": kernels,
         "layers": by_layer,
         "peak_gflops": peak_gflops,
+        "dtype": dtype,
     }
 
 
@@ -123,19 +126,22 @@ def _kernel(idx, name, layer, main, kind, mean_s, total_s, madds, shapes) -> dic
 
 def format_per_layer(r: dict, top: int = 12) -> str:
     pl = r["per_layer"]
+    int8 = pl.get("dtype") == "int8"
+    unit = "GOP/s" if int8 else "GFLOP/s"
     rows = [f"per layer ({pl['runs']} instrumented runs; kernels {pl['kernel_total_ms']:.3f} ms + "
             f"VM builtins {pl['vm_builtin_ms']:.3f} ms):"]
     if pl.get("peak_gflops"):
-        rows.append(f"  measured FMA peak here at the artifact's vector width: {pl['peak_gflops']:.1f} GFLOP/s")
+        what = "int8 dot-product (VNNI) peak" if int8 else "FMA peak"
+        rows.append(f"  measured {what} here at the artifact's vector width: {pl['peak_gflops']:.1f} {unit}")
     if pl["layers"]:
-        rows.append(f"  {'layer':<8} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {'GFLOP/s':>8} {'%peak':>6}")
+        rows.append(f"  {'layer':<8} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {unit:>8} {'%peak':>6}")
         for ly in pl["layers"]:
             g = f"{ly['gflops']:.2f}" if ly["gflops"] else "-"
             pk = f"{ly['pct_peak']:.0f}%" if ly.get("pct_peak") else "-"
             rows.append(f"  {ly['layer']:<8} {ly['type']:<10} {ly['kernels']:>7} {ly['mean_ms']:>9.4f} "
                         f"{100 * ly['share']:>6.1f}% {g:>8} {pk:>6}")
     rows.append("  slowest kernels:")
-    rows.append(f"  {'#':>4} {'kernel':<34} {'layer':<8} {'ms':>9} {'share':>7} {'GFLOP/s':>8}")
+    rows.append(f"  {'#':>4} {'kernel':<34} {'layer':<8} {'ms':>9} {'share':>7} {unit:>8}")
     for k in sorted(pl["kernels"], key=lambda k: -k["mean_ms"])[:top]:
         g = f"{k['gflops']:.2f}" if k["gflops"] else "-"
         rows.append(f"  {k['index']:>4} {k['name'][:34]:<34} {str(k['layer'] or '-'):<8} "

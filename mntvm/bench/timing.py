@@ -151,9 +151,10 @@ def benchmark(
         # the peak at the artifact's vector width, on the threads it ran on (here only: a board's
         # CPU is not this one)
         bits = art.metadata["target"].get("vector_bits")
-        peak = None if tracker is not None or not bits else measure_peak(result["threads"], bits)
+        dtype = art.metadata.get("dtype", "float32")
+        peak = None if tracker is not None or not bits else measure_peak(result["threads"], bits, dtype=dtype)
         result["per_layer"] = per_layer_report(json.loads(result.pop("_profile")),
-                                               MobileNetConfig.from_dict(model), peak_gflops=peak)
+                                               MobileNetConfig.from_dict(model), peak_gflops=peak, dtype=dtype)
     return result
 
 

@@ -8,7 +8,9 @@
 
 Params follow the paper's convention (conv and FC weights; biases and batchnorm not counted);
 ``stored_params`` is what the compiled model actually stores after folding batchnorm (weights +
-one bias per conv output channel + the FC bias).
+one bias per conv output channel + the FC bias). ``weight_bytes`` is what that takes per dtype:
+float32 4 bytes a value; int8 1 byte a weight plus, per output channel, an int32 bias and a
+float32 scale (symmetric per-channel quantization, :mod:`mntvm.model.quantize`).
 
 Public entry: :func:`cost_report`.
 """
@@ -63,6 +65,10 @@ def cost_report(cfg: MobileNetConfig) -> dict:
         "total_madds": sum(l["madds"] for l in layers),
         "total_params": sum(l["params"] for l in layers),
         "stored_params": sum(l["stored_params"] for l in layers),
+        "weight_bytes": {
+            "float32": 4 * sum(l["stored_params"] for l in layers),
+            "int8": sum(l["params"] + 8 * l["output_shape"][1] for l in layers),
+        },
         "layers": layers,
         "blocks": blocks,
         "standard_conv": {"total_madds": std_madds, "total_params": std_params},
@@ -114,6 +120,9 @@ def format_table(report: dict) -> str:
     rows.append(f"Total: {report['total_madds'] / 1e6:.1f}M mult-adds, {report['total_params'] / 1e6:.2f}M params "
                 f"(paper convention: conv/FC weights); compiled model stores {report['stored_params']:,} values "
                 "(batchnorm folded into biases)")
+    wb = report["weight_bytes"]
+    rows.append(f"Weights: {wb['float32'] / 2**20:.2f} MiB in float32, {wb['int8'] / 2**20:.2f} MiB in int8 "
+                f"(int8 weights + an int32 bias and a float32 scale per output channel)")
     std = report["standard_conv"]
     rows.append(f"Same network with standard 3x3 convs: {std['total_madds'] / 1e6:.1f}M mult-adds, "
                 f"{std['total_params'] / 1e6:.2f}M params "

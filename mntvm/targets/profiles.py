@@ -9,6 +9,9 @@ A profile names everything needed to build for, and describe, one deployment tar
     rpc_key = "rpi4"                 # optional
     threads = 4                      # default thread count ("auto": this machine's cores)
     vector_bits = 128                # SIMD width schedule templates use ("auto": detect, x86)
+    int8_activations = "int8"        # the int8 path: activations the dot-product instruction
+                                     # multiplies (x86 VNNI: "uint8"; Arm sdot: "int8"); absent:
+                                     # the target has no int8 path and int8 builds are refused
 
     [target]                         # a TVM target dict, or `tag = "vendor/name"` (+ overrides)
     kind = "llvm"
@@ -49,7 +52,8 @@ GPU_FAMILIES = ("cuda", "opencl", "vulkan")
 _TARGET_KIND = {"cuda": "cuda", "opencl": "opencl", "vulkan": "vulkan"}  # others: llvm
 _TRIPLE_PREFIX = {"x86": ("x86_64",), "aarch64": ("aarch64",), "armv7": ("armv7", "arm-", "armv8l")}
 _FIELDS = {"description", "family", "target", "host", "cross_compiler", "cross_package", "rpc_key",
-           "threads", "vector_bits"}
+           "threads", "vector_bits", "int8_activations"}
+INT8_ACTIVATIONS = ("uint8", "int8")
 
 # Bare LLVM triples accepted as target names: (generic profile, mtriple, compiler, Debian package).
 _TRIPLES = {
@@ -84,6 +88,15 @@ class Profile:
     overrides: dict[str, Any] = field(default_factory=dict, hash=False)
     detected: dict[str, Any] = field(default_factory=dict, hash=False)
     """Values resolved on this build machine at load time (``mcpu: native``, ``auto`` fields)."""
+    int8_activations: str | None = None
+    """The activation type of the target's int8 path (None: no int8 path)."""
+
+    def check_int8(self) -> str:
+        """The int8 activation type, or a one-line :class:`MntvmError` if the target has no int8 path."""
+        if self.int8_activations is None:
+            raise MntvmError(f"target '{self.name}' ({self.family}) has no int8 path: build it in float32, "
+                             f"or pick a CPU target (`mntvm targets` lists which have int8)")
+        return self.int8_activations
 
     @property
     def is_gpu(self) -> bool:
@@ -190,6 +203,7 @@ class Profile:
             "rpc_key": self.rpc_key,
             "threads": self.threads,
             "vector_bits": self.vector_bits,
+            "int8_activations": self.int8_activations,
             "overrides": copy.deepcopy(self.overrides),
             "detected": copy.deepcopy(self.detected),
             "codegen_problem": self.codegen_problem(),
@@ -222,9 +236,11 @@ def list_profiles(targets_dir: str | os.PathLike | None = None) -> list[Profile]
 
 
 def format_profiles(profiles: list[Profile]) -> str:
-    """One line per profile: name, family, description (what ``mntvm targets`` prints)."""
+    """One line per profile: name, family, the int8 path's activation type (``-``: fp32 only),
+    description (what ``mntvm targets`` prints)."""
     width = max((len(p.name) for p in profiles), default=0)
-    return "\n".join(f"{p.name:<{width}}  {p.family:<7} {p.description}" for p in profiles)
+    return "\n".join(f"{p.name:<{width}}  {p.family:<7} {p.int8_activations or '-':<5} {p.description}"
+                     for p in profiles)
 
 
 def get_profile(name: str, targets_dir: str | os.PathLike | None = None,
@@ -386,6 +402,11 @@ def _load(path: Path, name: str) -> dict[str, Any]:
         vector_bits = detected["vector_bits"] = _x86_vector_bits(cpu)
     elif vector_bits not in (64, 128, 256, 512):
         raise bad("vector_bits", f"must be 64, 128, 256, 512 or \"auto\", got {vector_bits!r}")
+    int8 = raw.get("int8_activations")
+    if int8 is not None and int8 not in INT8_ACTIVATIONS:
+        raise bad("int8_activations", f"must be one of {', '.join(INT8_ACTIVATIONS)}, got {int8!r}")
+    if int8 is not None and gpu:
+        raise bad("int8_activations", "GPU profiles have no int8 path yet")
     if gpu:
         host = cpu
     else:
@@ -395,7 +416,7 @@ def _load(path: Path, name: str) -> dict[str, Any]:
                 host_dict=host, cross_compiler=raw.get("cross_compiler"),
                 cross_package=raw.get("cross_package"), rpc_key=raw.get("rpc_key"),
                 threads=threads, vector_bits=vector_bits, source=str(path), overrides={},
-                detected=detected)
+                detected=detected, int8_activations=int8)
 
 
 def _check_target(path: Path, family: str, target: dict, host: dict | None) -> None:

@@ -92,3 +92,21 @@ def test_cli_table_and_bad_input():
     p = run_cli("cost", "--resolution", "100", check=False)
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().count("\n") == 0 and "resolution" in p.stderr
+
+
+@pytest.mark.parametrize("alpha,res", [(0.25, 32), (1.0, 32)])
+def test_weight_bytes_per_dtype_match_what_is_stored(alpha, res):
+    """`weight_bytes` against the arrays a float32 build binds and an int8 quantization holds."""
+    import numpy as np
+
+    from mntvm.model.quantize import quantize
+    from mntvm.model.weights import fold_batchnorm, random_weights
+
+    cfg = MobileNetConfig(alpha=alpha, resolution=res)
+    w = random_weights(cfg, 0)
+    rep = cost_report(cfg)["weight_bytes"]
+    assert rep["float32"] == sum(v.nbytes for v in fold_batchnorm(w).values() if v.dtype == np.float32)
+    net = quantize(cfg, w, np.random.default_rng(0).standard_normal((2,) + cfg.input_shape[1:]))
+    stored = sum(l.weight.nbytes + l.bias.nbytes + l.weight_scale.nbytes for l in net.layers)
+    assert rep["int8"] == stored == net.weight_bytes
+    assert 3.5 < rep["float32"] / rep["int8"] < 4
