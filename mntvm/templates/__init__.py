@@ -1,6 +1,6 @@
 """Our MetaSchedule templates: TE computes, the blocked-layout lowering, CPU and CUDA rules.
 
 Importing this package registers every rule with TVM (each where it is defined: :mod:`.cpu`,
-:mod:`.cuda`).
+:mod:`.cpu_int8`, :mod:`.cuda`).
 """
-from mntvm.templates import cpu, cuda  # noqa: F401  (registers the rules)
+from mntvm.templates import cpu, cpu_int8, cuda  # noqa: F401  (registers the rules)

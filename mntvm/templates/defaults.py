@@ -8,8 +8,8 @@ PrimFuncs without a rule of ours (softmax, reshape) get a small generic schedule
 are left to DLight (:func:`.gpu.compile_gpu`).
 
 The knob values come from the target's family: :mod:`.x86` / :mod:`.arm` on CPUs (chosen by
-:func:`.families.family_for` from the target and the vector width), :func:`.cuda.default_knobs`
-on CUDA.
+:func:`.families.family_for` from the target and the vector width; the int8 rules' through
+:func:`.cpu_int8.default_knobs`), :func:`.cuda.default_knobs` on CUDA.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
 
-from mntvm.templates import cpu, cuda
+from mntvm.templates import cpu, cpu_int8, cuda
 from mntvm.templates.families import family_for
-from mntvm.templates.registry import (RULE_DW, RULE_PW, RULE_STEM, all_blocks, is_scheduled, mark_scheduled, rule_of,
-                                      scheduler)
+from mntvm.templates.registry import (INT8_RULES, RULE_DW, RULE_PW, RULE_STEM, all_blocks, is_scheduled,
+                                      mark_scheduled, rule_of, scheduler)
 
 
 def _as_target(target) -> tvm.target.Target:
@@ -33,13 +33,16 @@ def _kind(target: tvm.target.Target) -> str:
 
 
 def _infer_vector_bits(mod: tvm.IRModule) -> int | None:
-    """The V that the lowering used, read off a blocked (N, C/V, P, V) conv output (V * 32 bits)."""
+    """The V that the lowering used, read off a blocked (N, C/V, P, V) conv output (V * 32 bits);
+    for int8 blocks, the profile's width the int8 lowering recorded on them."""
     for func in mod.functions.values():
         if not isinstance(func, tirx.PrimFunc):
             continue
         for b in all_blocks(func):
             if rule_of(b) in (RULE_PW, RULE_DW, RULE_STEM):
                 return int(b.writes[0].source.shape[-1]) * 32
+            if rule_of(b) in INT8_RULES:
+                return cpu_int8.vector_bits_of(b)
     return None
 
 
@@ -49,7 +52,7 @@ def _knobs(mod: tvm.IRModule, target: tvm.target.Target, vector_bits: int | None
     if _kind(target) == "cuda":
         return cuda.default_knobs
     fam = family_for(target, vector_bits if vector_bits is not None else _infer_vector_bits(mod))
-    return lambda sch, block, name: cpu.default_knobs(sch, block, name, fam)
+    return lambda sch, block, name: (cpu_int8 if name in INT8_RULES else cpu).default_knobs(sch, block, name, fam)
 
 
 def _schedule(mod: tvm.IRModule, target: tvm.target.Target, knobs) -> Schedule:

@@ -1,6 +1,7 @@
 """Our MetaSchedule rules by name, how they are registered, and which PrimFuncs carry them.
 
-A template's ``te.compute`` carries ``schedule_rule=<name>`` (one of :data:`RULES`). A schedule
+A template's ``te.compute`` carries ``schedule_rule=<name>`` (one of :data:`ALL_RULES`: the fp32
+:data:`RULES` every target kind serves, the CPU-only :data:`INT8_RULES`). A schedule
 for one target kind registers itself with :func:`rule`: TVM's ``ApplyCustomRule`` then finds it
 as ``s_tir.meta_schedule.<kind>.<name>`` (``kind`` is the target's key: ``cpu`` for llvm,
 ``cuda``), and :func:`scheduler` hands it to our own default schedules.
@@ -23,6 +24,15 @@ RULE_STEM = "mntvm_stem"
 RULE_DENSE = "mntvm_dense"
 RULE_POOL = "mntvm_pool"
 RULES = (RULE_PW, RULE_DW, RULE_STEM, RULE_DENSE, RULE_POOL)
+# int8 templates (:mod:`.compute_int8`, :mod:`.cpu_int8`): CPU only, so apart from RULES (which
+# every target kind registers)
+RULE_PW8 = "mntvm_pw8"
+RULE_DW8 = "mntvm_dw8"
+RULE_STEM8 = "mntvm_stem8"
+RULE_DENSE8 = "mntvm_dense8"
+RULE_POOL8 = "mntvm_pool8"
+INT8_RULES = (RULE_PW8, RULE_DW8, RULE_STEM8, RULE_DENSE8, RULE_POOL8)
+ALL_RULES = RULES + INT8_RULES
 
 SCHEDULED = "tirx.is_scheduled"
 
@@ -33,7 +43,7 @@ _SCHEDULERS: dict[str, dict[str, Callable]] = {}
 def rule(kind: str, name: str):
     """Decorator: register ``fn(sch, block, decisions=None)`` as our ``name`` rule for targets of
     ``kind``; as a MetaSchedule rule it samples every knob (``decisions=None``)."""
-    if name not in RULES:
+    if name not in ALL_RULES:
         raise ValueError(f"unknown rule {name!r}")
 
     def register(fn: Callable) -> Callable:
@@ -56,7 +66,7 @@ def scheduler(kind: str, name: str) -> Callable:
 def rule_of(block_stmt) -> str | None:
     """The rule of ours a block carries, or None."""
     r = block_stmt.annotations.get("schedule_rule") if block_stmt.annotations else None
-    return str(r) if r is not None and str(r) in RULES else None
+    return str(r) if r is not None and str(r) in ALL_RULES else None
 
 
 def all_blocks(func) -> list:

@@ -1,0 +1,230 @@
+"""CPU schedules of the int8 templates (:mod:`.compute_int8`), registered as ``s_tir.meta_schedule.cpu.<rule>``.
+
+Same shape as the fp32 ones (:mod:`.cpu`): each is ``(sch, block, decisions=None)``, its knobs
+sampled or replayed at ``decisions``. The pointwise and FC reductions end in a (16 output lanes x
+4 inputs) tile; where the block's ``mntvm_dot`` annotation (set by :mod:`.lowering_int8` from the
+target) names a dot instruction, that tile is tensorized with it (:data:`DOT_INTRINSICS`: the
+annotation -> the registered TensorIntrin; ARM adds its ``sdot`` entry here), else the 16 lanes
+are plain widening int32 multiply-adds (exact on any ISA; ``vpmaddubsw``, which saturates int16,
+is never used). The accumulator tile is in "local" scope (registers after unrolling): the
+intrinsics here declare it so.
+
+The dot instructions are registered here under our own names, with the description of TVM's
+``dot_16x4_vnni``: importing ``tvm.s_tir.tensor_intrin`` loads every target's intrinsics (CUDA's
+included) and takes 25-40 s, and TVM's body passes ``vpdpbusd.512`` i32 vectors where the LLVM
+it is built with (>= 20) declares ``<64 x i8>`` operands (it fails to compile).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+from tvm.s_tir import Schedule, TensorIntrin
+from tvm.script import tirx as T
+
+from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY
+from mntvm.templates.knobs import FamilyKnobs, buffer_shape, cat, rows_and_columns, single_consumer_epilogue, \
+    taps_outside, tile
+from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8, RULE_STEM8, rule
+from mntvm.templates import x86
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_u8i8i32_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dot_16x4_u8i8i32_vnni(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16])
+        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 16), dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"), a, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
+VNNI = "vnni"
+# mntvm_dot annotation -> (TensorIntrin name, output lanes, activation dtype). "none": no entry.
+DOT_INTRINSICS = {VNNI: ("mntvm_dot_16x4_vnni", 16, "uint8")}
+TensorIntrin.register(DOT_INTRINSICS[VNNI][0], _dot_16x4_u8i8i32_desc, _dot_16x4_u8i8i32_vnni, override=True)
+
+
+def dot_of(sch: Schedule, block) -> str:
+    """The dot instruction a block's ``mntvm_dot`` annotation names ("none": plain multiply-adds)."""
+    ann = sch.get(block).annotations
+    return str(ann[DOT_KEY]) if DOT_KEY in ann else "none"
+
+
+def _dot_tail(sch: Schedule, block, lane_loop, k_loop, dot: str, reduce_loop):
+    """The innermost (lanes x 4 inputs) tile: tensorized with ``dot``'s intrinsic, or the 4 inputs
+    unrolled around 16-lane vector multiply-adds; the accumulators' init split off at ``reduce_loop``."""
+    if dot in DOT_INTRINSICS:
+        sch.decompose_reduction(block, reduce_loop)
+        sch.tensorize(lane_loop, DOT_INTRINSICS[dot][0])
+    else:
+        sch.reorder(k_loop, lane_loop)
+        sch.unroll(k_loop)
+        sch.vectorize(lane_loop)
+        sch.decompose_reduction(block, reduce_loop)
+
+
+@rule("cpu", RULE_PW8)
+def schedule_pointwise_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
+    """Register-tiled int8 1x1 conv: (ob_t vectors x p_t positions) int32 accumulators in registers,
+    4 input channels per dot step; requantized in the epilogue, vectorized over the 16 lanes."""
+    conv, dot = block, dot_of(sch, block)
+    epi = single_consumer_epilogue(sch, conv)
+    n, ob, p, v = sch.get_loops(epi)[-4:]
+    ob0, ob1 = sch.split(ob, tile(sch, ob, 2, 8, d, "ob"))
+    p0, p1, p2 = sch.split(p, tile(sch, p, 3, 16, d, "p"))
+    order = cat(sch, [0, 1], d, "order")
+    if int(sch.get(order)) == 0:
+        sch.reorder(n, ob0, p0, p1, ob1, p2, v)
+    else:
+        sch.reorder(n, p0, ob0, p1, ob1, p2, v)
+    fused = sch.fuse(*sch.get_loops(epi)[-7:-4])
+    sch.parallel(fused)
+    sch.compute_at(conv, p1, preserve_unit_loops=True)
+    sch.vectorize(v)
+    sch.unroll(p2)
+    sch.unroll(ob1)
+    c_n, c_ob, c_p, c_v, c_ib, c_k4, c_i4 = sch.get_loops(conv)[-7:]
+    sch.reorder(c_ib, c_k4, c_n, c_ob, c_p, c_v, c_i4)
+    sch.set_scope(conv, 0, "local")
+    sch.unroll(c_p)
+    sch.unroll(c_ob)
+    sch.unroll(c_n)
+    sch.unroll(c_k4)
+    _dot_tail(sch, conv, c_v, c_i4, dot, c_ib)
+    return sch
+
+
+def _row_tiled(sch: Schedule, conv, d: dict | None, ch_key: str, n_reduce: int):
+    """Depthwise / stem: the epilogue's positions as rows x column tiles, ``ch_t`` channel vectors x
+    ``w_t`` columns of int32 accumulators in registers, taps unrolled outside them."""
+    n, cb, h, w, v = rows_and_columns(sch, conv)
+    cb0, cb1 = sch.split(cb, tile(sch, cb, 2, 4, d, ch_key))
+    h0, h1 = sch.split(h, tile(sch, h, 2, 4, d, "h"))
+    w0, w1 = sch.split(w, tile(sch, w, 2, 16, d, "w"))
+    sch.reorder(n, cb0, h0, h1, w0, cb1, w1, v)
+    sch.parallel(sch.fuse(n, cb0, h0))
+    sch.compute_at(conv, w0, preserve_unit_loops=True)
+    sch.vectorize(v)
+    sch.unroll(w1)
+    sch.unroll(cb1)
+    sch.set_scope(conv, 0, "local")
+    taps_outside(sch, conv, n_reduce)
+
+
+@rule("cpu", RULE_DW8)
+def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
+    """Depthwise: ``h_t`` rows per parallel task, ``w_t`` columns x ``cb_t`` channel vectors of
+    int32 accumulators, widening multiply-adds, padding (= z_x) predicated inline."""
+    _row_tiled(sch, block, d, "cb", 2)
+    return sch
+
+
+@rule("cpu", RULE_STEM8)
+def schedule_stem_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
+    """Stem: as depthwise, reducing over input channels and taps (input channels outermost)."""
+    _row_tiled(sch, block, d, "ob", 3)
+    return sch
+
+
+@rule("cpu", RULE_DENSE8)
+def schedule_dense_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
+    """FC: ``nb_t`` output vectors of int32 accumulators in registers, 4 inputs per dot step."""
+    acc, dot = block, dot_of(sch, block)
+    single_consumer_epilogue(sch, acc)
+    n, nb, v, k4, i4 = sch.get_loops(acc)[-5:]
+    nb0, nb1 = sch.split(nb, tile(sch, nb, 2, 8, d, "nb"))
+    sch.reorder(n, nb0, k4, nb1, v, i4)
+    fused = sch.fuse(n, nb0)
+    sch.parallel(fused)
+    wb = sch.cache_write(acc, 0, "local")
+    sch.reverse_compute_at(wb, fused, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(wb)[-1])
+    sch.unroll(nb1)
+    _dot_tail(sch, acc, v, i4, dot, k4)
+    return sch
+
+
+@rule("cpu", RULE_POOL8)
+def schedule_pool_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
+    """Global average pool: 16 channels of int32 sums vectorized in registers, requantized there."""
+    s = block
+    vec = int(sch.get(s).reads[0].source.shape[-1])
+    epi = single_consumer_epilogue(sch, s)
+    n, c, p = sch.get_loops(s)[-3:]
+    c0, c1 = sch.split(c, [None, vec])
+    sch.reorder(n, c0, p, c1)
+    fused = sch.fuse(n, c0)
+    sch.parallel(fused)
+    wb = sch.cache_write(s, 0, "local")
+    sch.reverse_compute_at(wb, fused, preserve_unit_loops=True)
+    sch.vectorize(c1)
+    sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(epi)[-1])
+    sch.decompose_reduction(s, p)
+    return sch
+
+
+@dataclasses.dataclass(frozen=True)
+class Int8Knobs:
+    """A family's int8 default-knob functions."""
+
+    pw: Callable  # (ob, p, ib, dot, num_regs) -> decisions
+    dw: Callable  # (cb, ho, wo, num_regs) -> decisions
+    stem: Callable  # (ob, ho, wo, num_regs) -> decisions
+    dense: Callable  # (nb, dot, num_regs) -> decisions
+
+
+_X86 = Int8Knobs(x86.int8_pw_defaults, x86.int8_dw_defaults, x86.int8_stem_defaults, x86.int8_dense_defaults)
+# knob family name (:func:`.families.family_for`) -> the int8 default-knob table of that family
+INT8_FAMILIES = {"avx512": _X86, "avx2": _X86}
+
+
+def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
+    """The family's default int8 knob values for ``block`` (a block carrying int8 rule ``name``)."""
+    b = sch.get(block)
+    table = INT8_FAMILIES[fam.name]
+    dot = dot_of(sch, block)
+    out = buffer_shape(b.writes[0].source)
+    if name == RULE_PW8:
+        _, ob, p, _ = out
+        ib = buffer_shape(b.reads[0].source)[1]
+        for r in b.reads:
+            if r.source.dtype in ("uint8", "int8") and len(r.source.shape) == 4:
+                ib = buffer_shape(r.source)[1]
+        return table.pw(ob, p, ib, dot, fam.num_regs)
+    if name in (RULE_DW8, RULE_STEM8):
+        _, cb, p, _ = out
+        wo = int(b.annotations["mntvm_wo"])
+        f = table.dw if name == RULE_DW8 else table.stem
+        return f(cb, p // wo, wo, fam.num_regs)
+    if name == RULE_DENSE8:
+        return table.dense(out[1], dot, fam.num_regs)
+    return {}
+
+
+def vector_bits_of(block_stmt) -> int | None:
+    """The profile vector width the lowering recorded on an int8 block (None: not one)."""
+    ann = block_stmt.annotations
+    return int(ann[BITS_KEY]) if ann is not None and BITS_KEY in ann else None

@@ -1,0 +1,169 @@
+"""A :class:`QuantizedNet` lowered to a Relax module of our int8 template PrimFuncs.
+
+``lower_int8(net, profile)`` builds Relax ``main(data fp32 (N, 3, R, R)) -> probs fp32 (N, classes)``
+directly (no pattern matching: the net is already a list of integer layers)::
+
+    quantize (fp32 NCHW -> 8-bit NCHW) -> stem -> 13 x (depthwise, pointwise) -> pool -> FC -> softmax
+
+every conv a template of :mod:`.compute_int8` with its requantization in the same PrimFunc, the
+activations 8-bit in the blocked layout (N, C/16, H*W, 16) in between. It computes
+:func:`mntvm.model.quantized.forward_int8`'s arithmetic exactly (same float32 multipliers,
+round half to even, saturating clamps, padding at the input zero point).
+
+The dot instruction of the pointwise and FC reductions is chosen here from the target
+(:func:`dot_for`) and recorded on their blocks (``mntvm_dot``), since MetaSchedule rules do not
+see the target; the weights are packed to match it. The module is unscheduled: ready for
+:func:`.defaults.apply_default_schedules`, a tuning database, task extraction
+(:func:`.registry.tunable_tasks`) or ``tvm.compile``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from mntvm.core.errors import MntvmError
+from mntvm.model.quantized import QLayer, QuantizedNet, qrange
+from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, pointwise_int8_te,
+                                          pool_int8_te, quantize_te, stem_int8_te)
+from mntvm.templates.cpu_int8 import DOT_INTRINSICS, VNNI
+
+V = 16  # channels per block: one vector of 16 int32 accumulators
+
+# target feature(s) -> dot instruction, first match wins; activation dtype must match the entry's
+_DOT_FEATURES = ((("avx512vnni",), VNNI),)
+
+
+def dot_for(target, act_dtype: str) -> str:
+    """The dot instruction (a key of :data:`.cpu_int8.DOT_INTRINSICS`) for ``target`` multiplying
+    ``act_dtype`` activations, or "none" (plain widening multiply-adds)."""
+    target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    if target.kind.name != "llvm":
+        return "none"
+    for feats, dot in _DOT_FEATURES:
+        if DOT_INTRINSICS[dot][2] == act_dtype and all(
+                tvm.target.codegen.llvm_cpu_has_features([f], target) for f in feats):
+            return dot
+    return "none"
+
+
+def _pad(a: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
+    """``a`` zero-padded along ``axis`` to ``n``."""
+    width = [(0, 0)] * a.ndim
+    width[axis] = (0, n - a.shape[axis])
+    return np.pad(a, width)
+
+
+def _up(n: int) -> int:
+    return -(-n // V) * V
+
+
+def _lanes(a: np.ndarray) -> np.ndarray:
+    """(C, ...) -> (C'/V, ..., V) with C zero-padded to C' (a multiple of V), lanes innermost."""
+    a = _pad(a, _up(a.shape[0]))
+    return np.moveaxis(a.reshape((-1, V) + a.shape[1:]), 1, -1).copy()
+
+
+def _k4(w: np.ndarray, packed: bool) -> np.ndarray:
+    """(O, I) int8 -> (O'/V, I'/4, V, 4) (``packed``: dot tiles) or (O'/V, I'/4, 4, V)."""
+    o, i = w.shape
+    w = _pad(_pad(w, _up(o), 0), _up(i), 1)
+    w = w.reshape(_up(o) // V, V, _up(i) // 4, 4)
+    return np.ascontiguousarray(w.transpose(0, 2, 1, 3) if packed else w.transpose(0, 2, 3, 1))
+
+
+def _epilogue_consts(layer: QLayer):
+    """(bias - z_x * sum(w), multiplier) per output channel, lane-blocked, padded with zeros."""
+    bias = layer.bias.astype(np.int64) - layer.input_zero_correction().astype(np.int64)
+    return (relax.const(_lanes(bias.astype(np.int32))), relax.const(_lanes(layer.multiplier().astype(np.float32))))
+
+
+def _q(layer: QLayer):
+    lo, hi = layer.out_range()
+    return (int(layer.output.zero_point), lo, hi, layer.output.dtype)
+
+
+def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bits: int):
+    """One conv layer on blocked (or, for the stem, NCHW) ``x`` of spatial size ``hw``."""
+    bias, mult = _epilogue_consts(layer)
+    z = int(layer.input.zero_point)
+    p = layer.padding
+    pad = (p, p, p, p)
+    w = layer.weight
+    if layer.kind == "conv":
+        wp = relax.const(_lanes(w))  # (OB, C, KH, KW, V)
+        return bb.emit_te(lambda d, w_, b, m: stem_int8_te(d, w_, b, m, _q(layer), layer.stride, pad, z, bits),
+                          x, wp, bias, mult, primfunc_name_hint="mntvm_stem8")
+    if layer.kind == "depthwise":
+        wp = relax.const(_lanes(w[:, 0]))  # (CB, KH, KW, V)
+        return bb.emit_te(lambda d, w_, b, m: depthwise_int8_te(d, w_, b, m, _q(layer), hw, hw, layer.stride, pad,
+                                                                z, bits),
+                          x, wp, bias, mult, primfunc_name_hint="mntvm_dw8")
+    wk = _k4(w[:, :, 0, 0], dot_packs_k4(dot))  # (OB, IB*4, ...) -> (OB, IB, 4, ...)
+    wp = relax.const(wk.reshape((wk.shape[0], -1, V // 4) + wk.shape[2:]))
+    return bb.emit_te(lambda d, w_, b, m: pointwise_int8_te(d, w_, b, m, _q(layer), dot, bits),
+                      x, wp, bias, mult, primfunc_name_hint="mntvm_pw8")
+
+
+def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IRModule:
+    """The int8 network for ``profile``'s target as an unscheduled Relax module of our templates.
+
+    ``expose`` (layer names, ``"input"`` or ``"pool"``): ``main`` returns ``(probs, *those
+    outputs)`` instead of ``probs``, each quantized output as computed (conv layers blocked
+    (N, C'/16, H*W, 16), the input NCHW, the pool (N, C')) — for checking layer by layer.
+    """
+    if profile.is_gpu:
+        raise MntvmError(f"target '{profile.name}' is a GPU: the int8 templates are CPU only")
+    target = profile.tvm_target()
+    dot = dot_for(target, net.act_dtype)
+    bits = int(profile.vector_bits)
+    cfg = net.cfg
+    known = {"input", "pool"} | {l.name for l in net.layers}
+    unknown = [n for n in expose if n not in known]
+    if unknown:
+        raise MntvmError(f"cannot expose {unknown[0]!r}: not a layer of the quantized network")
+    bb = relax.BlockBuilder()
+    data = relax.Var("data", relax.TensorType(cfg.input_shape, "float32"))
+    seen = {}
+    with bb.function("main", [data]):
+        with bb.dataflow():
+            q_in = net.input
+            lo, hi = qrange(q_in.dtype)
+            x = bb.emit_te(quantize_te, data, float(np.float32(q_in.scale)), int(q_in.zero_point), lo, hi,
+                           q_in.dtype, primfunc_name_hint="mntvm_quantize")
+            seen["input"] = x
+            hw = cfg.resolution
+            for layer in net.layers[:-1]:
+                x = _emit_layer(bb, layer, x, hw, dot, bits)
+                hw = (hw + 2 * layer.padding - layer.weight.shape[-1]) // layer.stride + 1
+                seen[layer.name] = x
+            fc = net.layers[-1]
+            last = net.layers[-2].output
+            p_mult = np.float32(last.scale) / (np.float32(fc.input.scale) * np.float32(hw * hw))
+            pool_q = (int(fc.input.zero_point),) + qrange(fc.input.dtype) + (fc.input.dtype,)
+            x = bb.emit_te(pool_int8_te, x, int(last.zero_point), float(p_mult), pool_q, bits,
+                           primfunc_name_hint="mntvm_pool8")
+            seen["pool"] = x
+            n_out = fc.weight.shape[0]
+            bias = fc.bias.astype(np.int64) - fc.input_zero_correction().astype(np.int64)
+            wfc = relax.const(_k4(fc.weight, dot_packs_k4(dot)))
+            out_q = None if fc.output is None else (_q(fc) + (float(np.float32(fc.output.scale)),))
+            logits = bb.emit_te(dense_int8_te, x, wfc, relax.const(bias.astype(np.int32)),
+                                relax.const(fc.multiplier().astype(np.float32)), n_out, out_q, dot, bits,
+                                primfunc_name_hint="mntvm_dense8")
+            seen["fc"] = logits
+            probs = bb.emit(relax.op.nn.softmax(logits, axis=-1))
+            out = probs if not expose else relax.Tuple([probs] + [seen[n] for n in expose])
+            out = bb.emit_output(out)
+        bb.emit_func_output(out)
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])
+    return seq(bb.get())

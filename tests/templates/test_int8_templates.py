@@ -1,0 +1,191 @@
+"""int8 templates (mntvm.templates.compute_int8 / cpu_int8 / lowering_int8): the lowered QuantizedNet
+against the numpy reference forward_int8, layer by layer and exactly, at default and random knobs,
+with VNNI (this machine) and without (the AVX2 profile); rounding ties; the dot instruction in the
+generated code."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tvm
+from tvm import relax, te
+from tvm.s_tir import Schedule
+
+from mntvm.core.errors import MntvmError
+from mntvm.model.network import MobileNetConfig
+from mntvm.model.quantize import quantize
+from mntvm.model.quantized import forward_int8
+from mntvm.model.weights import random_weights
+from mntvm.targets.profiles import get_profile
+from mntvm.templates.compute_int8 import pointwise_int8_te
+from mntvm.templates.defaults import apply_default_schedules, default_schedule
+from mntvm.templates.lowering_int8 import dot_for, lower_int8
+from mntvm.templates.registry import INT8_RULES, all_blocks, mark_scheduled, rule_of, scheduler, tunable_tasks
+
+DEV = tvm.cpu()
+
+
+def _net(alpha, res, seed=0):
+    cfg = MobileNetConfig(alpha=alpha, resolution=res, num_classes=10)
+    cal = np.random.RandomState(seed).rand(3, 3, res, res).astype("float32") * 2 - 0.5
+    return quantize(cfg, random_weights(cfg, seed), cal)
+
+
+@pytest.fixture(scope="module")
+def small():
+    return _net(0.25, 32)
+
+
+def _names(net):
+    return ["input"] + [l.name for l in net.layers] + ["pool"]
+
+
+def _random_knobs(mod, seed):
+    """Every template PrimFunc of ``mod`` scheduled at knobs sampled with ``seed`` (as MetaSchedule
+    samples them), marked scheduled."""
+    mod = mod.clone()
+    for gv, func in list(mod.functions.items()):
+        if not isinstance(func, tvm.tirx.PrimFunc):
+            continue
+        rules = [(b.name_hint, rule_of(b)) for b in all_blocks(func) if rule_of(b)]
+        if not rules:
+            continue
+        sch = Schedule(tvm.IRModule({"main": func}), seed=seed)
+        for name, r in rules:
+            scheduler("cpu", r)(sch, sch.get_sblock(name), None)
+        mod[gv] = mark_scheduled(sch.mod["main"])
+    return mod
+
+
+def _check_network(net, profile, schedule=None, seed=5):
+    """Compile ``net`` for ``profile`` (``schedule(mod)``: the template knobs; default: the family's
+    defaults) and compare probabilities and every layer's quantized output with forward_int8."""
+    target = profile.tvm_target()
+    names = _names(net)
+    mod = lower_int8(net, profile, expose=names)
+    if schedule is not None:
+        mod = schedule(mod)
+    ex = tvm.compile(apply_default_schedules(mod, target), target=target)
+    x = np.random.RandomState(seed).rand(*net.cfg.input_shape).astype("float32") * 2 - 0.5
+    outs = [o.numpy() for o in relax.VirtualMachine(ex, DEV)["main"](tvm.runtime.tensor(x, DEV))]
+    cap = {}
+    probs = forward_int8(net, x, capture=cap)
+    np.testing.assert_allclose(outs[0], probs, rtol=1e-5, atol=1e-7)
+    for name, got in zip(names, outs[1:]):
+        ref = cap[name]
+        if got.ndim == 4 and name != "input":  # blocked (N, C'/16, P, 16) -> (N, C, P)
+            n, cb, p, v = got.shape
+            got = got.transpose(0, 1, 3, 2).reshape(n, cb * v, p)[:, :ref.shape[1]]
+        got = got[:, :ref.shape[1]].reshape(ref.shape)
+        assert got.dtype == ref.dtype, name
+        diff = np.abs(got.astype(np.int64) - ref.astype(np.int64))
+        assert diff.max() == 0, f"{name}: {np.count_nonzero(diff)} of {diff.size} differ, max {diff.max()}"
+
+
+@pytest.mark.parametrize("profile", ["x86", "x86-avx2"])
+def test_network_exact_at_default_knobs(small, profile):
+    """This machine (AVX512-VNNI: dot instruction) and Haswell (no VNNI: plain int32 multiply-adds)."""
+    _check_network(small, get_profile(profile))
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_network_exact_at_random_knobs(small, seed):
+    _check_network(small, get_profile("x86"), lambda m: _random_knobs(m, seed))
+
+
+def test_network_exact_at_random_knobs_without_dot(small):
+    _check_network(small, get_profile("x86-avx2"), lambda m: _random_knobs(m, 3))
+
+
+def test_full_width_network_exact():
+    """alpha 1.0 (1024 channels, 64 input blocks per pointwise reduction) at resolution 32."""
+    _check_network(_net(1.0, 32, seed=1), get_profile("x86"))
+
+
+def test_module_structure(small):
+    """One PrimFunc per layer kind, every conv/pool/FC a tunable template, the dot choice recorded
+    per target: VNNI here, none on Haswell."""
+    profile = get_profile("x86")
+    mod = lower_int8(small, profile)
+    tasks = tunable_tasks(mod)
+    rules = {rule_of(b) for f in tasks.values() for b in all_blocks(f)} - {None}
+    assert rules == set(INT8_RULES)
+    assert dot_for(profile.tvm_target(), "uint8") == "vnni"
+    assert dot_for(get_profile("x86-avx2").tvm_target(), "uint8") == "none"
+    assert dot_for(get_profile("x86-avx512").tvm_target(), "uint8") == "none"  # skylake: no VNNI
+    assert dot_for(profile.tvm_target(), "int8") == "none"  # vpdpbusd multiplies u8 activations
+    ann = {str(b.annotations["mntvm_dot"]) for f in tasks.values() for b in all_blocks(f)
+           if rule_of(b) in ("mntvm_pw8", "mntvm_dense8")}
+    assert ann == {"vnni"}
+
+
+def test_bad_requests(small):
+    with pytest.raises(MntvmError, match="cannot expose 'pw99'"):
+        lower_int8(small, get_profile("x86"), expose=["pw99"])
+    with pytest.raises(MntvmError, match="GPU"):
+        lower_int8(small, get_profile("cuda-sm80"))
+
+
+def _pointwise_module(profile, mult, zp, lo, hi, bias, data, weight):
+    """One pointwise template (1 input block of 16, 2 output blocks, P positions), default knobs."""
+    target = profile.tvm_target()
+    dot = dot_for(target, "uint8")
+    d = te.placeholder(data.shape, "uint8", name="data")
+    w_shape = (2, 1, 4, 16, 4) if dot != "none" else (2, 1, 4, 4, 16)
+    w = te.placeholder(w_shape, "int8", name="w")
+    b = te.placeholder((2, 16), "int32", name="b")
+    m = te.placeholder((2, 16), "float32", name="m")
+    out = pointwise_int8_te(d, w, b, m, (zp, lo, hi, "uint8"), dot, profile.vector_bits)
+    mod = tvm.IRModule({"main": te.create_prim_func([d, w, b, m, out])})
+    sch = default_schedule(mod, target)
+    rt = tvm.compile(sch.mod, target=target).mod
+    # weight (O, I) -> the packed layout the block's dot instruction takes
+    wo = weight.reshape(2, 16, 4, 4)  # (OB, o, k4, i4)
+    wp = wo.transpose(0, 2, 1, 3) if dot != "none" else wo.transpose(0, 2, 3, 1)
+    args = [data, np.ascontiguousarray(wp)[:, None], bias.reshape(2, 16), mult.reshape(2, 16),
+            np.zeros((1, 2, data.shape[2], 16), "uint8")]
+    args = [tvm.runtime.tensor(a, DEV) for a in args]
+    rt["main"](*args)
+    return args[-1].numpy(), rt
+
+
+@pytest.mark.parametrize("profile", ["x86", "x86-avx2"])
+def test_requantization_rounds_ties_to_even_and_saturates(profile):
+    """Accumulators k + 0.5 after the multiplier round half to even (as rint / ONNX Runtime);
+    out-of-range values clamp to [lo, hi]."""
+    p = 16
+    rng = np.random.RandomState(0)
+    data = rng.randint(0, 256, (1, 1, p, 16)).astype("uint8")
+    weight = rng.randint(-128, 128, (32, 16)).astype("int8")
+    acc = np.einsum("pi,oi->po", data[0, 0].astype(np.int64), weight.astype(np.int64))
+    # choose the bias so that acc + bias is odd and small: ties at mult 0.5; two channels saturate
+    target = rng.randint(-41, 41, 32) * 2 + 1
+    bias = (target - acc[0]).astype(np.int32)
+    bias[5], bias[6] = 10 ** 6, -10 ** 6
+    mult = np.full(32, 0.5, np.float32)
+    zp, lo, hi = 100, 3, 250
+    got, _ = _pointwise_module(get_profile(profile), mult, zp, lo, hi, bias, data, weight)
+    total = (acc + bias[None, :]).astype(np.int32)
+    ref = np.clip(np.rint(total.astype(np.float32) * mult) + zp, lo, hi).astype(np.uint8)
+    got = got[0].transpose(1, 0, 2).reshape(p, 32)
+    np.testing.assert_array_equal(got, ref)
+    ties = (total[0] % 2 != 0) & (np.abs(total[0]) < 100)
+    assert ties.sum() >= 25  # row 0: exact ties, both even and odd halves
+    assert {int(x) for x in np.rint(total[0][ties] * np.float32(0.5)) % 2} == {0}
+    assert got[0, 5] == hi and got[0, 6] == lo
+
+
+@pytest.mark.parametrize("profile,has_dot", [("x86", True), ("x86-avx2", False)])
+def test_generated_code_uses_the_dot_instruction(profile, has_dot):
+    """VNNI build: vpdpbusd in the pointwise kernel and a vectorized (zmm) requantization; the
+    AVX2 build: neither vpdpbusd nor the int16-saturating vpmaddubsw."""
+    rng = np.random.RandomState(1)
+    data = rng.randint(0, 256, (1, 1, 16, 16)).astype("uint8")
+    weight = rng.randint(-128, 128, (32, 16)).astype("int8")
+    _, rt = _pointwise_module(get_profile(profile), np.full(32, 0.01, np.float32), 0, 0, 255,
+                              np.zeros(32, np.int32), data, weight)
+    asm = rt.inspect_source("asm")
+    assert ("vpdpbusd" in asm) == has_dot
+    assert "vpmaddubsw" not in asm
+    if has_dot:
+        assert "vrndscaleps\t$12, %zmm" in asm or "vrndscaleps\t$4, %zmm" in asm, "requantization not vectorized"
