@@ -23,6 +23,16 @@ def _weights_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the random weights (default 0)")
 
 
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("int8 quantization")
+    g.add_argument("--calibration", metavar="DIR",
+                   help="calibration inputs: a folder of .npy/.jpg/.png (default: seeded random inputs)")
+    g.add_argument("--calibration-method", default="minmax", choices=("minmax", "percentile", "entropy"),
+                   help="how activation ranges are chosen (default minmax)")
+    g.add_argument("--calibration-count", type=int, default=16,
+                   help="calibration inputs to use (default 16; 0: every file in --calibration)")
+
+
 def _targets_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets-dir", help="a folder of your own target profiles (shadows shipped ones)")
 
@@ -74,8 +84,20 @@ def cmd_compile(a) -> None:
 
     out = compile_model(_config(a), a.output, target=a.target, weights=a.weights, seed=a.seed,
                         targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a), schedules=a.schedules,
-                        force_schedules=a.force_schedules)
+                        force_schedules=a.force_schedules, dtype=a.dtype, calibration=a.calibration,
+                        method=a.calibration_method, calibration_count=a.calibration_count)
     print(format_compiled(out))
+
+
+def cmd_quantize(a) -> None:
+    from mntvm.compile import format_quantized, write_quantized
+
+    cfg = _config(a)
+    path, info = write_quantized(cfg, a.output, target=a.target, weights=a.weights, seed=a.seed,
+                                 calibration=a.calibration, method=a.calibration_method,
+                                 count=a.calibration_count, targets_dir=a.targets_dir, mcpu=a.mcpu,
+                                 mattr=_mattr(a))
+    print(format_quantized(path, info, cfg))
 
 
 def cmd_tune(a) -> None:
@@ -83,7 +105,7 @@ def cmd_tune(a) -> None:
 
     r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
              targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads,
-             mcpu=a.mcpu, mattr=_mattr(a))
+             mcpu=a.mcpu, mattr=_mattr(a), dtype=a.dtype)
     print(json.dumps(r) if a.json else format_tune(r))
 
 
@@ -273,7 +295,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedules", default="default",
                    help="tuned database: 'default' (shipped in schedules/), a folder, or 'none' (template defaults)")
     s.add_argument("--force-schedules", action="store_true", help="apply a database tuned for another target")
+    s.add_argument("--dtype", choices=("float32", "int8"),
+                   help="float32 or int8 (default: follows --weights; a quantized QDQ .onnx builds as int8)")
+    _calibration_args(s)
     s.set_defaults(func=cmd_compile)
+
+    s = sub.add_parser("quantize", help="quantize to int8 and write an ONNX QDQ model")
+    _model_args(s)
+    _weights_args(s)
+    _target_args(s)
+    _calibration_args(s)
+    s.add_argument("-o", "--output", required=True, help="the quantized model (.onnx)")
+    s.set_defaults(func=cmd_quantize)
 
     s = sub.add_parser("tune", help="tune the conv templates with MetaSchedule into a schedules database")
     _model_args(s)
@@ -285,6 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", help="database folder (default: schedules/<target>/)")
     s.add_argument("--force-schedules", action="store_true", help="continue a database tuned for another target")
     s.add_argument("--threads", type=_positive, help="threads to measure kernels on here (default 1)")
+    s.add_argument("--dtype", choices=("float32", "int8"), default="float32", help="which templates (default float32)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tune)
 

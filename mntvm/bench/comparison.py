@@ -21,14 +21,17 @@ import numpy as np
 
 from mntvm.bench.checks import artifact_weights
 from mntvm.bench.peers import OURS_LABEL, PEERS, REFERENCE
-from mntvm.compile.artifact import load_artifact
+from mntvm.compile.artifact import QDQ_NAME, load_artifact
 from mntvm.core import arch
 from mntvm.core.errors import MntvmError, one_line
 from mntvm.export.onnx import export_onnx
 from mntvm.export.tflite import export_tflite
 from mntvm.model.network import MobileNetConfig
 
-COMPARE_TOL = 1e-5  # max |ours - ORT| allowed
+COMPARE_TOL = 1e-5  # max |ours - ORT| allowed (float32)
+# int8: ORT runs the artifact's own QDQ model; its kernels round as ours do, but a 1-step
+# difference in one layer can move later layers by a step too: probabilities agree to ~1e-2.
+COMPARE_TOL_INT8 = 2e-2
 COMPARE_KEYS = ("ours_median_ms", "ours_p90_ms", "ort_median_ms", "ort_p90_ms", "ratio", "max_abs_diff")
 WARMUP = 10  # untimed runs of each runtime before the interleaved rounds
 WORKER = "mntvm.bench.comparison_worker"  # run as `python -m WORKER SPEC_JSON`, once per thread count
@@ -103,12 +106,18 @@ def compare(
     not_installed = [p for p in wanted if p not in measured]
 
     cfg = MobileNetConfig.from_dict(meta["model"])
-    w = artifact_weights(art, weights)
+    int8 = meta.get("dtype") == "int8"
+    if int8 and weights is not None:
+        raise MntvmError("--weights does not apply to an int8 artifact: the peers run the quantized model "
+                         f"it carries ({QDQ_NAME})")
+    if int8 and not (art.path / QDQ_NAME).is_file():
+        raise MntvmError(f"{art.path} is an int8 artifact without its {QDQ_NAME}: compile it again")
+    w = None if int8 else artifact_weights(art, weights)
     sched = meta.get("schedules") or {}
     result = {
         "artifact": str(art.path), "model": cfg.tag, "config": cfg.to_dict(), "target": tgt.get("name"),
         "schedules": sched.get("kind"), "tuned_tasks": len(sched.get("tuned") or []),
-        "tasks": sched.get("tasks"), "weights_source": meta.get("weights_source"),
+        "tasks": sched.get("tasks"), "dtype": meta.get("dtype", "float32"), "weights_source": meta.get("weights_source"),
         "weights_sha256": meta.get("weights_sha256"), "input_seed": input_seed, "rounds": rounds,
         "per_round": per_round, "warmup": WARMUP, "peers": measured, "not_installed": not_installed,
         "peer_errors": {}, "versions": {}, "threads": {},
@@ -118,14 +127,17 @@ def compare(
         for fmt in dict.fromkeys(PEERS[p].model for p in measured):
             users = [p for p in measured if PEERS[p].model == fmt]
             try:
-                models[fmt] = str(_EXPORTERS[fmt](cfg, w, Path(tmp) / f"model.{fmt}"))
+                if int8 and fmt != "onnx":
+                    raise MntvmError(f"no int8 {fmt} export yet: this peer runs float32 models only")
+                models[fmt] = (str((art.path / QDQ_NAME).resolve()) if int8 else
+                               str(_EXPORTERS[fmt](cfg, w, Path(tmp) / f"model.{fmt}")))
             except Exception as e:  # noqa: BLE001 - e.g. an installed but incompatible ai_edge_litert
                 if REFERENCE in users:
                     raise
                 for p in users:
                     result["peer_errors"][p] = one_line(e, with_type=True)
         spec = {"artifact": str(Path(art.path).resolve()), "models": models, "input_seed": input_seed,
-                "tol": COMPARE_TOL, "warmup": WARMUP, "rounds": rounds, "per_round": per_round,
+                "tol": COMPARE_TOL_INT8 if int8 else COMPARE_TOL, "warmup": WARMUP, "rounds": rounds, "per_round": per_round,
                 "peers": [p for p in measured if PEERS[p].model in models]}
         for n in counts:
             r = _run_worker({**spec, "threads": n}, timeout_s)
@@ -169,7 +181,7 @@ def _run_worker(spec: dict, timeout_s: float) -> dict:
 
 def format_compare(r: dict) -> str:
     """The side-by-side table of :func:`compare`'s result, one row per runtime and thread count."""
-    rows = [f"{r['model']} ({r['target']}, schedules {r['schedules']}, {r['tuned_tasks']}/{r['tasks']} tasks "
+    rows = [f"{r['model']} {r.get('dtype', 'float32')} ({r['target']}, schedules {r['schedules']}, {r['tuned_tasks']}/{r['tasks']} tasks "
             f"tuned): {r['rounds']}x{r['per_round']} interleaved runs each, one process per thread count"]
     rows.append(f"{'threads':>7}  {'runtime':<15} {'median ms':>10} {'p90 ms':>10} {'ours/it':>8} {'max|diff|':>10}")
     for n, t in r["threads"].items():

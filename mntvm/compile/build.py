@@ -4,6 +4,12 @@ Pipeline: weights → batchnorm folded numerically (float64) → Relax graph wit
 constants → per-family lowering and scheduling → ``tvm.compile`` → ``model.so`` exported with the
 profile's toolchain, plus ``metadata.json``. The directory is written atomically.
 
+int8 (``dtype="int8"``, or a quantized ONNX file as ``weights``: the dtype follows the file): the
+network is a :class:`~mntvm.model.quantized.QuantizedNet`, imported from the QDQ file or quantized
+here from the fp32 weights and calibration inputs, lowered by :func:`~mntvm.templates.lowering_int8.
+lower_int8`; the artifact also holds ``model.qdq.onnx``, the same quantized network in ONNX QDQ
+form, which ``bench --compare`` runs the peers on. Input and output stay float32.
+
 Public entry: :func:`compile_model`.
 """
 from __future__ import annotations
@@ -15,23 +21,27 @@ from typing import Mapping
 
 import numpy as np
 
-from mntvm.compile.artifact import (LIB_NAME, META_NAME, check_artifact_dir, library_record, load_artifact,
-                                    write_artifact,
-                                    write_json_atomic)
+from mntvm.compile.artifact import (LIB_NAME, META_NAME, QDQ_NAME, check_artifact_dir, library_record,
+                                    load_artifact, write_artifact, write_json_atomic)
+from mntvm.compile.network import network_for, quantized_digest
+from mntvm.export.onnx_qdq import export_qdq
 from mntvm.model import weights as W
 from mntvm.model.inference import inference_module
 from mntvm.model.network import MobileNetConfig
+from mntvm.model.quantized import QuantizedNet
 from mntvm.targets import get_profile
 from mntvm.templates.defaults import apply_default_schedules
 from mntvm.templates.gpu import compile_gpu
 from mntvm.templates.lowering import has_templates, lower
+from mntvm.templates.lowering_int8 import lower_int8
 from mntvm.templates.registry import tunable_tasks
 from mntvm.tuning import open_schedules
 
 
-def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, schedules=None):
+def build(cfg: MobileNetConfig, weights, profile, schedules=None):
     """Lower, schedule and build; returns ``(relax.Executable, schedule_info dict)``.
 
+    ``weights``: fp32 weights (a dict) or a :class:`QuantizedNet` (int8, CPU targets only).
     CPU families and CUDA: our templates (:mod:`mntvm.templates`), with tuned records from
     ``schedules`` (a :class:`mntvm.tuning.database.ScheduleDB` or None) where they exist and
     template defaults elsewhere. Other GPU families: DLight rules (:mod:`mntvm.templates.gpu`).
@@ -39,10 +49,13 @@ def build(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, sche
     import tvm
 
     target = profile.tvm_target()
+    int8 = isinstance(weights, QuantizedNet)
+    if int8:
+        profile.check_int8()
     if not has_templates(profile):
         ex, rules = compile_gpu(inference_module(cfg, weights), target)
         return ex, {"kind": "gpu-dlight", "rules": rules}
-    low = lower(cfg, weights, profile)
+    low = lower_int8(weights, profile) if int8 else lower(cfg, weights, profile)
     tasks = sorted(tunable_tasks(low))
     info = {"kind": "templates", "tasks": len(tasks), "tuned": [], "defaults": tasks, "database": None}
     mod = low
@@ -69,12 +82,17 @@ def compile_model(
     mattr: list[str] | None = None,
     schedules: str | os.PathLike | None = "default",
     force_schedules: bool = False,
+    dtype: str | None = None,
+    calibration: str | os.PathLike | None = None,
+    method: str = "minmax",
+    calibration_count: int = 16,
 ) -> Path:
     """Compile ``cfg`` for ``target`` into ``out_dir`` and return its path.
 
     ``schedules``: "default" (the target's shipped database in ``schedules/<target>/``, if any),
     a database folder, or None/"none" (template defaults only). A database tuned for another
-    target is refused unless ``force_schedules``.
+    target is refused unless ``force_schedules``. ``dtype``/``calibration``/``method``: see
+    :func:`network_for`.
     """
     import tvm
     import tvm_ffi
@@ -84,13 +102,16 @@ def compile_model(
     profile.check_toolchain()
 
     db = open_schedules(schedules, profile, force=force_schedules) if has_templates(profile) else None
-    w = W.load(cfg, weights, seed)
+    w, quant = network_for(cfg, profile, weights, seed, dtype, calibration, method, calibration_count)
     t0 = time.perf_counter()
     ex, sched_info = build(cfg, w, profile, db)
     build_s = time.perf_counter() - t0
     out_dir = Path(out_dir)
     with write_artifact(out_dir) as tmp:
         profile.export_library(ex, tmp / LIB_NAME)
+        int8 = isinstance(w, QuantizedNet)
+        if int8:
+            export_qdq(w, tmp / QDQ_NAME)
         meta = {
             "format": 1,
             "library": library_record(tmp / LIB_NAME),
@@ -98,7 +119,9 @@ def compile_model(
             "target": profile.to_metadata(),
             "tvm_version": tvm.__version__,
             "tvm_ffi_version": tvm_ffi.__version__,
-            "weights_sha256": W.digest(w),
+            "dtype": quant["dtype"],
+            "quantization": {k: v for k, v in quant.items() if k != "dtype"} or None,
+            "weights_sha256": quantized_digest(w) if int8 else W.digest(w),
             # relative to the artifact: no absolute path in what we write; bench --compare finds it
             "weights_source": os.path.relpath(os.path.abspath(weights), out_dir.resolve())
                               if isinstance(weights, (str, os.PathLike)) else
@@ -118,7 +141,10 @@ def format_compiled(out: str | os.PathLike) -> str:
     tasks came from a tuned database (and which log stood in for this CPU's)."""
     meta = load_artifact(out, verify=False).metadata
     s = meta["schedules"]
-    lines = [f"wrote {out} ({meta['target']['name']}, built in {meta['build_seconds']:.1f}s, "
+    q = meta.get("quantization") or {}
+    kind = (f"int8, {q['activations']} activations, calibration {q['calibration']}"
+            + (f" on {q['calibration_inputs']}" if q.get("calibration_inputs") else "")) if q else "float32"
+    lines = [f"wrote {out} ({meta['target']['name']}, {kind}, built in {meta['build_seconds']:.1f}s, "
              f"schedules: {s['kind']})"]
     if "tasks" in s:
         db = s["database"]

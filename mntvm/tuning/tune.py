@@ -31,10 +31,14 @@ from mntvm.core.errors import MntvmError, one_line
 from mntvm.core.paths import data_dir
 from mntvm.core.threads import check_threads
 from mntvm.model import weights as W
+from mntvm.model.calibration import load_calibration
+from mntvm.model.quantize import quantize
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.defaults import default_schedule
 from mntvm.templates.lowering import has_templates, lower
-from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, tunable_tasks
+from mntvm.templates.lowering_int8 import lower_int8
+from mntvm.templates.registry import (RULE_DENSE, RULE_DENSE8, RULE_DW, RULE_DW8, RULE_POOL, RULE_POOL8, RULE_PW,
+                                      RULE_PW8, RULE_STEM, RULE_STEM8, tunable_tasks)
 from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_db, db_name, open_schedules, task_mod,
                                    task_rule, write_meta)
 from mntvm.tuning.lock import db_lock
@@ -42,7 +46,8 @@ from mntvm.tuning.measure import runner as measuring
 from mntvm.tuning.space import ms_builder, tune_space
 
 MIN_FREE_BYTES = 50 << 20  # free space tune wants on the database's filesystem before it starts
-OPS = {"pw": (RULE_PW,), "dw": (RULE_DW,), "stem": (RULE_STEM,), "fc": (RULE_DENSE,), "pool": (RULE_POOL,)}
+OPS = {"pw": (RULE_PW, RULE_PW8), "dw": (RULE_DW, RULE_DW8), "stem": (RULE_STEM, RULE_STEM8),
+       "fc": (RULE_DENSE, RULE_DENSE8), "pool": (RULE_POOL, RULE_POOL8)}
 
 
 def _wanted_rules(ops: str) -> set:
@@ -323,8 +328,12 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
 def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str | os.PathLike | None = None,
          tracker: str | None = None, key: str | None = None, targets_dir=None, chunk: int = 8,
          progress: bool = True, force: bool = False, threads: int | None = None,
-         mcpu: str | None = None, mattr=None) -> dict:
+         mcpu: str | None = None, mattr=None, dtype: str = "float32") -> dict:
     """Tune each task of ``cfg`` on ``target`` up to ``trials`` measured trials; returns a summary.
+
+    ``dtype="int8"`` tunes the int8 templates (the network quantized from seeded weights and
+    inputs: a task depends on the layer shapes only, so the records serve any int8 model of
+    that shape). Both dtypes' records can live in one database.
 
     Kernels are measured locally on ``threads`` threads, 1 by default: on a 2-core Zen4 VM the
     log tuned on 1 thread ran the network faster at 1 *and* 2 threads (10.7/5.6-5.9 ms) than the
@@ -340,7 +349,14 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     _check_measurable(profile, tracker, threads)  # before lowering: refusals come at once
     out = Path(out) if out else data_dir("schedules") / db_name(profile)
     _check_output(out)
-    low = lower(cfg, W.random_weights(cfg), profile)
+    if dtype == "int8":
+        act = profile.check_int8()
+        net = quantize(cfg, W.random_weights(cfg), load_calibration(None, cfg), act_dtype=act)
+        low = lower_int8(net, profile)
+    elif dtype == "float32":
+        low = lower(cfg, W.random_weights(cfg), profile)
+    else:
+        raise MntvmError(f"--dtype {dtype!r}: choose float32 or int8")
     tasks = {n: f for n, f in tunable_tasks(low).items() if task_rule(f) in wanted}
     return tune_funcs(tasks, profile, out, trials,
                       label=cfg.tag, tracker=tracker, key=key, chunk=chunk, progress=progress, force=force,
