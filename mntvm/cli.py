@@ -207,7 +207,7 @@ def cmd_sweep(a) -> None:
     r = sweep(a.target, alphas, resolutions, tracker=a.tracker, key=a.key, repeat=a.repeat, warmup=a.warmup,
               threads=a.threads, budget_ms=a.budget_ms, out=a.output, resume=a.resume, seed=a.seed,
               wait_s=a.wait, timeout_s=a.timeout, attempts=a.attempts, progress=not a.json,
-              targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a))
+              targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a), dtype=a.dtype)
     png = plot_png(r) if (a.plot or a.report) and r["variants"] else None
     if a.plot and png:
         write_plot(r, a.plot)
@@ -416,6 +416,8 @@ def build_parser() -> argparse.ArgumentParser:
     _target_args(s, required=True)
     s.add_argument("--alphas", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)")
     s.add_argument("--resolutions", help="input resolutions, comma-separated (default 224,192,160,128)")
+    s.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                   help="build every variant in float32 (default) or int8 (quantized from seeded inputs)")
     s.add_argument("--tracker", help="HOST:PORT of the RPC tracker (default: run here)")
     s.add_argument("--key", help="board key: every board registered under it runs variants concurrently")
     s.add_argument("--repeat", type=int, default=30, help="timed runs per variant (default 30)")

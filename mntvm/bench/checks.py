@@ -10,16 +10,35 @@ from pathlib import Path
 
 import numpy as np
 
-from mntvm.compile.artifact import Artifact
+from mntvm.compile.artifact import QDQ_NAME, Artifact
+from mntvm.compile.network import quantized_digest
 from mntvm.core.errors import MntvmError
 from mntvm.model import reference
 from mntvm.model import weights as W
 from mntvm.model.network import MobileNetConfig
+from mntvm.model.qdq_import import import_qdq
+from mntvm.model.quantized import QuantizedNet, forward_int8
 
 
 def reference_output(art: Artifact, x: np.ndarray) -> np.ndarray:
-    """The host-side numpy reference for the artifact's model and weights."""
+    """The host-side numpy reference for the artifact's model and weights (int8 artifacts: the
+    integer arithmetic of the quantized network they carry, :func:`artifact_quantized`)."""
+    if art.metadata.get("dtype") == "int8":
+        return forward_int8(artifact_quantized(art), x)
     return reference.forward(MobileNetConfig.from_dict(art.metadata["model"]), artifact_weights(art), x)
+
+
+def artifact_quantized(art: Artifact) -> QuantizedNet:
+    """The quantized network an int8 artifact was built from: its ``model.qdq.onnx``, checked
+    against the recorded ``weights_sha256``."""
+    cfg = MobileNetConfig.from_dict(art.metadata["model"])
+    path = art.path / QDQ_NAME
+    if not path.is_file():
+        raise MntvmError(f"{art.path} is an int8 artifact without its {QDQ_NAME}: compile it again")
+    net = import_qdq(path, cfg)
+    if quantized_digest(net) != art.metadata.get("weights_sha256"):
+        raise MntvmError(f"{path} does not match {art.path}'s quantized weights (sha256): compile it again")
+    return net
 
 
 def artifact_weights(art: Artifact, weights=None) -> dict:

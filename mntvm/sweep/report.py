@@ -23,7 +23,7 @@ def format_table(result: dict) -> str:
     """The sweep as a printed table, then the budget verdict and retries."""
     head = (f"{'alpha':>5} {'res':>4} {'MMACs':>7} {'Mparams':>7} {'top1':>5} {'median ms':>10} {'p90 ms':>9} "
             f"{'GFLOP/s':>8} {'max|diff|':>9} {'pareto':>6}  board")
-    lines = [f"sweep of {len(result['variants'])} variants for target {result['target']} "
+    lines = [f"sweep of {len(result['variants'])} {result.get('dtype', 'float32')} variants for target {result['target']} "
              f"(TVM {result['tvm_version']}, {result['schedules']['id']}, repeat {result['repeat']})", head]
     for r in result["variants"]:
         p = {True: "*", False: "", None: "?"}[r["pareto"]]

@@ -84,18 +84,19 @@ def read_out(path: str | os.PathLike) -> list[dict]:
 
 # What shapes a measurement, as the option that sets it (in the order a mismatch is named).
 SETTING_OPTIONS = {"target": "--target", "mcpu": "--mcpu", "mattr": "--mattr", "repeat": "--repeat",
-                   "warmup": "--warmup", "threads": "--threads", "seed": "--seed"}
+                   "warmup": "--warmup", "threads": "--threads", "seed": "--seed", "dtype": "--dtype"}
+_SETTING_DEFAULTS = {"dtype": "float32"}  # what lines written before a setting existed were measured with
 
 
 def run_settings(target: str, mcpu: str | None, mattr, repeat: int, warmup: int, threads: int | None,
-                 seed: int) -> dict:
+                 seed: int, dtype: str = "float32") -> dict:
     """The ``settings`` each results line records: target profile name, ``mcpu``/``mattr`` as asked
     (None: the profile's own), repeat, warmup, threads (None: the board's default) and weights seed."""
     if isinstance(mattr, str):
         mattr = [a.strip() for a in mattr.split(",") if a.strip()]
     return {"target": target, "mcpu": mcpu, "mattr": list(mattr) if mattr is not None else None,
             "repeat": int(repeat), "warmup": int(warmup), "threads": None if threads is None else int(threads),
-            "seed": int(seed)}
+            "seed": int(seed), "dtype": dtype}
 
 
 def _show(v) -> str:
@@ -112,8 +113,9 @@ def settings_mismatch(records: list[dict], settings: dict, path) -> str | None:
             return (f"--resume: {path} holds results that do not record their settings (written by an older "
                     "mntvm); use another --output")
         for key, option in SETTING_OPTIONS.items():
-            if old.get(key) != settings[key]:
-                return (f"--resume: {path} was measured with {option} {_show(old.get(key))}, this run asks for "
+            was = old.get(key, _SETTING_DEFAULTS.get(key))
+            if was != settings[key]:
+                return (f"--resume: {path} was measured with {option} {_show(was)}, this run asks for "
                         f"{_show(settings[key])}; use another --output or the same settings")
     return None
 

@@ -189,7 +189,8 @@ class _Run:
         v = label(cfg.alpha, cfg.resolution)
         self.running(v, "compiling", f"{v} compiling")
         w = W.load(cfg, None, self.seed)
-        d = artifact_dir(cfg, self.profile_meta, W.digest(w), self.sched)
+        dtype = self.compile_kw["dtype"]
+        d = artifact_dir(cfg, self.profile_meta, W.digest(w) + ("" if dtype == "float32" else f"-{dtype}"), self.sched)
         with self.lock:
             self.used.append(d)
         if _loads(d):
@@ -241,6 +242,7 @@ class _Run:
             "min_ms": r.get("min_ms"), "mean_ms": r.get("mean_ms"), "repeat": r.get("repeat"),
             "threads": r.get("threads"), "target": self.profile.name, "artifact": str(art), "cached": cached,
             "schedules": self.sched["id"], "finished": _now(), "settings": self.settings,
+            "dtype": self.settings["dtype"],
         }
         if self.sink is not None:  # the file names the artifact relative to the cache: no absolute path
             self.sink.append({**rec, "artifact": cache_relative(art)})
@@ -374,6 +376,7 @@ def sweep(
     mcpu: str | None = None,
     mattr: list[str] | None = None,
     cache_max_bytes: int | None = None,
+    dtype: str = "float32",
 ) -> dict:
     """Compile and benchmark every (α, resolution) variant; return the sweep as a JSON-able dict.
 
@@ -381,8 +384,13 @@ def sweep(
     ``wait_s`` (default ``timeout_s``) bounds the wait for the tracker to hand out a board.
     ``attempts`` is per variant with a tracker (a local run is not retried). ``mcpu``/``mattr``
     refine the target profile's CPU (as for ``compile_model``). ``cache_max_bytes`` bounds the
-    artifact cache after the run (default: ``MNTVM_CACHE_MAX_MB`` MiB, else 2048).
+    artifact cache after the run (default: ``MNTVM_CACHE_MAX_MB`` MiB, else 2048). ``dtype="int8"``
+    builds every variant in int8 (quantized from its seeded weights and seeded calibration inputs;
+    GFLOP/s then counts integer ops); a results file holds one dtype (run a second sweep with
+    another ``--output`` for the other, or ``benchmarks/variants.py --dtype both``).
     """
+    if dtype not in ("float32", "int8"):
+        raise MntvmError(f"--dtype {dtype!r}: choose float32 or int8")
     cfgs = [MobileNetConfig(alpha=float(a), resolution=int(r)) for a in alphas for r in resolutions]
     if not cfgs:
         raise MntvmError("nothing to sweep: give at least one alpha and one resolution")
@@ -393,13 +401,15 @@ def sweep(
     wait_s = float(wait_s) if wait_s is not None else float(timeout_s)
     profile = get_profile(target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
     profile.check_toolchain()
+    if dtype == "int8":
+        profile.check_int8()
     if tracker is None and key is None:
         _check_runs_here(profile)
         servers, n_boards = [], 1
     else:
         servers, n_boards = _check_boards(tracker, key)
     out_path = Path(out) if out is not None else None
-    settings = run_settings(profile.name, mcpu, mattr, repeat, warmup, threads, seed)
+    settings = run_settings(profile.name, mcpu, mattr, repeat, warmup, threads, seed, dtype)
     done = _check_out(out_path, resume, settings)
 
     costs = {label(c.alpha, c.resolution): cost_report(c) for c in cfgs}
@@ -408,7 +418,7 @@ def sweep(
                     timeout_s=timeout_s)  # bench bounds each RPC step itself; attempt()'s watchdog is the backstop
     prog = Progress(len(cfgs), "sweep", enabled=progress, done=len(cfgs) - len(todo), log_events=True)
     sink = ResultsFile(out_path) if out_path is not None else None
-    compile_kw = dict(target=target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr)
+    compile_kw = dict(target=target, targets_dir=targets_dir, mcpu=mcpu, mattr=mattr, dtype=dtype)
     run = _Run(profile, compile_kw, settings, tracker, bench_kw, costs, sink, prog)
     t_start = time.time()
     try:
@@ -453,6 +463,7 @@ def _summary(run: _Run, setup: dict, runs: dict, wanted: list[str], done: dict[s
         **setup,
         "boards": sorted({r["board"] for r in recs if r.get("board")}),
         "tvm_version": tvm.__version__, "schedules": {**run.sched, "kinds": kinds},
+        "dtype": run.settings["dtype"],
         **runs,
         "date": _now(), "seconds": round(seconds, 2),
         "variants": recs,

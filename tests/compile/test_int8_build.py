@@ -132,3 +132,18 @@ def test_bench_compare_runs_the_peers_on_the_artifacts_quantized_model(int8_arti
     assert r["dtype"] == "int8"
     t = r["threads"]["1"]
     assert t["max_abs_diff"] <= 1e-6 and t["ours_median_ms"] > 0 and t["ort_median_ms"] > 0
+
+
+def test_bench_checks_an_int8_artifact_against_the_network_it_carries(int8_artifact, tmp_path):
+    import shutil
+
+    p = run_cli("bench", str(int8_artifact), "--repeat", "3", "--warmup", "1", "--json")
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["max_abs_diff"] <= 1e-6
+    # the carried QDQ file swapped for another quantization: refused in one line, not mis-measured
+    fake = tmp_path / "art"
+    shutil.copytree(int8_artifact, fake)
+    run_cli("quantize", *SMALL, "--seed", "9", "-o", str(tmp_path / "other.onnx"))
+    shutil.copy(tmp_path / "other.onnx", fake / "model.qdq.onnx")
+    p = run_cli("bench", str(fake), "--repeat", "3", check=False)
+    assert p.returncode == 2 and "does not match" in p.stderr and len(p.stderr.strip().splitlines()) == 1

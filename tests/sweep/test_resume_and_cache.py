@@ -55,6 +55,7 @@ def cache(tmp_path, monkeypatch) -> Path:
     ({"mcpu": "skylake"}, "was measured with --mcpu none (the default), this run asks for skylake"),
     ({"mattr": ["+avx2"]}, "was measured with --mattr none (the default), this run asks for +avx2"),
     ({"target": "x86-64"}, "was measured with --target x86, this run asks for x86-64"),
+    ({"dtype": "int8"}, "was measured with --dtype float32, this run asks for int8"),
 ])
 def test_resume_with_other_settings_is_refused(change, message, cache, tmp_path):
     """A results file measured with --repeat 5 is not resumed by a run asking for --repeat 10 (and so on
@@ -92,7 +93,8 @@ def test_run_settings_normalises_mattr():
 
     assert run_settings("x86", None, "+avx2, +fma", 5, 3, None, 0)["mattr"] == ["+avx2", "+fma"]
     assert run_settings("x86", "skylake", ["+avx2"], 5, 3, 2, 1) == {
-        "target": "x86", "mcpu": "skylake", "mattr": ["+avx2"], "repeat": 5, "warmup": 3, "threads": 2, "seed": 1}
+        "target": "x86", "mcpu": "skylake", "mattr": ["+avx2"], "repeat": 5, "warmup": 3, "threads": 2, "seed": 1,
+        "dtype": "float32"}
 
 
 # ---------------------------------------------------------------------------------------------
