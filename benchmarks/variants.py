@@ -3,13 +3,15 @@ side with ONNX Runtime, one run.
 
     python benchmarks/variants.py [--alphas 1.0,0.75,0.5,0.25] [--resolutions 224,192,160,128]
                                   [--threads 1,2] [--rounds 10] [--per-round 5]
-                                  [--schedules default|none|DIR] [--json]
+                                  [--schedules default|none|DIR] [--dtype float32|int8|both] [--json]
 
 Each variant is compiled for this machine (the shipped schedules where they cover it, template
 defaults elsewhere) and handed to :func:`mntvm.bench.compare`: same weights and input exported to
 ONNX, outputs checked to agree, then ours and ONNX Runtime timed in interleaved rounds, one
 process per thread count. Prints per variant and thread count the two medians and the ratio
-ours / ORT (below 1: we are faster), then the worst ratio per thread count.
+ours / ORT (below 1: we are faster), then the worst ratio per thread count. ``--dtype int8``
+builds each variant in int8 (quantized from seeded inputs) and ORT runs the artifact's own QDQ
+model; ``both`` prints the int8 row next to the fp32 one, with ours fp32 / ours int8.
 """
 from __future__ import annotations
 
@@ -35,8 +37,10 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--per-round", type=int, default=5)
     p.add_argument("--schedules", default="default")
+    p.add_argument("--dtype", default="float32", choices=("float32", "int8", "both"))
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    dtypes = ["float32", "int8"] if a.dtype == "both" else [a.dtype]
     counts = [int(t) for t in a.threads.split(",")]
     rows = []
     try:
@@ -44,32 +48,38 @@ def main(argv=None) -> int:
             for alpha in (float(x) for x in a.alphas.split(",")):
                 for res in (int(x) for x in a.resolutions.split(",")):
                     cfg = MobileNetConfig(alpha=alpha, resolution=res)
-                    art = compile_model(cfg, Path(tmp) / cfg.tag, schedules=a.schedules)
-                    sched = load_artifact(art, verify=False).metadata["schedules"]
-                    r = compare(art, peers=("ort",), threads=counts, rounds=a.rounds, per_round=a.per_round)
-                    rows.append({"variant": f"{alpha:g}/{res}", "tuned": f"{len(sched.get('tuned', []))}/"
-                                 f"{sched.get('tasks', '-')}", "threads": r["threads"]})
-                    if not a.json:
-                        print(_row(rows[-1], counts), flush=True)
+                    for dtype in dtypes:
+                        art = compile_model(cfg, Path(tmp) / f"{cfg.tag}-{dtype}", schedules=a.schedules, dtype=dtype)
+                        sched = load_artifact(art, verify=False).metadata["schedules"]
+                        r = compare(art, peers=("ort",), threads=counts, rounds=a.rounds, per_round=a.per_round)
+                        rows.append({"variant": f"{alpha:g}/{res}", "dtype": dtype, "tuned": f"{len(sched.get('tuned', []))}/"
+                                     f"{sched.get('tasks', '-')}", "threads": r["threads"]})
+                        if not a.json:
+                            fp32 = rows[-2] if dtype == "int8" and len(dtypes) == 2 else None
+                            print(_row(rows[-1], counts, fp32), flush=True)
     except MntvmError as e:
         print(f"variants: error: {e}", file=sys.stderr)
         return 2
     if a.json:
         print(json.dumps(rows))
         return 0
-    for n in counts:
-        worst = max(rows, key=lambda r: r["threads"][str(n)]["ratio"])
-        print(f"{n} thread{'s' * (n != 1)}: worst ours/ORT {worst['threads'][str(n)]['ratio']:.3f} "
-              f"({worst['variant']}); variants <= 0.9: "
-              f"{sum(r['threads'][str(n)]['ratio'] <= 0.9 for r in rows)}/{len(rows)}")
+    for dtype in dtypes:
+        mine = [r for r in rows if r["dtype"] == dtype]
+        for n in counts:
+            worst = max(mine, key=lambda r: r["threads"][str(n)]["ratio"])
+            print(f"{dtype} {n} thread{'s' * (n != 1)}: worst ours/ORT {worst['threads'][str(n)]['ratio']:.3f} "
+                  f"({worst['variant']}); variants <= 0.9: "
+                  f"{sum(r['threads'][str(n)]['ratio'] <= 0.9 for r in mine)}/{len(mine)}")
     return 0
 
 
-def _row(r: dict, counts) -> str:
+def _row(r: dict, counts, fp32: dict | None = None) -> str:
     cells = "  ".join(f"{n}T ours {r['threads'][str(n)]['ours_median_ms']:7.3f} ms  ORT "
                       f"{r['threads'][str(n)]['ort_median_ms']:7.3f} ms  ratio {r['threads'][str(n)]['ratio']:.3f}"
+                      + (f"  fp32/int8 {fp32['threads'][str(n)]['ours_median_ms'] / r['threads'][str(n)]['ours_median_ms']:.2f}x"
+                         if fp32 else "")
                       for n in counts)
-    return f"{r['variant']:>9} (tuned {r['tuned']:>5})  {cells}"
+    return f"{r['variant']:>9} {r['dtype']:<7} (tuned {r['tuned']:>5})  {cells}"
 
 
 if __name__ == "__main__":
