@@ -10,6 +10,7 @@ Public entries: :func:`measure` and :func:`main`.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -19,7 +20,7 @@ import numpy as np
 from mntvm.bench.peers import PEERS, REFERENCE
 from mntvm.compile.artifact import deterministic_input, load_artifact
 from mntvm.core.errors import MntvmError, one_line
-from mntvm.core.threads import set_threads
+from mntvm.core.threads import caller_pinned, set_threads
 
 
 def _time(fn, n: int) -> list[float]:
@@ -73,12 +74,18 @@ def measure(spec: dict) -> dict:
     if not diffs["ort"] <= spec["tol"]:
         raise MntvmError(f"outputs disagree at {n} thread{'s' * (n != 1)}: max |ours - ONNX Runtime| = "
                          f"{diffs['ort']:.2e} > {spec['tol']:.0e}")
-    for fn, _ in run.values():
-        _time(fn, spec["warmup"])
+    def timed(name, fn, k):
+        # ours: the calling thread off the cores TVM pinned its workers to (see caller_pinned);
+        # the peers run with this thread's own mask, as they were set up
+        with caller_pinned() if name == "ours" else contextlib.nullcontext():
+            return _time(fn, k)
+
+    for name, (fn, _) in run.items():
+        timed(name, fn, spec["warmup"])
     times: dict[str, list[float]] = {name: [] for name in run}
     for _ in range(spec["rounds"]):
         for name, (fn, _) in run.items():
-            times[name] += _time(fn, spec["per_round"])
+            times[name] += timed(name, fn, spec["per_round"])
 
     def med(name):
         return float(np.median(times[name]))

@@ -27,7 +27,7 @@ from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
 from mntvm.core import arch
 from mntvm.core.console import Progress
 from mntvm.core.errors import MntvmError
-from mntvm.core.threads import cores, set_threads
+from mntvm.core.threads import caller_pinned, cores, set_threads
 from mntvm.model.network import MobileNetConfig
 from mntvm.remote import rpc, vm_profile
 from mntvm.remote.board import board_arch
@@ -67,7 +67,8 @@ class _Local:
         self.state: dict = {}
 
     def call(self, fn, timeout, what):  # noqa: ARG002 - same signature as RemoteWorker.call
-        return fn(self.state)
+        with caller_pinned():  # off the cores TVM pinned its workers to (once its pool exists)
+            return fn(self.state)
 
     def close(self, timeout: float = 0) -> None:  # noqa: ARG002
         self.state.clear()

@@ -1,6 +1,7 @@
-"""The one way to size the TVM runtime's CPU thread pool."""
+"""The one way to size the TVM runtime's CPU thread pool, and to keep the calling thread off its workers' cores."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 from mntvm.core.errors import MntvmError
@@ -35,3 +36,51 @@ def set_threads(n: int | None) -> None:
     check_threads(n)
     os.environ["TVM_NUM_THREADS"] = str(n)
     tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1 = kBig: pin to big cores
+
+
+def _pinned_cpu(task: str) -> int | None:
+    """The one CPU thread ``task`` of this process is pinned to, or None (several, or gone)."""
+    try:
+        with open(f"/proc/self/task/{task}/status") as f:
+            line = next((ln for ln in f if ln.startswith("Cpus_allowed_list:")), "")
+    except OSError:
+        return None
+    cpus = line.split(":", 1)[-1].strip()
+    return int(cpus) if cpus.isdigit() else None
+
+
+def free_cpus() -> set[int] | None:
+    """The CPUs of the calling thread's mask that no single-CPU-pinned thread of this process holds
+    (TVM's pool pins each worker to one core), or None when there is nothing to avoid."""
+    if not os.path.isdir("/proc/self/task"):
+        return None
+    import threading
+
+    me = str(threading.get_native_id())
+    mask = os.sched_getaffinity(0)
+    taken = {c for t in os.listdir("/proc/self/task") if t != me for c in [_pinned_cpu(t)] if c is not None}
+    free = mask - taken
+    return free if free and free != mask else None
+
+
+@contextlib.contextmanager
+def caller_pinned():
+    """Run the block with the calling thread kept off the cores TVM's pool workers are pinned to.
+
+    TVM pins its workers (with 2 threads on 2 cores: the one worker on CPU 1) but not the calling
+    thread, which runs task 0 itself; left free, the kernel scheduler puts it on the worker's CPU
+    about half the time, and the two then share one core: 2-thread timings came out 1x or 2x at
+    random. The mask is restored on exit, so what runs afterwards in this thread (ONNX Runtime
+    creates its threads with the creating thread's mask) is not confined. Nothing happens before
+    TVM's pool exists (nothing is pinned yet) or where nothing is pinned.
+    """
+    cpus = free_cpus()
+    if cpus is None:
+        yield
+        return
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, old)
