@@ -36,6 +36,7 @@ from mntvm.templates.lowering import has_templates, lower
 from mntvm.templates.lowering_int8 import lower_int8
 from mntvm.templates.registry import tunable_tasks
 from mntvm.tuning import open_schedules
+from mntvm.tuning.verify import check_stand_in
 
 
 def build(cfg: MobileNetConfig, weights, profile, schedules=None):
@@ -61,6 +62,20 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None):
     mod = low
     if schedules is not None:
         mod, tuned = schedules.apply(low, target)
+        if schedules.stand_in and tuned and profile.detected.get("mcpu"):
+            # another CPU's log, on this machine (the profile is this CPU): checked task by task here
+            check = check_stand_in(schedules, low, mod, tuned, target, lambda f: apply_default_schedules(
+                tvm.IRModule({"main": f}), target, profile.vector_bits)["main"], profile.threads)
+            mod = mod.clone()
+            for name, v in check["tasks"].items():
+                if v["keep"] == "default":
+                    mod[name] = low[name]  # scheduled at the template defaults below
+            tuned = [n for n in tuned if check["tasks"][n]["keep"] == "log"]
+            info["stand_in_check"] = {"kept": len(tuned), "reverted": sorted(
+                n for n, v in check["tasks"].items() if v["keep"] == "default"), "measured": check["measured"],
+                "seconds": check["seconds"], "file": check["file"],
+                "log_ms": round(sum(v["log_ms"] for v in check["tasks"].values()), 4),
+                "default_ms": round(sum(v["default_ms"] for v in check["tasks"].values()), 4)}
         info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
                     defaults=[t for t in tasks if t not in tuned])
     if profile.is_gpu:
@@ -155,4 +170,11 @@ def format_compiled(out: str | os.PathLike) -> str:
             lines.append(f"schedules: no log for this CPU ({meta['target']['tvm_target'].get('mcpu')}) in "
                          f"schedules/; used the one tuned on {db['mcpu']} (same ISA). `mntvm tune --target "
                          f"{meta['target']['name']}` makes one for this CPU")
+        c = s.get("stand_in_check")
+        if c:
+            how = f"timed {c['measured']} task(s) in {c['seconds']:.1f}s" if c["measured"] else "verdicts from an earlier check"
+            lines.append(f"schedules: checked here against the template defaults ({how}): {c['kept']} task(s) kept "
+                         f"from the log, {len(c['reverted'])} back to defaults (faster here): "
+                         f"{', '.join(c['reverted']) or 'none'}; tasks sum {c['log_ms']:.3f} ms with the log vs "
+                         f"{c['default_ms']:.3f} ms with defaults")
     return "\n".join(lines)

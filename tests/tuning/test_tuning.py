@@ -157,10 +157,25 @@ def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeyp
     assert db.path.name == "x86-othercpu" and db.stand_in and db.identity()["mcpu"] == "othercpu"
     with pytest.raises(MntvmError, match="tuned for target 'x86'.*othercpu.*--force-schedules"):
         open_schedules(shipped / "x86-othercpu", profile)
+    monkeypatch.setenv("MNTVM_CACHE", str(tmp_path / "cache"))
     art = load_artifact(compile_model(CFG, tmp_path / "a"))
     s = art.metadata["schedules"]
     assert s["database"]["name"] == "x86-othercpu" and s["database"]["stand_in"]
-    assert s["tuned"] == sorted(summary["tasks"])
+    # another CPU's log is checked here, task by task, against the template defaults (issue 15)
+    c = s["stand_in_check"]
+    assert sorted(s["tuned"] + c["reverted"]) == sorted(summary["tasks"]) and c["measured"] == len(summary["tasks"])
+    assert not set(s["tuned"]) & set(c["reverted"]) and set(c["reverted"]) <= set(s["defaults"])
+    # ... and the verdicts are remembered for this machine: the next compile times nothing and
+    # follows them (here doctored: every task faster at the defaults)
+    (verdicts,) = (tmp_path / "cache" / "stand-in").glob("*.json")
+    v = json.loads(verdicts.read_text())
+    assert len(v["workloads"]) == len(summary["tasks"])
+    for w in v["workloads"].values():
+        w["keep"] = "default"
+    verdicts.write_text(json.dumps(v))
+    s2 = load_artifact(compile_model(CFG, tmp_path / "b")).metadata["schedules"]
+    assert s2["stand_in_check"]["measured"] == 0 and s2["tuned"] == []
+    assert sorted(s2["stand_in_check"]["reverted"]) == sorted(summary["tasks"])
     # only the wrong width left: template defaults, no database
     shutil.rmtree(shipped / "x86-othercpu")
     assert open_schedules("default", profile) is None

@@ -1,0 +1,114 @@
+"""A log tuned on another CPU is checked here before it is trusted: each tuned task is timed with
+the log's schedule and with the template defaults on this CPU, and the faster one is kept.
+
+A stand-in log (:func:`mntvm.tuning.database.open_schedules` picked another CPU's log of the same
+ISA) was tuned on other caches, clocks and ports: on the machine that filed issue 15 it made the
+network 9 % slower than the defaults. :func:`check_stand_in` times both versions of every task
+the log covers (a few milliseconds each, like a layer inside the network: private caches cold),
+keeps the log's schedule only where it is not slower by more than the noise margin, and
+remembers the verdict per (log, machine, TVM) in the cache folder, so the next compile on this
+machine costs nothing.
+
+Public entry: :func:`check_stand_in`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mntvm.core.atomic import write_text
+from mntvm.core.paths import cache_dir
+from mntvm.core.threads import caller_pinned, cores, set_threads
+from mntvm.tuning.database import task_mod
+from mntvm.tuning.measure import evict_private_caches
+
+MARGIN = 0.03  # the log must be within 3 % of the defaults (timing noise), else the defaults win
+VERDICTS = "stand-in"  # folder under the cache
+
+
+def machine_key() -> str:
+    """This machine's CPU as far as code speed goes: model name, flags, core count."""
+    info = {}
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            k = k.strip()
+            if k in ("model name", "flags", "cpu family", "model") and k not in info:
+                info[k] = v.strip()
+    except OSError:
+        info["machine"] = platform.machine()
+    info["cores"] = str(cores())
+    return hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def verdict_path(db_sha256: str) -> Path:
+    import tvm
+
+    return cache_dir() / VERDICTS / f"{db_sha256[:16]}-{machine_key()}-{tvm.__version__}.json"
+
+
+def _timer(func, target):
+    """A callable timing one call of a scheduled task PrimFunc on random arguments, private caches
+    cold (as inside the network), in seconds."""
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    rt = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    dev = tvm.cpu()
+    rng = np.random.default_rng(0)
+    args = []
+    for info in ArgInfo.from_prim_func(func):
+        shape, dt = [int(d) for d in info.shape], str(info.dtype)
+        a = (rng.integers(-20, 20, shape) if "int" in dt else rng.standard_normal(shape)).astype(dt)
+        args.append(tvm.runtime.tensor(a, dev))
+    tvm.register_global_func("mntvm.evict_private_caches", evict_private_caches, override=True)
+    f = rt.mod.time_evaluator("main", dev, number=1, repeat=5, f_preproc="mntvm.evict_private_caches")
+    return lambda: [float(r) for r in f(*args).results]
+
+
+def _time_pair(a, b, target, budget_s: float = 0.3) -> tuple[float, float]:
+    """Median seconds of two versions of one task, timed in alternation (drift on a shared
+    machine hits both alike)."""
+    ta, tb = _timer(a, target), _timer(b, target)
+    ra, rb = [], []
+    with caller_pinned():
+        ta(), tb()  # warm: code, pool
+        t0 = time.perf_counter()
+        while (time.perf_counter() - t0 < budget_s or len(ra) < 20) and len(ra) < 400:
+            ra += ta()
+            rb += tb()
+    return float(np.median(ra)), float(np.median(rb))
+
+
+def check_stand_in(db, low, mod, covered: list[str], target, scheduled_defaults, threads: int) -> dict:
+    """Per task of ``covered``: keep the log's schedule (``mod[name]``) or the template defaults
+    (``scheduled_defaults(func)`` of ``low[name]``), whichever is faster here. Returns ``{"tasks":
+    {name: {"log_ms", "default_ms", "keep"}}, "measured": tasks timed now, "seconds", "file"}``;
+    verdicts are kept per workload in the file of :func:`verdict_path` (read, extended, rewritten
+    atomically), so only workloads not judged on this machine before are timed."""
+    import tvm_ffi
+
+    path = verdict_path(db.identity()["sha256"])
+    key = {n: str(tvm_ffi.structural_hash(task_mod(low[n]))) for n in covered}  # the workload, not its name
+    try:
+        known = json.loads(path.read_text()).get("workloads", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        known = {}
+    t0 = time.perf_counter()
+    todo = [n for n in covered if key[n] not in known]
+    if todo:
+        set_threads(min(threads, cores()))
+    for name in todo:
+        log_s, def_s = _time_pair(mod[name], scheduled_defaults(low[name]), target)
+        known[key[name]] = {"log_ms": round(log_s * 1e3, 4), "default_ms": round(def_s * 1e3, 4),
+                            "keep": "log" if log_s <= def_s * (1 + MARGIN) else "default"}
+    if todo:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text(path, json.dumps({"workloads": known, "machine": machine_key()}, indent=1, sort_keys=True) + "\n")
+    return {"tasks": {n: known[key[n]] for n in covered}, "measured": len(todo),
+            "seconds": round(time.perf_counter() - t0, 2), "file": path.name}
