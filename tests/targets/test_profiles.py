@@ -136,7 +136,7 @@ mattr = ["+neon"]
 # --------------------------------------------------------------------------------------------
 REQUIRED = ["x86", "x86-avx2", "x86-avx512", "rpi4-aarch64", "rk3399", "jetson-orin-cpu",
             "aarch64", "rpi3-armv7", "rpi4-armv7", "cuda-sm90", "cuda-sm80", "jetson-orin-nano",
-            "mali", "adreno", "vulkan"]
+            "mali", "adreno", "vulkan", "aarch64-dotprod"]
 
 
 def test_shipped_profiles_load_and_describe_themselves():
@@ -282,6 +282,8 @@ def test_unknown_target_lists_known_names():
      '[target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n', "threads"),
     ('description = "x"\nfamily = "aarch64"\nthreds = 1\nthreads = 1\nvector_bits = 128\n'
      '[target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n', "threds"),
+    ('description = "x"\nfamily = "aarch64"\nthreads = 1\nvector_bits = 128\nint8_activations = "int4"\n'
+     '[target]\nkind = "llvm"\nmtriple = "aarch64-linux-gnu"\n', "int8_activations"),
 ])
 def test_malformed_profile_names_file_and_field(tmp_path, text, field):
     path = write_profile(tmp_path, "bad", text)
@@ -368,3 +370,16 @@ def test_missing_nvcc_is_reported(monkeypatch):
     monkeypatch.setattr(T.shutil, "which", lambda n: None if n == "nvcc" else real_which(n))
     with pytest.raises(MntvmError, match="nvcc"):
         get_profile("cuda-sm80").check_toolchain()
+
+
+def test_int8_paths_of_the_shipped_profiles():
+    """x86 multiplies u8 x s8 (VNNI), Arm s8 x s8 (sdot); GPU profiles have no int8 path and say so."""
+    profiles = {p.name: p for p in list_profiles()}
+    for p in profiles.values():
+        want = {"x86": "uint8", "aarch64": "int8", "armv7": "int8"}.get(p.family)
+        assert p.int8_activations == want, p.name
+        if want:
+            assert p.check_int8() == want
+        else:
+            with pytest.raises(MntvmError, match=f"target '{p.name}' .* has no int8 path"):
+                p.check_int8()
