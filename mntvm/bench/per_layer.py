@@ -15,7 +15,7 @@ import numpy as np
 from mntvm.core.errors import MntvmError
 from mntvm.model.cost import cost_report
 
-_CONV_WORDS = ("conv", "mntvm_dw", "mntvm_pw")  # TVM default names, and our templates (mntvm.templates.cpu)
+_CONV_WORDS = ("conv", "mntvm_dw", "mntvm_pw", "mntvm_stem")  # TVM default names, our templates (fp32 and int8)
 _FC_WORDS = ("matmul", "dense", "linear")
 _POOL_WORDS = ("mean", "pool")
 

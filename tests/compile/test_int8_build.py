@@ -147,3 +147,12 @@ def test_bench_checks_an_int8_artifact_against_the_network_it_carries(int8_artif
     shutil.copy(tmp_path / "other.onnx", fake / "model.qdq.onnx")
     p = run_cli("bench", str(fake), "--repeat", "3", check=False)
     assert p.returncode == 2 and "does not match" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_per_layer_of_an_int8_artifact_maps_every_layer(int8_artifact):
+    p = run_cli("bench", str(int8_artifact), "--per-layer", "--repeat", "3", "--warmup", "1", "--json")
+    pl = json.loads(p.stdout.strip().splitlines()[-1])["per_layer"]
+    assert pl["dtype"] == "int8" and pl["mapped_to_layers"]
+    named = {ly["layer"] for ly in pl["layers"]}
+    assert {"stem", "dw1", "pw1", "dw13", "pw13", "fc"} <= named
+    assert all(ly["gflops"] > 0 for ly in pl["layers"] if ly["type"] in ("conv", "depthwise", "pointwise", "fc"))
