@@ -7,18 +7,25 @@ one of :data:`.registry.INT8_RULES`) followed by one epilogue block that requant
 
     y = cast(clamp(nearbyint(float32(acc + bias) * mult[c]) + z_y, lo, hi))
 
-The stem and depthwise products are int16 (``|u8 x s8| <= 255 * 128`` fits, exactly; 32 lanes
-per ``vpmullw`` instead of ``vpmulld``'s slow 16), summed in int32; the pointwise and FC ones are
+No quantization value is an immediate: bias and multiplier are per-channel tensors and
+``(z_y, lo, hi, z_x)`` a small int32 tensor per layer (``qp``, :data:`QP_LEN`; the pool's 4th
+entry is ``P * z_x``), so one tuned PrimFunc (and its tuning record) serves every model of the
+same shapes and activation dtype.
+
+The stem reads the input quantized into a padded (N, H+2p, W+2p, 4) pixel-interleaved layout:
+each 3x3 tap is then one 4-byte (lanes x 4) dot step like the pointwise ones (9 per output
+vector, with the 4th channel's weights zero). The depthwise products are int16 (``|u8 x s8| <=
+255 * 128`` fits, exactly; 32 lanes per ``vpmullw`` instead of ``vpmulld``'s slow 16), summed in int32; the pointwise and FC ones are
 the dot instruction's (VNNI ``vpdpbusd``) or plain int32 multiply-adds.
 ``nearbyint`` rounds half to even (as ONNX Runtime's MLAS and numpy's ``rint``); the clamp is
 in float32 before the cast, so huge values saturate. The kernels multiply the raw ``x_q`` (not
 ``x_q - z_x``): ``bias`` already holds ``bias_q - z_x * sum(w)``
-(:meth:`QLayer.input_zero_correction`) and the padding holds ``z_x`` (``pad_value``), which is
+(:meth:`QLayer.input_zero_correction`) and the padding holds ``z_x`` (``qp[3]``), which is
 exactly ``sum((x_q - z_x) * w) + bias_q``.
 
 Weights (re-packed by :mod:`.lowering_int8`), int8:
 
-* stem (groups=1): ``(O/V, C, KH, KW, V)``; depthwise: ``(C/V, KH, KW, V)``
+* stem (groups=1): ``(O/V, KH, KW, V, 4)`` (dot) or ``(O/V, KH, KW, 4, V)``; depthwise: ``(C/V, KH, KW, V)``
 * pointwise ``(O/V, I/V, V/4, V, 4)`` when the block's dot instruction (``mntvm_dot``) takes the
   16 x 4 weight tile of ``dot_16x4_vnni`` (output lanes x 4 consecutive inputs, 64 bytes), else
   ``(O/V, I/V, V/4, 4, V)`` (the 16 output lanes contiguous for plain vector multiply-adds)
@@ -35,6 +42,7 @@ from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8
 
 DOT_KEY = "mntvm_dot"  # block annotation: the dot instruction (a key of cpu_int8.DOT_INTRINSICS) or "none"
 BITS_KEY = "mntvm_vector_bits"  # block annotation: the profile's vector width (default knob family)
+QP_LEN = 4  # int32 params per layer: (z_y, lo, hi, z_x) (pool: P * z_x last)
 
 
 def dot_packs_k4(dot: str) -> bool:
@@ -42,33 +50,37 @@ def dot_packs_k4(dot: str) -> bool:
     return dot != "none"
 
 
-def requant(acc, mult, zp: int, lo: int, hi: int, dtype: str):
-    """int32 ``acc`` (bias included) -> ``dtype``: clamp(nearbyint(float32(acc) * mult) + zp, lo, hi)."""
-    v = tirx.nearbyint(acc.astype("float32") * mult) + tirx.const(float(zp), "float32")
-    v = te.min(te.max(v, tirx.const(float(lo), "float32")), tirx.const(float(hi), "float32"))
-    return v.astype(dtype)
+def requant(acc, mult, qp, dtype: str):
+    """int32 ``acc`` (bias included) -> ``dtype``: clamp(nearbyint(float32(acc) * mult) + z_y, lo, hi)
+    with ``(z_y, lo, hi)`` = ``qp[0:3]`` (an int32 params tensor, :data:`QP_LEN`)."""
+    z, lo, hi = (qp[i].astype("float32") for i in range(3))
+    v = tirx.nearbyint(acc.astype("float32") * mult) + z
+    return te.min(te.max(v, lo), hi).astype(dtype)
 
 
-def quantize_te(x, scale: float, zp: int, lo: int, hi: int, dtype: str):
-    """ONNX QuantizeLinear of fp32 ``x``: saturate(nearbyint(x / scale) + zp) (a true division, as
-    numpy's reference does)."""
-    s = tirx.const(scale, "float32")
-    z, l_, h_ = (tirx.const(float(v), "float32") for v in (zp, lo, hi))
+def quantize_te(x, scale, qp, dtype: str, pad: int = 0):
+    """ONNX QuantizeLinear of fp32 NCHW ``x`` (C <= 4): saturate(nearbyint(x / scale[0]) + z) (a true
+    division, as numpy's reference does), written as (N, H + 2 pad, W + 2 pad, 4): the stem's
+    input, padded with ``z`` (= qp[0]) around and in the channels past C, 4 channels (one dot
+    step) per pixel."""
+    n_, c_, h, w = (int(v) for v in x.shape)
+    z, lo, hi = (qp[i].astype("float32") for i in range(3))
 
-    def f(*i):
-        v = tirx.nearbyint(x(*i) / s) + z
-        return te.min(te.max(v, l_), h_).astype(dtype)
+    def f(b, i, j, k):
+        inside = tirx.all(i >= pad, i < h + pad, j >= pad, j < w + pad, k < c_)
+        v = te.min(te.max(tirx.nearbyint(x[b, k, i - pad, j - pad] / scale[0]) + z, lo), hi)
+        return tirx.if_then_else(inside, v, z).astype(dtype)
 
-    return te.compute(x.shape, f, name="quantize")
+    return te.compute((n_, h + 2 * pad, w + 2 * pad, 4), f, name="quantize")
 
 
 def _attrs(rule: str, dot: str, bits: int, **extra) -> dict:
     return {"schedule_rule": rule, DOT_KEY: dot, BITS_KEY: int(bits), **extra}
 
 
-def _epilogue(acc, bias, mult, q):
-    """(N, CB, P, V) int32 -> requantized 8-bit; ``q`` = (zp, lo, hi, dtype)."""
-    return te.compute(acc.shape, lambda n, cb, p, v: requant(acc[n, cb, p, v] + bias[cb, v], mult[cb, v], *q),
+def _epilogue(acc, bias, mult, qp, dtype):
+    """(N, CB, P, V) int32 -> requantized 8-bit ``dtype`` (``qp``: the layer's params)."""
+    return te.compute(acc.shape, lambda n, cb, p, v: requant(acc[n, cb, p, v] + bias[cb, v], mult[cb, v], qp, dtype),
                       name="epilogue")
 
 
@@ -86,34 +98,37 @@ def _window(h, w, kh_, kw_, stride, pad):
     return ho, wo, tap
 
 
-def stem_int8_te(data, weight, bias, mult, q, stride, pad, pad_value, bits=512):
-    """groups=1 conv from 8-bit NCHW ``data``; weight (OB, C, KH, KW, V); bias/mult (OB, V)."""
-    n_, c_, h, w = (int(x) for x in data.shape)
-    ob_, _, kh_, kw_, v_ = (int(x) for x in weight.shape)
-    ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
-    c = te.reduce_axis((0, c_), "c")
+def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=512):
+    """groups=1 KHxKW conv of the padded 8-bit (N, Hp, Wp, 4) ``data`` (:func:`quantize_te`): per
+    tap one (lanes x 4 channels) dot step, as the pointwise one; weight (OB, KH, KW, V, 4) (``dot``
+    packs k4) or (OB, KH, KW, 4, V), its 4th input channel zero."""
+    n_, hp, wp, _ = (int(x) for x in data.shape)
+    ob_, kh_, kw_ = (int(x) for x in weight.shape[:3])
+    ho, wo, _ = _window(hp, wp, kh_, kw_, stride, (0, 0, 0, 0))
     kh = te.reduce_axis((0, kh_), "kh")
     kw = te.reduce_axis((0, kw_), "kw")
-    fill = tirx.const(pad_value, data.dtype)
+    i4 = te.reduce_axis((0, 4), "i4")
+    packed = dot_packs_k4(dot)
 
-    def f(n, ob, p, v):
-        ih, iw, inside = tap(p, kh, kw)
-        x = tirx.if_then_else(inside, data[n, c, ih, iw], fill)
-        return te.sum((x.astype("int16") * weight[ob, c, kh, kw, v].astype("int16")).astype("int32"), axis=[c, kh, kw])
+    def f(n, ob, p, o):
+        x = data[n, (p // wo) * stride + kh, (p % wo) * stride + kw, i4]
+        wv = weight[ob, kh, kw, o, i4] if packed else weight[ob, kh, kw, i4, o]
+        return te.sum(x.astype("int32") * wv.astype("int32"), axis=[kh, kw, i4])
 
-    acc = te.compute((n_, ob_, ho * wo, v_), f, name="conv_stem",
-                     attrs=_attrs(RULE_STEM8, "none", bits, mntvm_wo=wo))
-    return _epilogue(acc, bias, mult, q)
+    acc = te.compute((n_, ob_, ho * wo, weight.shape[3 if packed else 4]), f, name="conv_stem",
+                     attrs=_attrs(RULE_STEM8, dot, bits, mntvm_wo=wo))
+    return _epilogue(acc, bias, mult, qp, dtype)
 
 
-def depthwise_int8_te(data, weight, bias, mult, q, h, w, stride, pad, pad_value, bits=512):
-    """Depthwise KHxKW conv of (N, CB, H*W, V) 8-bit ``data``; weight (CB, KH, KW, V)."""
+def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512):
+    """Depthwise KHxKW conv of (N, CB, H*W, V) 8-bit ``data``; weight (CB, KH, KW, V); the padding
+    holds the input's zero point ``qp[3]``."""
     n_, cb_, _, v_ = data.shape
     _, kh_, kw_, _ = weight.shape
     ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
     kh = te.reduce_axis((0, kh_), "kh")
     kw = te.reduce_axis((0, kw_), "kw")
-    fill = tirx.const(pad_value, data.dtype)
+    fill = qp[3].astype(data.dtype)
 
     def f(n, cb, p, v):
         ih, iw, inside = tap(p, kh, kw)
@@ -122,10 +137,10 @@ def depthwise_int8_te(data, weight, bias, mult, q, h, w, stride, pad, pad_value,
 
     acc = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
                      attrs=_attrs(RULE_DW8, "none", bits, mntvm_wo=wo))
-    return _epilogue(acc, bias, mult, q)
+    return _epilogue(acc, bias, mult, qp, data.dtype)
 
 
-def pointwise_int8_te(data, weight, bias, mult, q, dot="none", bits=512):
+def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512):
     """1x1 conv of (N, IB, P, V) 8-bit ``data``; weight (OB, IB, V/4, V, 4) (``dot`` packs k4) or
     (OB, IB, V/4, 4, V); the reduction axes are (ib, k4, i4), input channel ib*V + 4*k4 + i4."""
     n_, ib_, p_, v_ = data.shape
@@ -140,26 +155,25 @@ def pointwise_int8_te(data, weight, bias, mult, q, dot="none", bits=512):
         return te.sum(data[n, ib, p, k4 * 4 + i4].astype("int32") * wv.astype("int32"), axis=[ib, k4, i4])
 
     acc = te.compute((n_, ob_, p_, v_), f, name="conv_pw", attrs=_attrs(RULE_PW8, dot, bits))
-    return _epilogue(acc, bias, mult, q)
+    return _epilogue(acc, bias, mult, qp, data.dtype)
 
 
-def pool_int8_te(data, p_zero: int, mult: float, q, bits=512):
-    """Global average pool of (N, CB, P, V) 8-bit -> (N, CB*V) at the pool's quantization:
-    requant(sum_p x - P * z_x) with the scalar ``mult`` = s_x / (s_y * P)."""
+def pool_int8_te(data, mult, qp, dtype, bits=512):
+    """Global average pool of (N, CB, P, V) 8-bit -> (N, CB*V) ``dtype`` at the pool's quantization:
+    requant(sum_p x - qp[3]) with ``qp[3]`` = P * z_x and the scalar ``mult[0]`` = s_x / (s_y * P)."""
     n_, cb_, p_, v_ = data.shape
     v = int(v_)
     p = te.reduce_axis((0, p_), "p")
     s = te.compute((n_, cb_ * v_), lambda n, c: te.sum(data[n, c // v, p, c % v].astype("int32"), axis=p),
                    name="pool_sum", attrs=_attrs(RULE_POOL8, "none", bits))
-    m = tirx.const(mult, "float32")
-    off = tirx.const(int(p_) * p_zero, "int32")
-    return te.compute(s.shape, lambda n, c: requant(s[n, c] - off, m, *q), name="epilogue")
+    return te.compute(s.shape, lambda n, c: requant(s[n, c] - qp[3], mult[0], qp, dtype), name="epilogue")
 
 
 def dense_int8_te(data, weight, bias, mult, n_out, out_q=None, dot="none", bits=512):
     """FC of (N, K) 8-bit ``data``; weight (NB, K/4, V, 4) (``dot`` packs k4) or (NB, K/4, 4, V);
-    bias/mult (n_out,) -> fp32 (N, n_out): float32(acc) * mult, or with ``out_q`` = (zp, lo, hi,
-    dtype, scale) requantized and dequantized again."""
+    bias/mult (n_out,) -> fp32 (N, n_out): float32(acc) * mult, or with ``out_q`` = (qp, dtype,
+    scale) (int32 params, the output dtype, a float32 (1,) scale tensor) requantized and
+    dequantized again."""
     n_, k_ = data.shape
     nb_, k4_ = weight.shape[:2]
     v_ = weight.shape[2] if dot_packs_k4(dot) else weight.shape[3]
@@ -178,8 +192,8 @@ def dense_int8_te(data, weight, bias, mult, n_out, out_q=None, dot="none", bits=
         a = acc[n, j // v, j % v] + bias[j]
         if out_q is None:
             return a.astype("float32") * mult[j]
-        zp, lo, hi, dtype, scale = out_q
-        yq = requant(a, mult[j], zp, lo, hi, dtype)
-        return (yq.astype("int32") - zp).astype("float32") * tirx.const(scale, "float32")
+        qp, dtype, scale = out_q
+        yq = requant(a, mult[j], qp, dtype)
+        return (yq.astype("int32") - qp[0]).astype("float32") * scale[0]
 
     return te.compute((n_, n_out), g, name="epilogue")

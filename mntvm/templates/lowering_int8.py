@@ -12,7 +12,8 @@ round half to even, saturating clamps, padding at the input zero point).
 
 The dot instruction of the pointwise and FC reductions is chosen here from the target
 (:func:`dot_for`) and recorded on their blocks (``mntvm_dot``), since MetaSchedule rules do not
-see the target; the weights are packed to match it. The module is unscheduled: ready for
+see the target; the weights are packed to match it. The module is unscheduled but for the input
+quantization (:func:`.cpu_int8.schedule_quantize`, no knobs): ready for
 :func:`.defaults.apply_default_schedules`, a tuning database, task extraction
 (:func:`.registry.tunable_tasks`) or ``tvm.compile``.
 """
@@ -28,7 +29,8 @@ from mntvm.core.errors import MntvmError
 from mntvm.model.quantized import QLayer, QuantizedNet, qrange
 from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, pointwise_int8_te,
                                           pool_int8_te, quantize_te, stem_int8_te)
-from mntvm.templates.cpu_int8 import DOT_INTRINSICS, VNNI
+from mntvm.templates.arm_int8 import SDOT
+from mntvm.templates.cpu_int8 import DOT_INTRINSICS, VNNI, schedule_quantize
 
 V = 16  # channels per block: one vector of 16 int32 accumulators
 
@@ -42,6 +44,9 @@ def dot_for(target, act_dtype: str) -> str:
     target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
     if target.kind.name != "llvm":
         return "none"
+    if bool(target.attrs.get("feature.is_aarch64", False)):  # Arm: sdot (s8 x s8) where +dotprod
+        has = tvm.target.codegen.llvm_cpu_has_features(["dotprod"], target)
+        return SDOT if has and act_dtype == DOT_INTRINSICS[SDOT][2] else "none"
     for feats, dot in _DOT_FEATURES:
         if DOT_INTRINSICS[dot][2] == act_dtype and all(
                 tvm.target.codegen.llvm_cpu_has_features([f], target) for f in feats):
@@ -80,31 +85,46 @@ def _epilogue_consts(layer: QLayer):
     return (relax.const(_lanes(bias.astype(np.int32))), relax.const(_lanes(layer.multiplier().astype(np.float32))))
 
 
-def _q(layer: QLayer):
-    lo, hi = layer.out_range()
-    return (int(layer.output.zero_point), lo, hi, layer.output.dtype)
+def _qp(out_zp: int, lo: int, hi: int, last: int):
+    """A layer's int32 params tensor (:data:`.compute_int8.QP_LEN`): (z_y, lo, hi, z_x or P * z_x)."""
+    return relax.const(np.array([out_zp, lo, hi, last], np.int32))
+
+
+def _layer_qp(layer: QLayer):
+    return _qp(int(layer.output.zero_point), *layer.out_range(), int(layer.input.zero_point))
+
+
+def _f32(v):
+    return relax.const(np.array([v], np.float32))
+
+
+def _stem_weight(w: np.ndarray, packed: bool) -> np.ndarray:
+    """(O, C <= 4, KH, KW) -> (O'/V, KH, KW, V, 4) (``packed``) or (O'/V, KH, KW, 4, V), C padded to 4."""
+    w = _pad(_pad(w, _up(w.shape[0]), 0), 4, 1)
+    w = w.reshape((-1, V) + w.shape[1:])  # (OB, V, 4, KH, KW)
+    return np.ascontiguousarray(w.transpose(0, 3, 4, 1, 2) if packed else w.transpose(0, 3, 4, 2, 1))
 
 
 def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bits: int):
     """One conv layer on blocked (or, for the stem, NCHW) ``x`` of spatial size ``hw``."""
     bias, mult = _epilogue_consts(layer)
-    z = int(layer.input.zero_point)
+    qp = _layer_qp(layer)
     p = layer.padding
-    pad = (p, p, p, p)
     w = layer.weight
-    if layer.kind == "conv":
-        wp = relax.const(_lanes(w))  # (OB, C, KH, KW, V)
-        return bb.emit_te(lambda d, w_, b, m: stem_int8_te(d, w_, b, m, _q(layer), layer.stride, pad, z, bits),
-                          x, wp, bias, mult, primfunc_name_hint="mntvm_stem8")
+    if layer.kind == "conv":  # x: the padded (N, H+2p, W+2p, 4) input of quantize_te
+        wp = relax.const(_stem_weight(w, dot_packs_k4(dot)))
+        return bb.emit_te(lambda d, w_, b, m, q: stem_int8_te(d, w_, b, m, q, layer.output.dtype, layer.stride,
+                                                              dot, bits),
+                          x, wp, bias, mult, qp, primfunc_name_hint="mntvm_stem8")
     if layer.kind == "depthwise":
         wp = relax.const(_lanes(w[:, 0]))  # (CB, KH, KW, V)
-        return bb.emit_te(lambda d, w_, b, m: depthwise_int8_te(d, w_, b, m, _q(layer), hw, hw, layer.stride, pad,
-                                                                z, bits),
-                          x, wp, bias, mult, primfunc_name_hint="mntvm_dw8")
+        return bb.emit_te(lambda d, w_, b, m, q: depthwise_int8_te(d, w_, b, m, q, hw, hw, layer.stride,
+                                                                   (p, p, p, p), bits),
+                          x, wp, bias, mult, qp, primfunc_name_hint="mntvm_dw8")
     wk = _k4(w[:, :, 0, 0], dot_packs_k4(dot))  # (OB, IB*4, ...) -> (OB, IB, 4, ...)
     wp = relax.const(wk.reshape((wk.shape[0], -1, V // 4) + wk.shape[2:]))
-    return bb.emit_te(lambda d, w_, b, m: pointwise_int8_te(d, w_, b, m, _q(layer), dot, bits),
-                      x, wp, bias, mult, primfunc_name_hint="mntvm_pw8")
+    return bb.emit_te(lambda d, w_, b, m, q: pointwise_int8_te(d, w_, b, m, q, dot, bits),
+                      x, wp, bias, mult, qp, primfunc_name_hint="mntvm_pw8")
 
 
 def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IRModule:
@@ -112,7 +132,8 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
 
     ``expose`` (layer names, ``"input"`` or ``"pool"``): ``main`` returns ``(probs, *those
     outputs)`` instead of ``probs``, each quantized output as computed (conv layers blocked
-    (N, C'/16, H*W, 16), the input NCHW, the pool (N, C')) — for checking layer by layer.
+    (N, C'/16, H*W, 16), the input padded and pixel-interleaved (N, H+2p, W+2p, 4), the pool
+    (N, C')) — for checking layer by layer.
     """
     if profile.is_gpu:
         raise MntvmError(f"target '{profile.name}' is a GPU: the int8 templates are CPU only")
@@ -131,8 +152,9 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
         with bb.dataflow():
             q_in = net.input
             lo, hi = qrange(q_in.dtype)
-            x = bb.emit_te(quantize_te, data, float(np.float32(q_in.scale)), int(q_in.zero_point), lo, hi,
-                           q_in.dtype, primfunc_name_hint="mntvm_quantize")
+            z_in = int(q_in.zero_point)
+            x = bb.emit_te(quantize_te, data, _f32(q_in.scale), _qp(z_in, lo, hi, z_in), q_in.dtype,
+                           net.layers[0].padding, primfunc_name_hint="mntvm_quantize")
             seen["input"] = x
             hw = cfg.resolution
             for layer in net.layers[:-1]:
@@ -142,17 +164,20 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
             fc = net.layers[-1]
             last = net.layers[-2].output
             p_mult = np.float32(last.scale) / (np.float32(fc.input.scale) * np.float32(hw * hw))
-            pool_q = (int(fc.input.zero_point),) + qrange(fc.input.dtype) + (fc.input.dtype,)
-            x = bb.emit_te(pool_int8_te, x, int(last.zero_point), float(p_mult), pool_q, bits,
+            pool_qp = _qp(int(fc.input.zero_point), *qrange(fc.input.dtype), hw * hw * int(last.zero_point))
+            x = bb.emit_te(pool_int8_te, x, _f32(p_mult), pool_qp, fc.input.dtype, bits,
                            primfunc_name_hint="mntvm_pool8")
             seen["pool"] = x
             n_out = fc.weight.shape[0]
             bias = fc.bias.astype(np.int64) - fc.input_zero_correction().astype(np.int64)
             wfc = relax.const(_k4(fc.weight, dot_packs_k4(dot)))
-            out_q = None if fc.output is None else (_q(fc) + (float(np.float32(fc.output.scale)),))
-            logits = bb.emit_te(dense_int8_te, x, wfc, relax.const(bias.astype(np.int32)),
-                                relax.const(fc.multiplier().astype(np.float32)), n_out, out_q, dot, bits,
-                                primfunc_name_hint="mntvm_dense8")
+            fc_args = [x, wfc, relax.const(bias.astype(np.int32)), relax.const(fc.multiplier().astype(np.float32))]
+            if fc.output is None:
+                logits = bb.emit_te(dense_int8_te, *fc_args, n_out, None, dot, bits, primfunc_name_hint="mntvm_dense8")
+            else:
+                logits = bb.emit_te(lambda d, w_, b, m, q, s_: dense_int8_te(d, w_, b, m, n_out, (q, fc.output.dtype, s_),
+                                                                             dot, bits),
+                                    *fc_args, _layer_qp(fc), _f32(fc.output.scale), primfunc_name_hint="mntvm_dense8")
             seen["fc"] = logits
             probs = bb.emit(relax.op.nn.softmax(logits, axis=-1))
             out = probs if not expose else relax.Tuple([probs] + [seen[n] for n in expose])
@@ -166,4 +191,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
         relax.transform.FuseTIR(),
         relax.transform.DeadCodeElimination(),
     ])
-    return seq(bb.get())
+    mod = seq(bb.get())
+    gv = mod.get_global_var("mntvm_quantize")
+    mod[gv] = schedule_quantize(mod[gv])  # fixed schedule, not a tuning task
+    return mod

@@ -54,11 +54,12 @@ def int8_pw_defaults(ob: int, p: int, ib: int, dot: str, num_regs: int) -> dict:
     """int8 pointwise: each accumulator is one vector of 16 int32 (a zmm; two ymm on AVX2)."""
     if dot != "none" and num_regs >= 32:
         # VNNI: ob_t * p_t accumulators + ob_t weight tiles in the 32 zmm (activations are
-        # broadcast from memory by vpdpbusd itself). Measured on Emerald Rapids, 1 thread, 1.0/224:
-        # 4x7 / 4x4 / 2x8 are best (28^2 256->256: 0.17 ms, 2x14: 0.29 ms), and a cache tile of
-        # ~256 positions beats ~64 by 5-30 %.
-        d = pointwise_tiles(ob, p, [(4, 7), (4, 4), (2, 8), (2, 7), (1, 14), (1, 8), (1, 7), (2, 4), (1, 4),
-                                    (1, 2), (1, 1)])
+        # broadcast from memory by vpdpbusd itself). Measured on Emerald Rapids, 1 thread, 1.0/224,
+        # interleaved A/B (GMAC/s, 4x4 / 4x7 / 2x7): 56^2 128->128 254 / 217 / -, 28^2 256->256
+        # 280 / 254 / 268, 14^2 512->512 342 / 319 / 330, 7^2 1024->1024 - / 313 / 341; 4x8 and
+        # 2x14 spill (69-98). A cache tile of ~256 positions beats ~64 by 5-30 %.
+        d = pointwise_tiles(ob, p, [(4, 4), (2, 7), (4, 5), (4, 7), (3, 8), (2, 8), (3, 7), (1, 14), (1, 8),
+                                    (1, 7), (2, 4), (1, 4), (1, 2), (1, 1)])
         rest, p_t = d["p"][0] * d["p"][1], d["p"][2]
         p_mid = largest_divisor_le(rest, max(1, 256 // p_t))
         return {**d, "p": [rest // p_mid, p_mid, p_t]}

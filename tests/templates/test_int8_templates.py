@@ -4,17 +4,20 @@ with VNNI (this machine) and without (the AVX2 profile); rounding ties; the dot 
 generated code."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import tvm
+import tvm_ffi
 from tvm import relax, te
 from tvm.s_tir import Schedule
 
 from mntvm.core.errors import MntvmError
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.quantize import quantize
-from mntvm.model.quantized import forward_int8
+from mntvm.model.quantized import QTensor, forward_int8
 from mntvm.model.weights import random_weights
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.compute_int8 import pointwise_int8_te
@@ -25,10 +28,19 @@ from mntvm.templates.registry import INT8_RULES, all_blocks, mark_scheduled, rul
 DEV = tvm.cpu()
 
 
-def _net(alpha, res, seed=0):
+def _net(alpha, res, seed=0, act_dtype="uint8", spread=2.0):
     cfg = MobileNetConfig(alpha=alpha, resolution=res, num_classes=10)
-    cal = np.random.RandomState(seed).rand(3, 3, res, res).astype("float32") * 2 - 0.5
-    return quantize(cfg, random_weights(cfg, seed), cal)
+    cal = np.random.RandomState(seed).rand(3, 3, res, res).astype("float32") * spread - 0.5
+    return quantize(cfg, random_weights(cfg, seed), cal, act_dtype=act_dtype)
+
+
+def _with_stem_zero_point(net, zp):
+    """``net`` with the stem's output (= dw1's input) at zero point ``zp`` (ReLU6 uint8 outputs
+    otherwise all have zero point 0)."""
+    stem, dw1 = net.layers[:2]
+    out = QTensor(stem.output.scale, zp, stem.output.dtype)
+    layers = (dataclasses.replace(stem, output=out), dataclasses.replace(dw1, input=out)) + net.layers[2:]
+    return dataclasses.replace(net, layers=layers)
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +85,10 @@ def _check_network(net, profile, schedule=None, seed=5):
     np.testing.assert_allclose(outs[0], probs, rtol=1e-5, atol=1e-7)
     for name, got in zip(names, outs[1:]):
         ref = cap[name]
-        if got.ndim == 4 and name != "input":  # blocked (N, C'/16, P, 16) -> (N, C, P)
+        if name == "input":  # padded, pixel-interleaved (N, H+2p, W+2p, 4) -> NCHW
+            pad = net.layers[0].padding
+            got = got[:, pad:got.shape[1] - pad, pad:got.shape[2] - pad].transpose(0, 3, 1, 2)
+        elif got.ndim == 4:  # blocked (N, C'/16, P, 16) -> (N, C, P)
             n, cb, p, v = got.shape
             got = got.transpose(0, 1, 3, 2).reshape(n, cb * v, p)[:, :ref.shape[1]]
         got = got[:, :ref.shape[1]].reshape(ref.shape)
@@ -119,6 +134,25 @@ def test_module_structure(small):
     assert ann == {"vnni"}
 
 
+@pytest.mark.parametrize("act_dtype", ["uint8", "int8"])
+def test_tasks_do_not_depend_on_quantization_values(act_dtype):
+    """Two nets of one config with different weights, calibration inputs and zero points lower to
+    structurally equal tasks (a tuning log of one applies to the other), and both stay exact."""
+    a = _net(0.25, 32, seed=1, act_dtype=act_dtype)
+    b = _net(0.25, 32, seed=2, act_dtype=act_dtype, spread=5.0)
+    if act_dtype == "uint8":
+        b = _with_stem_zero_point(b, 9)
+    zps = lambda n: {int(l.output.zero_point) for l in n.layers[:-1]} | {int(n.input.zero_point)}
+    assert zps(a) != zps(b) and a.input.scale != b.input.scale
+    profile = get_profile("x86")
+    ta, tb = tunable_tasks(lower_int8(a, profile)), tunable_tasks(lower_int8(b, profile))
+    assert sorted(ta) == sorted(tb) and len(ta) >= 5
+    for name in ta:
+        assert tvm_ffi.structural_equal(ta[name], tb[name]), name
+        assert tvm_ffi.structural_hash(ta[name]) == tvm_ffi.structural_hash(tb[name]), name
+    _check_network(b, profile)
+
+
 def test_bad_requests(small):
     with pytest.raises(MntvmError, match="cannot expose 'pw99'"):
         lower_int8(small, get_profile("x86"), expose=["pw99"])
@@ -135,15 +169,16 @@ def _pointwise_module(profile, mult, zp, lo, hi, bias, data, weight):
     w = te.placeholder(w_shape, "int8", name="w")
     b = te.placeholder((2, 16), "int32", name="b")
     m = te.placeholder((2, 16), "float32", name="m")
-    out = pointwise_int8_te(d, w, b, m, (zp, lo, hi, "uint8"), dot, profile.vector_bits)
-    mod = tvm.IRModule({"main": te.create_prim_func([d, w, b, m, out])})
+    q = te.placeholder((4,), "int32", name="q")
+    out = pointwise_int8_te(d, w, b, m, q, dot, profile.vector_bits)
+    mod = tvm.IRModule({"main": te.create_prim_func([d, w, b, m, q, out])})
     sch = default_schedule(mod, target)
     rt = tvm.compile(sch.mod, target=target).mod
     # weight (O, I) -> the packed layout the block's dot instruction takes
     wo = weight.reshape(2, 16, 4, 4)  # (OB, o, k4, i4)
     wp = wo.transpose(0, 2, 1, 3) if dot != "none" else wo.transpose(0, 2, 3, 1)
     args = [data, np.ascontiguousarray(wp)[:, None], bias.reshape(2, 16), mult.reshape(2, 16),
-            np.zeros((1, 2, data.shape[2], 16), "uint8")]
+            np.array([zp, lo, hi, 0], np.int32), np.zeros((1, 2, data.shape[2], 16), "uint8")]
     args = [tvm.runtime.tensor(a, DEV) for a in args]
     rt["main"](*args)
     return args[-1].numpy(), rt
