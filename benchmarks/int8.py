@@ -1,9 +1,11 @@
 """Our int8 MobileNetV1 vs ONNX Runtime's int8 and vs our own fp32, default knobs, one run.
 
     python benchmarks/int8.py [--alpha 1.0 --resolution 224] [--threads 1,2] [--rounds 20]
-                              [--per-round 5] [--json]
+                              [--per-round 5] [--schedules default|none|DIR] [--json]
 
-Compiles the model twice for this machine with template defaults only (no tuning database):
+Compiles the model twice for this machine, with the shipped schedules (``--schedules default``:
+their int8 and fp32 records where they cover the model, template defaults elsewhere) or with
+template defaults only (``none``):
 int8 (quantized on the fly, :func:`mntvm.compile.compile_model` with ``dtype="int8"``) and
 fp32. Each artifact goes to :func:`mntvm.bench.compare`: the int8 one is timed against ONNX
 Runtime on the artifact's own QDQ model (ORT's integer kernels), the fp32 one against ORT fp32,
@@ -43,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", default="1,2")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--per-round", type=int, default=5)
+    p.add_argument("--schedules", default="default", help="default (shipped), none (template defaults) or a folder")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
     try:
@@ -55,7 +58,8 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory() as tmp:
             for dtype in ("int8", "float32"):
                 t0 = time.perf_counter()
-                art = compile_model(cfg, Path(tmp) / dtype, target="x86", dtype=dtype, schedules=None)
+                art = compile_model(cfg, Path(tmp) / dtype, target="x86", dtype=dtype,
+                                    schedules=None if a.schedules == "none" else a.schedules)
                 out[f"compile_s_{dtype}"] = round(time.perf_counter() - t0, 1)
                 r = compare(art, peers=("ort",), threads=counts, rounds=a.rounds, per_round=a.per_round)
                 out[dtype] = {n: {k: r["threads"][n][k] for k in ("ours_median_ms", "ort_median_ms", "ratio")}
@@ -70,7 +74,7 @@ def main(argv=None) -> int:
     if a.json:
         print(json.dumps(out))
         return 0
-    print(f"{cfg.tag}, default knobs; load before {out['load_before']}, after {out['load_after']}")
+    print(f"{cfg.tag}, schedules {a.schedules}; load before {out['load_before']}, after {out['load_after']}")
     print("threads  ours int8   ORT int8  int8/ORT   ours fp32   ORT fp32  fp32/int8 (ours)")
     for n in out["int8"]:
         q, f = out["int8"][n], out["float32"][n]
