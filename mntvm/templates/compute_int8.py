@@ -25,7 +25,8 @@ exactly ``sum((x_q - z_x) * w) + bias_q``.
 
 Weights (re-packed by :mod:`.lowering_int8`), int8:
 
-* stem (groups=1): ``(O/V, KH, KW, V, 4)`` (dot) or ``(O/V, KH, KW, 4, V)``; depthwise: ``(C/V, KH, KW, V)``
+* stem (groups=1): ``(O/V, KH, KW, V, 4)`` (dot) or ``(O/V, KH, KW, 4, V)``; depthwise: ``(C/V, KH, KW, V)``,
+  or ``(C/V, KH, V, 4)`` (:func:`dw_taps4`: a kernel row's taps, the 4th zero, per 4-byte dot step)
 * pointwise ``(O/V, I/V, V/4, V, 4)`` when the block's dot instruction (``mntvm_dot``) takes the
   16 x 4 weight tile of ``dot_16x4_vnni`` (output lanes x 4 consecutive inputs, 64 bytes), else
   ``(O/V, I/V, V/4, 4, V)`` (the 16 output lanes contiguous for plain vector multiply-adds)
@@ -120,9 +121,20 @@ def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=5
     return _epilogue(acc, bias, mult, qp, dtype)
 
 
-def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512):
-    """Depthwise KHxKW conv of (N, CB, H*W, V) 8-bit ``data``; weight (CB, KH, KW, V); the padding
-    holds the input's zero point ``qp[3]``."""
+def dw_taps4(dot: str) -> bool:
+    """Whether the depthwise kernel takes its taps four at a time with dot instruction ``dot``: a
+    row's 3 (+1 zero-weight) taps of 16 channels as one ``vpdpbusd`` (VNNI only; Arm keeps the
+    per-tap widening multiply-adds)."""
+    return dot == "vnni"
+
+
+def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512, dot="none"):
+    """Depthwise KHxKW conv of (N, CB, H*W, V) 8-bit ``data``; the padding holds the input's zero
+    point ``qp[3]``. Weight (CB, KH, KW, V), or with :func:`dw_taps4` (CB, KH, V, 4) (KW <= 4, the
+    taps past KW zero): the input is then first padded into (N, CB, Hp, Wp, V), so the 4
+    consecutive columns of a kernel row are 64 contiguous bytes, one dot step."""
+    if dw_taps4(dot):
+        return _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot)
     n_, cb_, _, v_ = data.shape
     _, kh_, kw_, _ = weight.shape
     ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
@@ -137,6 +149,34 @@ def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512)
 
     acc = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
                      attrs=_attrs(RULE_DW8, "none", bits, mntvm_wo=wo))
+    return _epilogue(acc, bias, mult, qp, data.dtype)
+
+
+def _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot):
+    """:func:`depthwise_int8_te` with weight (CB, K, V, 4) (a square K x K kernel): a padding
+    block ``pad_dw`` (N, CB, Hp, Wp, V) (Wp also covers the zero-weight 4th tap of the last
+    column), then per kernel row one dot step over 4 consecutive padded columns."""
+    n_, cb_, _, v_ = data.shape
+    k_ = int(weight.shape[1])
+    ho, wo, _ = _window(h, w, k_, k_, stride, pad)
+    pt, pl = pad[0], pad[1]
+    hp, wp = (ho - 1) * stride + k_, max((wo - 1) * stride + 4, w + pl)
+    fill = qp[3].astype(data.dtype)
+
+    def fp(n, cb, i, j, v):
+        inside = tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl)
+        return tirx.if_then_else(inside, data[n, cb, (i - pt) * w + j - pl, v], fill)
+
+    xp = te.compute((n_, cb_, hp, wp, v_), fp, name="pad_dw")
+    kh = te.reduce_axis((0, k_), "kh")
+    k4 = te.reduce_axis((0, 4), "k4")
+
+    def f(n, cb, p, v):
+        x = xp[n, cb, (p // wo) * stride + kh, (p % wo) * stride + k4, v]
+        return te.sum(x.astype("int32") * weight[cb, kh, v, k4].astype("int32"), axis=[kh, k4])
+
+    acc = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
+                     attrs=_attrs(RULE_DW8, dot, bits, mntvm_wo=wo))
     return _epilogue(acc, bias, mult, qp, data.dtype)
 
 

@@ -62,7 +62,45 @@ def _dot_16x4_u8i8i32_vnni(
             C.vload([0], dtype="int32x16"), a, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
 
+@T.prim_func(s_tir=True)
+def _dw_4taps_desc(
+    A: T.Buffer((4, 16), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            for k in T.serial(0, 4):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk, vi], "int32") * T.cast(B[vi, vk], "int32")
+
+
+@T.prim_func(s_tir=True)
+def _dw_4taps_vnni(
+    A: T.Buffer((4, 16), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:4, 0:16], B[0:16, 0:4])
+        T.writes(C[0:16])
+        r = T.ramp(T.int32(0), 1, 64)  # byte 4i + k of the dot operand <- column k, channel i
+        a = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx512.permvar.qi.512"),
+                                    A.vload([0, 0], dtype="uint8x64"), T.Cast("int8x64", (r % 4) * 16 + r // 4),
+                                    dtype="uint8x64")
+        C[T.ramp(T.int32(0), 1, 16)] = T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+            C.vload([0], dtype="int32x16"), a, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+
 VNNI = "vnni"
+# the depthwise 4-tap step (:func:`.compute_int8.dw_taps4`): 4 columns x 16 channels (64 contiguous
+# bytes) transposed by ``vpermb`` into 16 lanes x 4 taps, then one ``vpdpbusd``
+DW_4TAPS_INTRIN = "mntvm_dw_4taps_vnni"
+TensorIntrin.register(DW_4TAPS_INTRIN, _dw_4taps_desc, _dw_4taps_vnni, override=True)
 # mntvm_dot annotation -> (TensorIntrin name, output lanes, activation dtype). "none": no entry.
 DOT_INTRINSICS = {VNNI: ("mntvm_dot_16x4_vnni", 16, "uint8"), SDOT: (SDOT_INTRIN, 16, "int8")}  # sdot: .arm_int8
 TensorIntrin.register(DOT_INTRINSICS[VNNI][0], _dot_16x4_u8i8i32_desc, _dot_16x4_u8i8i32_vnni, override=True)
@@ -138,8 +176,34 @@ def _row_tiled(sch: Schedule, conv, d: dict | None, ch_key: str, n_reduce: int):
 @rule("cpu", RULE_DW8)
 def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
     """Depthwise: ``h_t`` rows per parallel task, ``w_t`` columns x ``cb_t`` channel vectors of
-    int32 accumulators, widening multiply-adds, padding (= z_x) predicated inline."""
-    _row_tiled(sch, block, d, "cb", 2)
+    int32 accumulators; widening multiply-adds per tap with the padding (= z_x) predicated
+    inline, or (``mntvm_dot`` VNNI, :func:`.compute_int8.dw_taps4`) one ``vpdpbusd`` per kernel
+    row of each output vector, from the ``pad_dw`` rows that each output row reads, padded
+    right before it (in cache)."""
+    if dot_of(sch, block) != VNNI:
+        _row_tiled(sch, block, d, "cb", 2)
+        return sch
+    conv = block
+    (pad,) = [p for p in sch.get_producers(conv) if sch.get(p).name_hint == "pad_dw"]
+    n, cb, h, w, v = rows_and_columns(sch, conv)
+    cb0, cb1 = sch.split(cb, tile(sch, cb, 2, 4, d, "cb"))
+    h0, h1 = sch.split(h, tile(sch, h, 2, 4, d, "h"))
+    w0, w1 = sch.split(w, tile(sch, w, 2, 16, d, "w"))
+    sch.reorder(n, cb0, h0, h1, w0, cb1, w1, v)
+    sch.parallel(sch.fuse(n, cb0, h0))
+    sch.compute_at(conv, w0, preserve_unit_loops=True)
+    sch.vectorize(v)
+    sch.unroll(w1)
+    sch.unroll(cb1)
+    sch.set_scope(conv, 0, "local")
+    sch.compute_at(pad, h1, preserve_unit_loops=True)
+    sch.vectorize(sch.get_loops(pad)[-1])
+    c_n, c_cb, c_p, c_v, c_kh, c_k4 = sch.get_loops(conv)[-6:]
+    sch.reorder(c_kh, c_n, c_cb, c_p, c_v, c_k4)
+    for loop in (c_kh, c_n, c_cb, c_p):
+        sch.unroll(loop)
+    sch.decompose_reduction(conv, c_kh)
+    sch.tensorize(c_v, DW_4TAPS_INTRIN)
     return sch
 
 

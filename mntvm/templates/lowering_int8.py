@@ -27,7 +27,7 @@ from tvm import relax
 
 from mntvm.core.errors import MntvmError
 from mntvm.model.quantized import QLayer, QuantizedNet, qrange
-from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, pointwise_int8_te,
+from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, dw_taps4, pointwise_int8_te,
                                           pool_int8_te, quantize_te, stem_int8_te)
 from mntvm.templates.arm_int8 import SDOT
 from mntvm.templates.cpu_int8 import DOT_INTRINSICS, VNNI, schedule_quantize
@@ -117,9 +117,13 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
                                                               dot, bits),
                           x, wp, bias, mult, qp, primfunc_name_hint="mntvm_stem8")
     if layer.kind == "depthwise":
-        wp = relax.const(_lanes(w[:, 0]))  # (CB, KH, KW, V)
+        wl = _lanes(w[:, 0])  # (CB, KH, KW, V)
+        dw_dot = dot if dw_taps4(dot) and w.shape[2] == w.shape[3] <= 4 else "none"
+        if dw_dot != "none":  # (CB, KH, V, 4): a kernel row's taps per dot step, those past KW zero
+            wl = _pad(wl.transpose(0, 1, 3, 2), 4, axis=3)
+        wp = relax.const(np.ascontiguousarray(wl))
         return bb.emit_te(lambda d, w_, b, m, q: depthwise_int8_te(d, w_, b, m, q, hw, hw, layer.stride,
-                                                                   (p, p, p, p), bits),
+                                                                   (p, p, p, p), bits, dw_dot),
                           x, wp, bias, mult, qp, primfunc_name_hint="mntvm_dw8")
     wk = _k4(w[:, :, 0, 0], dot_packs_k4(dot))  # (OB, IB*4, ...) -> (OB, IB, 4, ...)
     wp = relax.const(wk.reshape((wk.shape[0], -1, V // 4) + wk.shape[2:]))
