@@ -174,7 +174,7 @@ def test_two_boards_every_variant_once(swept, boards, cache):
     # each line records the settings that measured it (what --resume checks)
     for x in lines:
         assert x["settings"] == {"target": "x86", "mcpu": None, "mattr": None, "repeat": 15, "warmup": 3,
-                                 "threads": 1, "seed": 0}
+                                 "threads": 1, "seed": 0, "dtype": "float32"}
     # artifacts cached by config + target + weights + schedules identity
     for v in r["variants"]:
         meta = json.loads((Path(v["artifact"]) / "metadata.json").read_text())
