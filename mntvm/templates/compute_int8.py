@@ -38,12 +38,36 @@ output (the next layer's weights for them are zero).
 from __future__ import annotations
 
 from tvm import te, tirx
+from tvm.script import tirx as T
 
 from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8, RULE_STEM8
 
 DOT_KEY = "mntvm_dot"  # block annotation: the dot instruction (a key of cpu_int8.DOT_INTRINSICS) or "none"
 BITS_KEY = "mntvm_vector_bits"  # block annotation: the profile's vector width (default knob family)
 QP_LEN = 4  # int32 params per layer: (z_y, lo, hi, z_x) (pool: P * z_x last)
+
+
+def dot_16x4_desc(act_dtype: str):
+    """The (16 output lanes x 4 inputs) reduction tile the pointwise, stem and FC reductions end in,
+    as a TensorIntrin description: ``C[i] += int32(A[k]) * int32(B[i, k])``, ``A`` the 4 activations
+    (``act_dtype``: uint8 for VNNI's u8 x s8, int8 for Arm's sdot), ``B`` the (16, 4) weight tile."""
+
+    @T.prim_func(s_tir=True)
+    def desc(
+        A: T.Buffer((4,), act_dtype, offset_factor=1),
+        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+    ) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:16], A[0:4], B[0:16, 0:4])
+            T.writes(C[0:16])
+            for i in T.serial(0, 16):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    return desc
 
 
 def dot_packs_k4(dot: str) -> bool:

@@ -109,8 +109,10 @@ def pool_vec(sch: Schedule, block) -> int:
 
 
 @rule("cpu", RULE_POOL)
-def schedule_pool(sch: Schedule, block, d: dict | None = None, vec: int | None = None) -> Schedule:
-    """Global average pool: ``vec`` channels (default: :func:`pool_vec`) vectorized, in registers."""
+def schedule_pool(sch: Schedule, block, d: dict | None = None, vec: int | None = None,
+                  vector_epilogue: bool = False) -> Schedule:
+    """Global average pool: ``vec`` channels (default: :func:`pool_vec`) vectorized, in registers;
+    the epilogue (the int8 pool's requantization) vectorized too with ``vector_epilogue``."""
     s = block
     if vec is None:
         vec = pool_vec(sch, s)
@@ -124,6 +126,8 @@ def schedule_pool(sch: Schedule, block, d: dict | None = None, vec: int | None =
     sch.reverse_compute_at(wb, fused, preserve_unit_loops=True)
     sch.vectorize(c1)
     sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
+    if vector_epilogue:
+        sch.vectorize(sch.get_loops(epi)[-1])
     sch.decompose_reduction(s, p)
     return sch
 

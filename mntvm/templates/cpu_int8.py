@@ -23,28 +23,13 @@ import tvm
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY
+from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY, dot_16x4_desc
 from mntvm.templates.knobs import FamilyKnobs, buffer_shape, cat, rows_and_columns, single_consumer_epilogue, \
     taps_outside, tile
 from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8, RULE_STEM8, mark_scheduled, rule
 from mntvm.templates import arm, x86
+from mntvm.templates.cpu import schedule_pool
 from mntvm.templates.arm_int8 import SDOT, SDOT_INTRIN
-
-
-@T.prim_func(s_tir=True)
-def _dot_16x4_u8i8i32_desc(
-    A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
-    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
-) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:16], A[0:4], B[0:16, 0:4])
-        T.writes(C[0:16])
-        for i in T.serial(0, 16):
-            for k in T.serial(0, 4):
-                with T.sblock("update"):
-                    vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -103,7 +88,7 @@ DW_4TAPS_INTRIN = "mntvm_dw_4taps_vnni"
 TensorIntrin.register(DW_4TAPS_INTRIN, _dw_4taps_desc, _dw_4taps_vnni, override=True)
 # mntvm_dot annotation -> (TensorIntrin name, output lanes, activation dtype). "none": no entry.
 DOT_INTRINSICS = {VNNI: ("mntvm_dot_16x4_vnni", 16, "uint8"), SDOT: (SDOT_INTRIN, 16, "int8")}  # sdot: .arm_int8
-TensorIntrin.register(DOT_INTRINSICS[VNNI][0], _dot_16x4_u8i8i32_desc, _dot_16x4_u8i8i32_vnni, override=True)
+TensorIntrin.register(DOT_INTRINSICS[VNNI][0], dot_16x4_desc("uint8"), _dot_16x4_u8i8i32_vnni, override=True)
 
 
 def dot_of(sch: Schedule, block) -> str:
@@ -156,9 +141,10 @@ def schedule_pointwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     return sch
 
 
-def _row_tiled(sch: Schedule, conv, d: dict | None, ch_key: str, n_reduce: int):
-    """Depthwise / stem: the epilogue's positions as rows x column tiles, ``ch_t`` channel vectors x
-    ``w_t`` columns of int32 accumulators in registers, taps unrolled outside them."""
+def _row_tiles(sch: Schedule, conv, d: dict | None, ch_key: str):
+    """Depthwise / stem: the epilogue's positions as rows x column tiles, ``h_t`` rows per parallel
+    task, ``ch_key`` channel vectors x ``w_t`` columns of int32 accumulators in registers (the
+    reduction computed at each column tile, in "local" scope). Returns the row loop inside a task."""
     n, cb, h, w, v = rows_and_columns(sch, conv)
     cb0, cb1 = sch.split(cb, tile(sch, cb, 2, 4, d, ch_key))
     h0, h1 = sch.split(h, tile(sch, h, 2, 4, d, "h"))
@@ -170,7 +156,7 @@ def _row_tiled(sch: Schedule, conv, d: dict | None, ch_key: str, n_reduce: int):
     sch.unroll(w1)
     sch.unroll(cb1)
     sch.set_scope(conv, 0, "local")
-    taps_outside(sch, conv, n_reduce)
+    return h1
 
 
 @rule("cpu", RULE_DW8)
@@ -180,22 +166,13 @@ def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     inline, or (``mntvm_dot`` VNNI, :func:`.compute_int8.dw_taps4`) one ``vpdpbusd`` per kernel
     row of each output vector, from the ``pad_dw`` rows that each output row reads, padded
     right before it (in cache)."""
-    if dot_of(sch, block) != VNNI:
-        _row_tiled(sch, block, d, "cb", 2)
-        return sch
     conv = block
+    if dot_of(sch, conv) != VNNI:
+        _row_tiles(sch, conv, d, "cb")
+        taps_outside(sch, conv, 2)
+        return sch
     (pad,) = [p for p in sch.get_producers(conv) if sch.get(p).name_hint == "pad_dw"]
-    n, cb, h, w, v = rows_and_columns(sch, conv)
-    cb0, cb1 = sch.split(cb, tile(sch, cb, 2, 4, d, "cb"))
-    h0, h1 = sch.split(h, tile(sch, h, 2, 4, d, "h"))
-    w0, w1 = sch.split(w, tile(sch, w, 2, 16, d, "w"))
-    sch.reorder(n, cb0, h0, h1, w0, cb1, w1, v)
-    sch.parallel(sch.fuse(n, cb0, h0))
-    sch.compute_at(conv, w0, preserve_unit_loops=True)
-    sch.vectorize(v)
-    sch.unroll(w1)
-    sch.unroll(cb1)
-    sch.set_scope(conv, 0, "local")
+    h1 = _row_tiles(sch, conv, d, "cb")
     sch.compute_at(pad, h1, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(pad)[-1])
     c_n, c_cb, c_p, c_v, c_kh, c_k4 = sch.get_loops(conv)[-6:]
@@ -212,19 +189,9 @@ def schedule_stem_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
     """Stem: ``ob_t`` output vectors x ``w_t`` columns of int32 accumulators in registers, ``h_t``
     rows per parallel task; each tap one (lanes x 4 channels) dot step, taps unrolled outside."""
     conv, dot = block, dot_of(sch, block)
-    n, ob, h, w, v = rows_and_columns(sch, conv)
-    ob0, ob1 = sch.split(ob, tile(sch, ob, 2, 4, d, "ob"))
-    h0, h1 = sch.split(h, tile(sch, h, 2, 4, d, "h"))
-    w0, w1 = sch.split(w, tile(sch, w, 2, 16, d, "w"))
-    sch.reorder(n, ob0, h0, h1, w0, ob1, w1, v)
-    sch.parallel(sch.fuse(n, ob0, h0))
-    sch.compute_at(conv, w0, preserve_unit_loops=True)
-    sch.vectorize(v)
-    sch.unroll(w1)
-    sch.unroll(ob1)
+    _row_tiles(sch, conv, d, "ob")
     c_n, c_ob, c_p, c_v, c_kh, c_kw, c_i4 = sch.get_loops(conv)[-7:]
     sch.reorder(c_kh, c_kw, c_n, c_ob, c_p, c_v, c_i4)
-    sch.set_scope(conv, 0, "local")
     for loop in (c_kh, c_kw, c_n, c_ob, c_p):
         sch.unroll(loop)
     _dot_tail(sch, conv, c_v, c_i4, dot, c_kh)
@@ -252,21 +219,7 @@ def schedule_dense_int8(sch: Schedule, block, d: dict | None = None) -> Schedule
 @rule("cpu", RULE_POOL8)
 def schedule_pool_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
     """Global average pool: 16 channels of int32 sums vectorized in registers, requantized there."""
-    s = block
-    vec = int(sch.get(s).reads[0].source.shape[-1])
-    epi = single_consumer_epilogue(sch, s)
-    n, c, p = sch.get_loops(s)[-3:]
-    c0, c1 = sch.split(c, [None, vec])
-    sch.reorder(n, c0, p, c1)
-    fused = sch.fuse(n, c0)
-    sch.parallel(fused)
-    wb = sch.cache_write(s, 0, "local")
-    sch.reverse_compute_at(wb, fused, preserve_unit_loops=True)
-    sch.vectorize(c1)
-    sch.reverse_compute_at(epi, fused, preserve_unit_loops=True)
-    sch.vectorize(sch.get_loops(epi)[-1])
-    sch.decompose_reduction(s, p)
-    return sch
+    return schedule_pool(sch, block, d, vector_epilogue=True)
 
 
 def schedule_quantize(func):

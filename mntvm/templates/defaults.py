@@ -3,7 +3,8 @@
 ``default_schedule(mod, target)`` schedules one task's "main" and is what ``mntvm tune`` seeds each
 task's search with (its trace replays like a tuning record's); ``apply_default_schedules(mod,
 target)`` schedules every PrimFunc of a lowered module that is not scheduled yet (e.g. from a
-tuning database) and marks it scheduled (:func:`.registry.mark_scheduled`). On CPUs the
+tuning database) and marks it scheduled (:func:`.registry.mark_scheduled`);
+``apply_sampled_schedules(mod, target, seed)`` does the same at randomly sampled knobs. On CPUs the
 PrimFuncs without a rule of ours (softmax, reshape) get a small generic schedule; on CUDA they
 are left to DLight (:func:`.gpu.compile_gpu`).
 
@@ -55,8 +56,8 @@ def _knobs(mod: tvm.IRModule, target: tvm.target.Target, vector_bits: int | None
     return lambda sch, block, name: (cpu_int8 if name in INT8_RULES else cpu).default_knobs(sch, block, name, fam)
 
 
-def _schedule(mod: tvm.IRModule, target: tvm.target.Target, knobs) -> Schedule:
-    sch = Schedule(mod)
+def _schedule(mod: tvm.IRModule, target: tvm.target.Target, knobs, seed: int | None = None) -> Schedule:
+    sch = Schedule(mod, seed=seed)
     kind = _kind(target)
     for b in all_blocks(mod["main"]):
         name = rule_of(b)
@@ -126,4 +127,17 @@ def apply_default_schedules(mod: tvm.IRModule, target, vector_bits: int | None =
     mod = mod.clone()
     for gv, f in new.items():
         mod[gv] = f
+    return mod
+
+
+def apply_sampled_schedules(mod: tvm.IRModule, target, seed: int) -> tvm.IRModule:
+    """Every template PrimFunc of a lowered module scheduled at knobs sampled with ``seed``, as
+    MetaSchedule's search samples them (the rest left as they are), each marked scheduled: for
+    checking that a template computes the same at any point of its space."""
+    target = _as_target(target)
+    mod = mod.clone()
+    for gv, func in list(mod.functions.items()):
+        if isinstance(func, tirx.PrimFunc) and not is_scheduled(func) and any(rule_of(b) for b in all_blocks(func)):
+            sch = _schedule(tvm.IRModule({"main": func}), target, lambda *_: None, seed)
+            mod[gv] = mark_scheduled(sch.mod["main"])
     return mod

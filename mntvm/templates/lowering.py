@@ -337,6 +337,12 @@ def lower_blocked(mod: tvm.IRModule, target, vector_bits: int) -> tvm.IRModule:
     mod = relax.transform.Normalize()(mod)
     mod = _Lowerer(mod, vec).transform()
     mod = relax.transform.DeadCodeElimination()(mod)
+    return legalize_and_fuse(mod)
+
+
+def legalize_and_fuse(mod: tvm.IRModule) -> tvm.IRModule:
+    """The Relax ops left after our lowering legalized to TIR, constants folded, elementwise
+    epilogues fused into the template PrimFuncs (fp32 and int8 alike)."""
     seq = tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

@@ -31,6 +31,7 @@ from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_
                                           pool_int8_te, quantize_te, stem_int8_te)
 from mntvm.templates.arm_int8 import SDOT
 from mntvm.templates.cpu_int8 import DOT_INTRINSICS, VNNI, schedule_quantize
+from mntvm.templates.lowering import legalize_and_fuse
 
 V = 16  # channels per block: one vector of 16 int32 accumulators
 
@@ -187,15 +188,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
             out = probs if not expose else relax.Tuple([probs] + [seen[n] for n in expose])
             out = bb.emit_output(out)
         bb.emit_func_output(out)
-    seq = tvm.transform.Sequential([
-        relax.transform.LegalizeOps(),
-        relax.transform.AnnotateTIROpPattern(),
-        relax.transform.FoldConstant(),
-        relax.transform.FuseOps(),
-        relax.transform.FuseTIR(),
-        relax.transform.DeadCodeElimination(),
-    ])
-    mod = seq(bb.get())
+    mod = legalize_and_fuse(bb.get())
     gv = mod.get_global_var("mntvm_quantize")
     mod[gv] = schedule_quantize(mod[gv])  # fixed schedule, not a tuning task
     return mod

@@ -16,7 +16,6 @@ from rpc_fixtures import free_port
 
 import tvm
 from tvm import relax, rpc
-from tvm.s_tir import Schedule
 
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.quantize import quantize
@@ -24,9 +23,8 @@ from mntvm.model.quantized import forward_int8
 from mntvm.model.weights import random_weights
 from mntvm.remote import board
 from mntvm.targets.profiles import get_profile
-from mntvm.templates.defaults import apply_default_schedules
+from mntvm.templates.defaults import apply_default_schedules, apply_sampled_schedules
 from mntvm.templates.lowering_int8 import dot_for, lower_int8
-from mntvm.templates.registry import all_blocks, mark_scheduled, rule_of, scheduler
 
 ARCH = "aarch64"
 
@@ -55,21 +53,6 @@ def _names(net):
     return [l.name for l in net.layers[:-1]] + ["pool", "fc"]
 
 
-def _random_knobs(mod, seed):
-    """Every template PrimFunc of ``mod`` scheduled at knobs sampled with ``seed``."""
-    mod = mod.clone()
-    for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        rules = [(b.name_hint, rule_of(b)) for b in all_blocks(func) if rule_of(b)]
-        if rules:
-            sch = Schedule(tvm.IRModule({"main": func}), seed=seed)
-            for block, r in rules:
-                scheduler("cpu", r)(sch, sch.get_sblock(block), None)
-            mod[gv] = mark_scheduled(sch.mod["main"])
-    return mod
-
-
 def _unblock(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     """A blocked (N, C'/16, P, 16) layer output as the reference's (N, C, H, W); others as given."""
     if got.ndim == 4 and got.shape != ref.shape:
@@ -87,7 +70,7 @@ def test_int8_on_board_is_exact(net, a64, tmp_path, name, dot, seed):
     names = _names(net)
     mod = lower_int8(net, profile, expose=names)
     if seed is not None:
-        mod = _random_knobs(mod, seed)
+        mod = apply_sampled_schedules(mod, profile.tvm_target(), seed)
     ex = tvm.compile(apply_default_schedules(mod, target, profile.vector_bits), target=target)
     lib = profile.export_library(ex, tmp_path / f"int8-{name}-{free_port()}.so")
     x = np.random.RandomState(3).rand(*net.cfg.input_shape).astype("float32") * 2 - 0.5

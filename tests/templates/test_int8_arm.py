@@ -12,16 +12,15 @@ import numpy as np
 import pytest
 
 import tvm
-from tvm.s_tir import Schedule
 
 from binaries import assert_cpu_lib
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.quantize import quantize
 from mntvm.model.weights import random_weights
 from mntvm.targets.profiles import get_profile
-from mntvm.templates.defaults import apply_default_schedules
+from mntvm.templates.defaults import apply_default_schedules, apply_sampled_schedules
 from mntvm.templates.lowering_int8 import dot_for, lower_int8
-from mntvm.templates.registry import all_blocks, mark_scheduled, rule_of, scheduler, tunable_tasks
+from mntvm.templates.registry import all_blocks, rule_of, tunable_tasks
 
 EM_AARCH64, EM_ARM = 183, 40
 
@@ -125,26 +124,10 @@ def test_neon_profile_build_uses_widening_multiplies(net, tmp_path):
     assert_cpu_lib(profile.export_library(ex, tmp_path / "int8-neon.so"), 64, EM_AARCH64)
 
 
-def _random_knobs(mod, seed):
-    """Every template PrimFunc of ``mod`` scheduled at knobs sampled with ``seed``."""
-    mod = mod.clone()
-    for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        rules = [(b.name_hint, rule_of(b)) for b in all_blocks(func) if rule_of(b)]
-        if not rules:
-            continue
-        sch = Schedule(tvm.IRModule({"main": func}), seed=seed)
-        for block, r in rules:
-            scheduler("cpu", r)(sch, sch.get_sblock(block), None)
-        mod[gv] = mark_scheduled(sch.mod["main"])
-    return mod
-
-
 def test_sdot_tensorizes_at_random_knobs(net):
     """Sampled register/cache tiles still end in the 16 x 4 tile the sdot intrinsic takes."""
     profile = get_profile("aarch64-dotprod")
-    _, ops = _build(net, profile, lambda m: _random_knobs(m, 11))
+    _, ops = _build(net, profile, lambda m: apply_sampled_schedules(m, profile.tvm_target(), 11))
     for k in _sdot_kernels(lower_int8(net, profile)):
         assert "sdot" in ops[k], k
 

@@ -12,7 +12,6 @@ import pytest
 import tvm
 import tvm_ffi
 from tvm import relax, te
-from tvm.s_tir import Schedule
 
 from mntvm.core.errors import MntvmError
 from mntvm.model.network import MobileNetConfig
@@ -21,9 +20,9 @@ from mntvm.model.quantized import QTensor, forward_int8
 from mntvm.model.weights import random_weights
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.compute_int8 import pointwise_int8_te
-from mntvm.templates.defaults import apply_default_schedules, default_schedule
+from mntvm.templates.defaults import apply_default_schedules, apply_sampled_schedules, default_schedule
 from mntvm.templates.lowering_int8 import dot_for, lower_int8
-from mntvm.templates.registry import INT8_RULES, all_blocks, mark_scheduled, rule_of, scheduler, tunable_tasks
+from mntvm.templates.registry import INT8_RULES, all_blocks, rule_of, tunable_tasks
 
 DEV = tvm.cpu()
 
@@ -50,23 +49,6 @@ def small():
 
 def _names(net):
     return ["input"] + [l.name for l in net.layers] + ["pool"]
-
-
-def _random_knobs(mod, seed):
-    """Every template PrimFunc of ``mod`` scheduled at knobs sampled with ``seed`` (as MetaSchedule
-    samples them), marked scheduled."""
-    mod = mod.clone()
-    for gv, func in list(mod.functions.items()):
-        if not isinstance(func, tvm.tirx.PrimFunc):
-            continue
-        rules = [(b.name_hint, rule_of(b)) for b in all_blocks(func) if rule_of(b)]
-        if not rules:
-            continue
-        sch = Schedule(tvm.IRModule({"main": func}), seed=seed)
-        for name, r in rules:
-            scheduler("cpu", r)(sch, sch.get_sblock(name), None)
-        mod[gv] = mark_scheduled(sch.mod["main"])
-    return mod
 
 
 def _check_network(net, profile, schedule=None, seed=5):
@@ -105,11 +87,11 @@ def test_network_exact_at_default_knobs(small, profile):
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_network_exact_at_random_knobs(small, seed):
-    _check_network(small, get_profile("x86"), lambda m: _random_knobs(m, seed))
+    _check_network(small, get_profile("x86"), lambda m: apply_sampled_schedules(m, "llvm", seed))
 
 
 def test_network_exact_at_random_knobs_without_dot(small):
-    _check_network(small, get_profile("x86-avx2"), lambda m: _random_knobs(m, 3))
+    _check_network(small, get_profile("x86-avx2"), lambda m: apply_sampled_schedules(m, "llvm", 3))
 
 
 def test_full_width_network_exact():
