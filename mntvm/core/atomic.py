@@ -56,7 +56,24 @@ def check_destination(path: Path, what: str, is_ours: Callable[[Path], bool] | N
             raise MntvmError(f"{path} is a folder; give a file name for {what}")
         if is_ours is not None and not is_ours(path):
             raise MntvmError(f"{path} exists and is not {what}; not replacing it")
+    _probe_writable(path)
     return path
+
+
+def _probe_writable(path: Path) -> None:
+    """Refuse, before any work, a destination whose nearest existing folder takes no new file
+    (read-only, /proc, no permission): a temp file is created there and removed at once."""
+    probe = path.parent
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise MntvmError(f"cannot write {path}: {probe} is not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".mntvm-probe-", dir=probe)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def _mkdirs(path: Path) -> None:
