@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import timing_options  # noqa: E402
 from mntvm import MntvmError  # noqa: E402
 from mntvm.bench import compare  # noqa: E402
 from mntvm.compile import compile_model, load_artifact  # noqa: E402
@@ -33,15 +34,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--alphas", default="1.0,0.75,0.5,0.25")
     p.add_argument("--resolutions", default="224,192,160,128")
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--rounds", type=int, default=10)
-    p.add_argument("--per-round", type=int, default=5)
-    p.add_argument("--schedules", default="default")
     p.add_argument("--dtype", default="float32", choices=("float32", "int8", "both"))
-    p.add_argument("--json", action="store_true")
+    timing_options(p, rounds=10)
     a = p.parse_args(argv)
+    counts = a.threads
     dtypes = ["float32", "int8"] if a.dtype == "both" else [a.dtype]
-    counts = [int(t) for t in a.threads.split(",")]
     rows = []
     try:
         with tempfile.TemporaryDirectory() as tmp:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import timing_options  # noqa: E402
 from mntvm import MntvmError  # noqa: E402
 from mntvm.bench import compare, format_compare  # noqa: E402
 from mntvm.compile import compile_model  # noqa: E402
@@ -32,18 +33,11 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--alpha", type=float, default=1.0)
     p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--threads", default="1,2")
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--per-round", type=int, default=5)
-    p.add_argument("--schedules", default="default")
     p.add_argument("--peers", default="ort,openvino,tflite",
                    help="ONNX Runtime is always measured; the others when installed")
-    p.add_argument("--json", action="store_true")
+    timing_options(p)
     a = p.parse_args(argv)
-    try:
-        counts = [int(t) for t in a.threads.split(",")]
-    except ValueError:
-        p.error(f"--threads: comma-separated integers, got {a.threads!r}")
+    counts = a.threads
     try:
         cfg = MobileNetConfig(alpha=a.alpha, resolution=a.resolution)
         with tempfile.TemporaryDirectory() as tmp:
