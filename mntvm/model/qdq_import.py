@@ -23,6 +23,7 @@ Public entries: :func:`is_quantized_onnx`, :func:`import_qdq`.
 """
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -39,10 +40,17 @@ _RESHAPES = ("Flatten", "Reshape", "Squeeze")
 
 
 def _load(path: str | os.PathLike):
-    import onnx
-
+    """The parsed file (parsed once per content: compile asks whether it is quantized, then imports it)."""
     if not Path(path).is_file():
         raise MntvmError(f"ONNX file not found: {path}")
+    st = os.stat(path)
+    return _parse(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=2)
+def _parse(path: str, mtime_ns: int, size: int):
+    import onnx
+
     try:
         model = onnx.load(str(path))
     except Exception as e:  # noqa: BLE001 - protobuf and onnx raise several types
