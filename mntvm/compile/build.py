@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-import numpy as np
 
 from mntvm.compile.artifact import (LIB_NAME, META_NAME, QDQ_NAME, check_artifact_dir, library_record,
                                     load_artifact, write_artifact, write_json_atomic)

@@ -11,13 +11,9 @@ own intrinsics ~1 s on every import.
 frames only, all it looks at (``is_defined_in_class`` reads the caller's caller's line;
 ``resolve_closure_vars`` reads frames' locals, which every entry keeps): 24 s -> 5 s.
 Idempotent; if TVM's parser ever stops looking like this, it is left alone.
-
-:func:`defer_tvm_intrinsics` goes further for tuning, whose space holds our rules only (they
-tensorize with our own intrinsics): TVM's are loaded on first use of the module, not on import.
 """
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import sys
 import types
@@ -53,20 +49,3 @@ def install() -> None:
     entry.inspect = proxy
 
 
-
-TVM_INTRINSICS = "tvm.s_tir.tensor_intrin"
-
-
-def defer_tvm_intrinsics() -> None:
-    """Make ``import tvm.s_tir.tensor_intrin`` (MetaSchedule's ``TuneContext`` does it for rules
-    we do not use) lazy: the module runs, registering TVM's intrinsics, when an attribute of it is
-    first read. Saves ~5 s a tuning process even with :func:`install`. No-op once imported."""
-    if TVM_INTRINSICS in sys.modules:
-        return
-    spec = importlib.util.find_spec(TVM_INTRINSICS)
-    if spec is None or spec.loader is None:
-        return
-    spec.loader = importlib.util.LazyLoader(spec.loader)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[TVM_INTRINSICS] = module
-    spec.loader.exec_module(module)

@@ -222,7 +222,7 @@ def forward_int8(net: QuantizedNet, x: np.ndarray, *, logits: bool = False,
     """The int8 network on fp32 input ``x`` (N, 3, R, R): softmax probabilities (or the fp32
     logits). ``capture``, if given, receives each layer's quantized output by layer name (and
     ``"input"``, ``"pool"``)."""
-    xq = net.input.quantize(x)
+    xq, layer_in = net.input.quantize(x), net.input  # layer_in: what xq is quantized as
     if capture is not None:
         capture["input"] = xq
     for layer in net.layers:

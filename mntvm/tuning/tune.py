@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Mapping
 
-from mntvm.core import arch, tvmscript
+from mntvm.core import arch
 from mntvm.core.console import Progress
 from mntvm.core.errors import MntvmError, one_line
 from mntvm.core.paths import data_dir
@@ -274,7 +274,6 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
     # MetaSchedule echoes its task tables and XGB iterations to stdout at the logger's level
     # (DEBUG when unset); they stay in its work-dir log files. Our progress bar is on stderr.
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-    tvmscript.defer_tvm_intrinsics()  # our space never uses TVM's intrinsics: do not parse them (5 s)
     ttarget = profile.tvm_target()
     schedule = functools.partial(default_schedule, target=ttarget,
                                  vector_bits=None if profile.is_gpu else profile.vector_bits)
