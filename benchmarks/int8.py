@@ -3,6 +3,7 @@
     python benchmarks/int8.py [--alpha 1.0 --resolution 224] [--threads 1,2] [--rounds 20]
                               [--per-round 5] [--schedules default|none|DIR] [--json]
 
+TFLite+XNNPACK runs the same int8 network too (its int8 .tflite) when ai-edge-litert is installed.
 Compiles the model twice for this machine, with the shipped schedules (``--schedules default``:
 their int8 and fp32 records where they cover the model, template defaults elsewhere) or with
 template defaults only (``none``):
@@ -55,9 +56,10 @@ def main(argv=None) -> int:
                 art = compile_model(cfg, Path(tmp) / dtype, target="x86", dtype=dtype,
                                     schedules=None if a.schedules == "none" else a.schedules)
                 out[f"compile_s_{dtype}"] = round(time.perf_counter() - t0, 1)
-                r = compare(art, peers=("ort",), threads=counts, rounds=a.rounds, per_round=a.per_round)
-                out[dtype] = {n: {k: r["threads"][n][k] for k in ("ours_median_ms", "ort_median_ms", "ratio")}
-                              for n in r["threads"]}
+                r = compare(art, peers=("ort", "tflite"), threads=counts, rounds=a.rounds, per_round=a.per_round)
+                keys = ("ours_median_ms", "ort_median_ms", "ratio", "tflite_median_ms", "ratio_tflite")
+                out[dtype] = {n: {k: r["threads"][n][k] for k in keys if k in r["threads"][n]} for n in r["threads"]}
+                out[f"peer_errors_{dtype}"] = r["peer_errors"]
     except MntvmError as e:
         print(f"int8: error: {e}", file=sys.stderr)
         return 2
@@ -69,11 +71,16 @@ def main(argv=None) -> int:
         print(json.dumps(out))
         return 0
     print(f"{cfg.tag}, schedules {a.schedules}; load before {out['load_before']}, after {out['load_after']}")
-    print("threads  ours int8   ORT int8  int8/ORT   ours fp32   ORT fp32  fp32/int8 (ours)")
+    tfl = all("tflite_median_ms" in out["int8"][n] for n in out["int8"])
+    print("threads  ours int8   ORT int8  int8/ORT" + ("  TFLite int8  int8/TFLite" if tfl else "")
+          + "   ours fp32   ORT fp32  fp32/int8 (ours)")
     for n in out["int8"]:
         q, f = out["int8"][n], out["float32"][n]
-        print(f"{n:>7}  {q['ours_median_ms']:7.3f} ms {q['ort_median_ms']:7.3f} ms  {q['ratio']:7.2f}x  "
+        peer = f"   {q['tflite_median_ms']:7.3f} ms  {q['ratio_tflite']:9.2f}x" if tfl else ""
+        print(f"{n:>7}  {q['ours_median_ms']:7.3f} ms {q['ort_median_ms']:7.3f} ms  {q['ratio']:7.2f}x{peer}  "
               f"{f['ours_median_ms']:7.3f} ms {f['ort_median_ms']:7.3f} ms  {q['fp32_over_int8']:7.2f}x")
+    if not tfl:
+        print(f"TFLite: {out['peer_errors_int8'].get('tflite', 'not installed (pip install ai-edge-litert)')}")
     return 0
 
 

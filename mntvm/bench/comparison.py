@@ -25,8 +25,9 @@ from mntvm.compile.artifact import QDQ_NAME, load_artifact
 from mntvm.core import arch
 from mntvm.core.errors import MntvmError, one_line
 from mntvm.export.onnx import export_onnx
-from mntvm.export.tflite import export_tflite
+from mntvm.export.tflite import export_tflite, export_tflite_int8
 from mntvm.model.network import MobileNetConfig
+from mntvm.model.qdq_import import import_qdq
 
 COMPARE_TOL = 1e-5  # max |ours - ORT| allowed (float32)
 # int8: ORT runs the artifact's own QDQ model; its kernels round as ours do, but a 1-step
@@ -36,6 +37,7 @@ COMPARE_KEYS = ("ours_median_ms", "ours_p90_ms", "ort_median_ms", "ort_p90_ms", 
 WARMUP = 10  # untimed runs of each runtime before the interleaved rounds
 WORKER = "mntvm.bench.comparison_worker"  # run as `python -m WORKER SPEC_JSON`, once per thread count
 _EXPORTERS = {"onnx": export_onnx, "tflite": export_tflite}  # a peer's model format -> its writer
+_INT8_EXPORTERS = {"tflite": export_tflite_int8}  # int8: ONNX peers run the artifact's QDQ file itself
 
 
 def compare(
@@ -127,10 +129,7 @@ def compare(
         for fmt in dict.fromkeys(PEERS[p].model for p in measured):
             users = [p for p in measured if PEERS[p].model == fmt]
             try:
-                if int8 and fmt != "onnx":
-                    raise MntvmError(f"no int8 {fmt} export yet: this peer runs float32 models only")
-                models[fmt] = (str((art.path / QDQ_NAME).resolve()) if int8 else
-                               str(_EXPORTERS[fmt](cfg, w, Path(tmp) / f"model.{fmt}")))
+                models[fmt] = _peer_model(fmt, art.path, cfg, None if int8 else w, Path(tmp) / f"model.{fmt}")
             except Exception as e:  # noqa: BLE001 - e.g. an installed but incompatible ai_edge_litert
                 if REFERENCE in users:
                     raise
@@ -147,6 +146,18 @@ def compare(
             result["threads"][str(n)] = r
     result["peers"] = [p for p in measured if p not in result["peer_errors"]]
     return result
+
+
+def _peer_model(fmt: str, art_path: Path, cfg: MobileNetConfig, weights, dest: Path) -> str:
+    """The model file a peer of format ``fmt`` runs: the artifact's network exported with ``weights``
+    (float32), or for an int8 artifact (``weights`` None) its own QDQ model (ONNX) or that model in
+    TFLite's int8 scheme."""
+    qdq = (Path(art_path) / QDQ_NAME).resolve()
+    if weights is not None:
+        return str(_EXPORTERS[fmt](cfg, weights, dest))
+    if fmt == "onnx":
+        return str(qdq)
+    return str(_INT8_EXPORTERS[fmt](import_qdq(qdq, cfg), dest))
 
 
 def _run_worker(spec: dict, timeout_s: float) -> dict:

@@ -127,11 +127,13 @@ def test_a_quantized_file_refuses_float32_and_quantize_refuses_it(tmp_path):
 
 
 def test_bench_compare_runs_the_peers_on_the_artifacts_quantized_model(int8_artifact):
-    p = run_cli("bench", str(int8_artifact), "--compare", "ort", "--threads", "1", "--json")
+    p = run_cli("bench", str(int8_artifact), "--compare", "ort,tflite", "--threads", "1", "--json")
     r = json.loads(p.stdout.strip().splitlines()[-1])
-    assert r["dtype"] == "int8"
+    assert r["dtype"] == "int8" and r["peers"] == ["ort", "tflite"], r["peer_errors"]
     t = r["threads"]["1"]
     assert t["max_abs_diff"] <= 1e-6 and t["ours_median_ms"] > 0 and t["ort_median_ms"] > 0
+    # TFLite (XNNPACK) runs the same quantized network in its int8 scheme
+    assert t["tflite_max_abs_diff"] <= 1e-4 and t["tflite_median_ms"] > 0
 
 
 def test_bench_checks_an_int8_artifact_against_the_network_it_carries(int8_artifact, tmp_path):
