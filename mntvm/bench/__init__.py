@@ -2,7 +2,7 @@
 from mntvm.bench.checks import artifact_weights, reference_output
 from mntvm.bench.demo import demo, format_demo
 from mntvm.bench.comparison import COMPARE_KEYS, COMPARE_TOL, compare, format_compare
-from mntvm.bench.peak import measure_peak
+from mntvm.core.machine import measure_peak
 from mntvm.bench.peers import PEERS, Peer
 from mntvm.bench.per_layer import format_per_layer, per_layer_report, plot_per_layer
 from mntvm.bench.timing import RESULT_KEYS, STAT_KEYS, benchmark, check_run_args, format_benchmark, summarize

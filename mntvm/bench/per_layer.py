@@ -30,7 +30,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
     layer they follow (pooling and softmax kernels get pseudo-layers ``pool``/``softmax``; what
     follows the pool belongs to the FC). GFLOP/s = 2 × the layer's mult-adds (:mod:`mntvm.model.cost`) / kernel time;
     ``peak_gflops`` (the FMA peak measured at the artifact's vector width and thread count, see
-    :func:`mntvm.bench.peak.measure_peak`) adds each layer's ``pct_peak``. For an int8 artifact
+    :func:`mntvm.core.machine.measure_peak`) adds each layer's ``pct_peak``. For an int8 artifact
     (``dtype``) the same numbers are GOP/s (integer multiply-adds x 2) against the int8 dot-product
     peak.
     """

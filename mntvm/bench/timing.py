@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mntvm.bench.checks import reference_output
-from mntvm.bench.peak import measure_peak
+from mntvm.core.machine import measure_peak
 from mntvm.bench.per_layer import format_per_layer, per_layer_report
 from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
 from mntvm.core import arch

@@ -167,8 +167,8 @@ def format_compiled(out: str | os.PathLike) -> str:
                      f"template defaults for: {', '.join(s['defaults']) or 'none'}")
         if db and db.get("stand_in"):
             lines.append(f"schedules: no log for this CPU ({meta['target']['tvm_target'].get('mcpu')}) in "
-                         f"schedules/; used the one tuned on {db['mcpu']} (same ISA). `mntvm tune --target "
-                         f"{meta['target']['name']}` makes one for this CPU")
+                         f"schedules/; used the one tuned on {db['mcpu']} ({db.get('stand_in_reason') or 'same ISA'}). "
+                         f"`mntvm tune --target {meta['target']['name']}` makes one for this CPU")
         c = s.get("stand_in_check")
         if c:
             how = f"timed {c['measured']} task(s) in {c['seconds']:.1f}s" if c["measured"] else "verdicts from an earlier check"

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from mntvm.core.atomic import check_destination, write_text
 from mntvm.core.errors import MntvmError, one_line
+from mntvm.core.machine import DECISIVE_FLAGS, machine_facts
 from mntvm.core.paths import data_dir
 from mntvm.templates.registry import all_blocks, is_scheduled, rule_of, tunable_tasks
 from mntvm.tuning.lock import LOCK, db_lock
@@ -180,6 +181,7 @@ class ScheduleDB:
     path: Path
     meta: dict
     stand_in: bool = False  # the shipped log of another CPU of the same ISA (see _stand_in)
+    stand_in_reason: str | None = None  # why that log: the facts it was chosen by
 
     def _repair(self) -> None:
         """Check both logs (:func:`read_logs`); drop a torn last line (a kill mid-write) from a file,
@@ -220,7 +222,7 @@ class ScheduleDB:
         shipped = self.path.resolve().parent == data_dir("schedules").resolve()
         return {"name": self.path.name, "shipped": shipped, "sha256": h.hexdigest()[:16], "records": n,
                 "target": tgt.get("name"), "mcpu": (tgt.get("tvm_target") or {}).get("mcpu"),
-                "stand_in": self.stand_in}
+                "stand_in": self.stand_in, **({"stand_in_reason": self.stand_in_reason} if self.stand_in else {})}
 
     def apply(self, low, target):
         """Apply tuned records to a lowered module; returns (module, names of the tasks covered)."""
@@ -241,17 +243,16 @@ def open_schedules(spec, profile, force: bool = False) -> ScheduleDB | None:
     if str(spec) == "default":
         path = data_dir("schedules") / db_name(profile)
         if not (path / META).is_file():
-            path = _stand_in(profile)
+            path, stand_in = _stand_in(profile)
             if path is None:
                 return None
-            stand_in = path.name
     else:
         path = Path(spec)
         if not (path / META).is_file():
             raise MntvmError(f"{path} is not a schedules database (no {META}); "
                              "make one with `mntvm tune -o DIR`")
     meta = read_meta(path)
-    db = ScheduleDB(path, meta, stand_in=stand_in is not None)
+    db = ScheduleDB(path, meta, stand_in=stand_in is not None, stand_in_reason=stand_in)
     mine = target_essentials(profile.to_metadata()["tvm_target"])
     theirs = target_essentials(meta.get("target", {}).get("tvm_target", {}))
     if mine != theirs and not force and stand_in is None:
@@ -261,17 +262,23 @@ def open_schedules(spec, profile, force: bool = False) -> ScheduleDB | None:
     return db
 
 
-def _stand_in(profile) -> Path | None:
-    """A shipped log that can stand in for a "this machine" profile whose CPU has none of its own:
-    same profile and target except ``mcpu``, same vector width (the templates' tiles are sized
-    to it). A log tuned on another CPU of the same ISA beats template defaults by far more than it
-    loses to a log of the CPU's own (MobileNetV1 1.0/224 on a Zen4: 20.0 ms on defaults, 12.5 ms
-    with the Emerald Rapids log at 1 thread), so compile uses it and says so; ``--schedules DIR``
-    with a foreign log is still refused unless forced. The log with the most records wins."""
+def _stand_in(profile) -> tuple[Path | None, str | None]:
+    """A shipped log that can stand in for a "this machine" profile whose CPU has none of its own,
+    and why it was chosen. Candidates: same profile and target except ``mcpu``, same vector width
+    (the templates' tiles are sized to it). A log tuned on another CPU of the same ISA beats
+    template defaults by far more than it loses to a log of the CPU's own (MobileNetV1 1.0/224 on
+    a Zen4: 20.0 ms on defaults, 12.5 ms with the Emerald Rapids log at 1 thread), so compile uses
+    it and says so; ``--schedules DIR`` with a foreign log is still refused unless forced.
+
+    Among candidates, the one whose tuning machine is most like this one wins, by measured facts
+    rather than LLVM's CPU name (wrong in virtual machines): the number of 512-bit FMA ports (a
+    tile sized for two ports is not the best for one), then the decisive CPU flags (VNNI, AMX),
+    as :func:`mntvm.core.machine.machine_facts` gives them here and the log's ``machine`` record
+    says of its own; then the most records."""
     mine = target_essentials(profile.to_metadata()["tvm_target"])
     mine.pop("mcpu", None)
     bits = profile.vector_bits
-    best = None
+    candidates = []
     for path in sorted(data_dir("schedules").glob(f"{profile.name}-*")):
         try:
             meta = json.loads((path / META).read_text())
@@ -282,10 +289,31 @@ def _stand_in(profile) -> Path | None:
         theirs.pop("mcpu", None)
         if theirs != mine or tgt.get("name") != profile.name or tgt.get("vector_bits") != bits:
             continue
-        n = ScheduleDB(path, meta).identity()["records"]
-        if best is None or n > best[0]:
-            best = (n, path)
-    return best[1] if best else None
+        candidates.append((path, meta))
+    if not candidates:
+        return None, None
+    here = machine_facts() if len(candidates) > 1 else {}
+    scored = []
+    for path, meta in candidates:
+        there = meta.get("machine") or {}
+        ports = here.get("fma512_ports") is not None and there.get("fma512_ports") == here.get("fma512_ports")
+        flags = sum(f in here.get("flags", ()) and f in there.get("flags", ()) for f in DECISIVE_FLAGS) \
+            - sum((f in here.get("flags", ())) != (f in there.get("flags", ())) for f in DECISIVE_FLAGS
+                  if "flags" in there)
+        scored.append(((ports, flags, ScheduleDB(path, meta).identity()["records"]), path, meta))
+    (ports, _, records), path, meta = max(scored, key=lambda t: t[0])
+    there = meta.get("machine") or {}
+    mcpu = (meta.get("target", {}).get("tvm_target") or {}).get("mcpu")
+    why = [f"same {bits}-bit vectors"]
+    if len(candidates) > 1:
+        same = [f for f in DECISIVE_FLAGS if f in here.get("flags", ()) and f in there.get("flags", ())]
+        if ports:
+            why.append(f"{here['fma512_ports']} 512-bit FMA port(s) measured here, as on {mcpu}")
+        if same:
+            why.append(f"{'/'.join(same)} on both")
+        others = ", ".join(p.name for _, p, _ in scored if p != path)
+        why.append(f"preferred to {others}")
+    return path, f"{path.name}: " + "; ".join(why) + f" ({records} records)"
 
 
 # ---- read-only loading, for show/merge/prune -----------------------------------------------------

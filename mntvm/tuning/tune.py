@@ -28,6 +28,7 @@ from typing import Mapping
 from mntvm.core import arch
 from mntvm.core.console import Progress
 from mntvm.core.errors import MntvmError, one_line
+from mntvm.core.machine import machine_facts
 from mntvm.core.paths import data_dir
 from mntvm.core.threads import check_threads
 from mntvm.model import weights as W
@@ -251,6 +252,8 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
             mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db))
         meta = sdb.meta
         meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
+        if not tracker and profile.detected.get("mcpu"):  # measured here: what compile picks stand-ins by
+            meta.setdefault("machine", machine_facts())
         names = meta.setdefault("tasks", {})  # workload hash -> "<label>/<task>", for `mntvm schedules show`
         for name, mod in mods.items():
             if db.has_workload(mod):

@@ -181,6 +181,39 @@ def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeyp
     assert open_schedules("default", profile) is None
 
 
+def test_the_stand_in_is_chosen_by_the_machine_it_was_tuned_on(tuned, tmp_path, monkeypatch):
+    """Several logs of the same vector width: the one whose tuning machine had this machine's
+    512-bit FMA ports and flags wins over one with more records, and compile says why (#15)."""
+    import mntvm.tuning.database as D
+
+    out, _ = tuned
+    shipped = tmp_path / "schedules"
+    here = {"flags": ["avx2", "avx512f", "avx512_vnni", "amx_int8"], "fma512_ports": 2}
+    twin = _as_tuned_on(out, shipped / "x86-twincpu", "twincpu")
+    other = _as_tuned_on(out, shipped / "x86-othercpu", "othercpu")
+    with open(other / RECORDS, "a") as f:  # more records: it would win on count alone
+        f.write((out / RECORDS).read_text())
+    for path, machine in ((twin, here), (other, {"flags": ["avx2", "avx512f", "avx512_vnni"], "fma512_ports": 1})):
+        meta = json.loads((path / META).read_text())
+        meta["machine"] = machine
+        (path / META).write_text(json.dumps(meta))
+    monkeypatch.setattr(D, "data_dir", lambda name: shipped)
+    profile = get_profile("x86")  # this CPU: no log of its own in the patched folder
+    monkeypatch.setattr(D, "machine_facts", lambda: here)
+    db = open_schedules("default", profile)
+    assert db.path.name == "x86-twincpu" and db.stand_in
+    why = db.identity()["stand_in_reason"]
+    assert "2 512-bit FMA port(s) measured here" in why and "amx_int8" in why and "preferred to x86-othercpu" in why
+    monkeypatch.setattr(D, "machine_facts", lambda: {"flags": ["avx2", "avx512f", "avx512_vnni"], "fma512_ports": 1})
+    assert open_schedules("default", profile).path.name == "x86-othercpu"
+    # no machine records at all: the most records, as before
+    for path in (twin, other):
+        meta = json.loads((path / META).read_text())
+        del meta["machine"]
+        (path / META).write_text(json.dumps(meta))
+    assert open_schedules("default", profile).path.name == "x86-othercpu"
+
+
 def test_tune_for_another_cpu_and_refuse_a_foreign_arch_locally(tmp_path):
     """--mcpu reaches the tuner (the log records the CPU and vector width it was tuned for, and is
     the folder compile looks up for that CPU); code for another architecture is not measured here."""

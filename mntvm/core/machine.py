@@ -1,14 +1,28 @@
-"""The FMA peak of this machine's CPU, measured at the vector width an artifact uses (float32),
-or its int8 dot-product peak (AVX512-VNNI ``vpdpbusd``: 64 u8 x s8 multiply-adds per instruction).
+"""This machine's CPU as measured, not as named: its FMA peak at a vector width, its int8 dot-product
+peak, the CPU flags that decide our code, and how many 512-bit FMA ports a core has.
+
+The FMA peak is taken at the vector width an artifact uses (float32), the int8 one with
+AVX512-VNNI ``vpdpbusd`` (64 u8 x s8 multiply-adds per instruction).
 
 Per-layer GFLOP/s mean little without it: machines of one kind differ (a Zen4 core does 115
 GFLOP/s with AVX-512, a Sapphire Rapids core with two 512-bit FMA ports twice that), and the
 clock of a virtual machine is whatever it is today. The measurement is a small C program (24
 independent FMA chains per thread, the best of 60 short windows: a window in which the thread was
 preempted says nothing about the core), built once with gcc into the cache folder.
+
+LLVM's CPU name is not a fact about a virtual machine (one of these Emerald Rapids guests says
+"rocketlake"): :func:`machine_facts` is what compile chooses another CPU's tuned log by (the
+flags in ``/proc/cpuinfo`` that change the code, and the 512-bit FMA ports: two when a zmm FMA
+stream runs ~2x a ymm one, as on Sapphire/Emerald Rapids; one on Zen4, which splits zmm in two),
+and what ``mntvm tune`` records of the machine it tuned on.
+
+Public entries: :func:`measure_peak`, :func:`cpu_flags`, :func:`machine_facts`.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -90,10 +104,59 @@ def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000, dtyp
 
 
 def _cpu_has(flag: str) -> bool:
+    return flag in cpu_flags()
+
+
+# /proc/cpuinfo flags that change what our templates emit or how fast it runs
+DECISIVE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpu_flags() -> set[str]:
+    """The CPU flags the kernel reports (/proc/cpuinfo; empty where there is none)."""
     try:
-        return any(flag in line.split() for line in open("/proc/cpuinfo") if line.startswith("flags"))
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
     except OSError:
-        return False
+        pass
+    return set()
+
+
+def machine_facts() -> dict:
+    """``{"flags": [decisive flags present], "fma512_ports": 1 | 2 | None}`` of this machine, the
+    port count measured once per CPU (model and flags) and cached (a ~0.3 s measurement)."""
+    flags = cpu_flags()
+    facts = {"flags": [f for f in DECISIVE_FLAGS if f in flags], "fma512_ports": None}
+    if "avx512f" not in flags:
+        return facts
+    key = hashlib.sha256((_model_name() + " ".join(sorted(flags))).encode()).hexdigest()[:16]
+    cached = cache_dir() / "machine" / f"{key}.json"
+    try:
+        measured = json.loads(cached.read_text())
+        return {**facts, **{k: measured[k] for k in ("fma512_ports", "zmm_over_ymm") if k in measured}}
+    except (OSError, ValueError, KeyError):
+        pass
+    zmm, ymm = measure_peak(1, 512), measure_peak(1, 256)
+    if zmm and ymm:
+        facts["fma512_ports"] = 2 if zmm / ymm >= 1.5 else 1
+        facts["zmm_over_ymm"] = round(zmm / ymm, 2)
+        try:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(facts))
+            tmp.replace(cached)
+        except OSError:
+            pass
+    return facts
+
+
+def _model_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        return ""
 
 
 def _binary(vector_bits: int, dtype: str = "float32") -> Path | None:

@@ -1,0 +1,40 @@
+"""mntvm.core.machine: the CPU as measured (flags, 512-bit FMA ports), cached per machine."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from mntvm.core import machine
+
+
+def test_cpu_flags_are_the_kernels():
+    line = subprocess.run(["grep", "-m1", "^flags", "/proc/cpuinfo"], capture_output=True, text=True).stdout
+    assert machine.cpu_flags() == set(line.split(":", 1)[1].split())
+
+
+def test_machine_facts_measured_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNTVM_CACHE", str(tmp_path))
+    facts = machine.machine_facts()
+    flags = machine.cpu_flags()
+    assert facts["flags"] == [f for f in machine.DECISIVE_FLAGS if f in flags]
+    if "avx512f" not in flags:
+        assert facts["fma512_ports"] is None
+        return
+    # two ports: a zmm FMA stream runs ~2x a ymm one; one port (Zen4): about the same
+    assert facts["fma512_ports"] == (2 if facts["zmm_over_ymm"] >= 1.5 else 1)
+    assert list((tmp_path / "machine").glob("*.json"))
+
+    def no_more(*a, **k):
+        raise AssertionError("measured again")
+
+    monkeypatch.setattr(machine, "measure_peak", no_more)
+    again = machine.machine_facts()
+    assert again["fma512_ports"] == facts["fma512_ports"] and again["flags"] == facts["flags"]
+
+
+@pytest.mark.parametrize("bits", [256, 512])
+def test_peak_is_positive_where_the_isa_is_there(bits):
+    have = "avx512f" in machine.cpu_flags() if bits == 512 else {"avx2", "fma"} <= machine.cpu_flags()
+    peak = machine.measure_peak(1, bits)
+    assert (peak is not None and peak > 1.0) if have else peak is None
