@@ -30,13 +30,13 @@ from mntvm.model.quantized import QLayer, QuantizedNet, qrange
 from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, dw_taps4, pointwise_int8_te,
                                           pool_int8_te, quantize_te, stem_int8_te)
 from mntvm.templates.arm_int8 import SDOT
-from mntvm.templates.cpu_int8 import DOT_INTRINSICS, VNNI, schedule_quantize
+from mntvm.templates.cpu_int8 import AVX2, DOT_INTRINSICS, VNNI, schedule_quantize
 from mntvm.templates.lowering import legalize_and_fuse
 
 V = 16  # channels per block: one vector of 16 int32 accumulators
 
 # target feature(s) -> dot instruction, first match wins; activation dtype must match the entry's
-_DOT_FEATURES = ((("avx512vnni",), VNNI),)
+_DOT_FEATURES = ((("avx512vnni",), VNNI), (("avx2",), AVX2))
 
 
 def dot_for(target, act_dtype: str) -> str:

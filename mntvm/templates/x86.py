@@ -65,6 +65,8 @@ def int8_pw_defaults(ob: int, p: int, ib: int, dot: str, num_regs: int) -> dict:
         return {**d, "p": [rest // p_mid, p_mid, p_t]}
     if num_regs >= 32:
         return pointwise_tiles(ob, p, [(2, 8), (2, 7), (4, 4), (1, 8), (1, 7), (2, 4), (1, 4), (1, 2), (1, 1)])
+    if dot != "none":  # AVX2 vpmaddwd pairs: 2 ymm accumulators a position, 4 for the widened weights
+        return pointwise_tiles(ob, p, [(1, 4), (1, 5), (1, 3), (1, 2), (1, 1)])
     return pointwise_tiles(ob, p, [(1, 7), (1, 6), (1, 4), (1, 2), (1, 1)])
 
 

@@ -90,7 +90,8 @@ def test_network_exact_at_random_knobs(small, seed):
     _check_network(small, get_profile("x86"), lambda m: apply_sampled_schedules(m, "llvm", seed))
 
 
-def test_network_exact_at_random_knobs_without_dot(small):
+def test_network_exact_at_random_knobs_on_avx2(small):
+    """No VNNI: our AVX2 intrinsic (vpmaddwd pairs), exact at sampled knobs too."""
     _check_network(small, get_profile("x86-avx2"), lambda m: apply_sampled_schedules(m, "llvm", 3))
 
 
@@ -101,16 +102,16 @@ def test_full_width_network_exact():
 
 def test_module_structure(small):
     """One PrimFunc per layer kind, every conv/pool/FC a tunable template, the dot choice recorded
-    per target: VNNI here, none on Haswell."""
+    per target: VNNI here, AVX2's vpmaddwd pairs on Haswell and Skylake-AVX512 (no VNNI)."""
     profile = get_profile("x86")
     mod = lower_int8(small, profile)
     tasks = tunable_tasks(mod)
     rules = {rule_of(b) for f in tasks.values() for b in all_blocks(f)} - {None}
     assert rules == set(INT8_RULES)
     assert dot_for(profile.tvm_target(), "uint8") == "vnni"
-    assert dot_for(get_profile("x86-avx2").tvm_target(), "uint8") == "none"
-    assert dot_for(get_profile("x86-avx512").tvm_target(), "uint8") == "none"  # skylake: no VNNI
-    assert dot_for(profile.tvm_target(), "int8") == "none"  # vpdpbusd multiplies u8 activations
+    assert dot_for(get_profile("x86-avx2").tvm_target(), "uint8") == "avx2"
+    assert dot_for(get_profile("x86-avx512").tvm_target(), "uint8") == "avx2"  # skylake: no VNNI
+    assert dot_for(profile.tvm_target(), "int8") == "none"  # both x86 dots take u8 activations
     ann = {str(b.annotations["mntvm_dot"]) for f in tasks.values() for b in all_blocks(f)
            if rule_of(b) in ("mntvm_pw8", "mntvm_dense8")}
     assert ann == {"vnni"}
@@ -195,7 +196,8 @@ def test_requantization_rounds_ties_to_even_and_saturates(profile):
 @pytest.mark.parametrize("profile,has_dot", [("x86", True), ("x86-avx2", False)])
 def test_generated_code_uses_the_dot_instruction(profile, has_dot):
     """VNNI build: vpdpbusd in the pointwise kernel and a vectorized (zmm) requantization; the
-    AVX2 build: neither vpdpbusd nor the int16-saturating vpmaddubsw."""
+    AVX2 build: vpmaddwd on int16-widened pairs, their sums folded by vphaddd (our AVX2
+    intrinsic), neither vpdpbusd nor the int16-saturating vpmaddubsw."""
     rng = np.random.RandomState(1)
     data = rng.randint(0, 256, (1, 1, 16, 16)).astype("uint8")
     weight = rng.randint(-128, 128, (32, 16)).astype("int8")
@@ -204,5 +206,7 @@ def test_generated_code_uses_the_dot_instruction(profile, has_dot):
     asm = rt.inspect_source("asm")
     assert ("vpdpbusd" in asm) == has_dot
     assert "vpmaddubsw" not in asm
+    if not has_dot:
+        assert "vpmaddwd" in asm and "vphaddd" in asm and "vpmovsxbw" in asm
     if has_dot:
         assert "vrndscaleps\t$12, %zmm" in asm or "vrndscaleps\t$4, %zmm" in asm, "requantization not vectorized"
