@@ -33,7 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--per-round", type=int, default=5)
-    ap.add_argument("--default-runs", type=int, default=5, help="runs of TVM's unscheduled build (slow)")
+    ap.add_argument("--default-runs", type=int, default=5,
+                    help="runs of TVM's unscheduled build (slow; 0: leave that build out)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
@@ -58,12 +59,13 @@ def main(argv=None) -> int:
     dev = tvm.cpu()
     runners, info = {}, {}
 
-    t0 = time.perf_counter()
-    ex = tvm.compile(inference_module(cfg, w), target=profile.tvm_target())
-    info["tvm-default"] = {"build_s": time.perf_counter() - t0, "schedules": "none (TVM default pipeline)"}
-    vm = relax.VirtualMachine(ex, dev)
-    xd = tvm.runtime.tensor(x, dev)
-    runners["tvm-default"] = lambda: vm["main"](xd).numpy()
+    if a.default_runs > 0:
+        t0 = time.perf_counter()
+        ex = tvm.compile(inference_module(cfg, w), target=profile.tvm_target())
+        info["tvm-default"] = {"build_s": time.perf_counter() - t0, "schedules": "none (TVM default pipeline)"}
+        vm = relax.VirtualMachine(ex, dev)
+        xd = tvm.runtime.tensor(x, dev)
+        runners["tvm-default"] = lambda: vm["main"](xd).numpy()
 
     with tempfile.TemporaryDirectory() as tmp:
         for name, sched in (("templates", "none"), ("shipped", "default")):
