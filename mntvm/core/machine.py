@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import subprocess
 from pathlib import Path
 
+from mntvm.core.atomic import write_text
+from mntvm.core.errors import MntvmError
 from mntvm.core.paths import cache_dir
 
 PEAK_C = r"""
@@ -113,24 +114,33 @@ DECISIVE_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
 
 def cpu_flags() -> set[str]:
     """The CPU flags the kernel reports (/proc/cpuinfo; empty where there is none)."""
+    return _cpuinfo()[1]
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """(model name, flags) of the first CPU in /proc/cpuinfo (("", set()) where there is none)."""
+    model, flags = "", set()
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if line.startswith("model name") and not model:
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
     except OSError:
         pass
-    return set()
+    return model, flags
 
 
 def machine_facts() -> dict:
     """``{"flags": [decisive flags present], "fma512_ports": 1 | 2 | None}`` of this machine, the
     port count measured once per CPU (model and flags) and cached (a ~0.3 s measurement)."""
-    flags = cpu_flags()
+    model, flags = _cpuinfo()
     facts = {"flags": [f for f in DECISIVE_FLAGS if f in flags], "fma512_ports": None}
     if "avx512f" not in flags:
         return facts
-    key = hashlib.sha256((_model_name() + " ".join(sorted(flags))).encode()).hexdigest()[:16]
+    key = hashlib.sha256((model + " ".join(sorted(flags))).encode()).hexdigest()[:16]
     cached = cache_dir() / "machine" / f"{key}.json"
     try:
         measured = json.loads(cached.read_text())
@@ -142,21 +152,10 @@ def machine_facts() -> dict:
         facts["fma512_ports"] = 2 if zmm / ymm >= 1.5 else 1
         facts["zmm_over_ymm"] = round(zmm / ymm, 2)
         try:
-            cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(facts))
-            tmp.replace(cached)
-        except OSError:
-            pass
+            write_text(cached, json.dumps(facts))
+        except MntvmError:
+            pass  # an unwritable cache: measured again next time
     return facts
-
-
-def _model_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        return ""
 
 
 def _binary(vector_bits: int, dtype: str = "float32") -> Path | None:
