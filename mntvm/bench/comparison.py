@@ -129,7 +129,7 @@ def compare(
         for fmt in dict.fromkeys(PEERS[p].model for p in measured):
             users = [p for p in measured if PEERS[p].model == fmt]
             try:
-                models[fmt] = _peer_model(fmt, art.path, cfg, None if int8 else w, Path(tmp) / f"model.{fmt}")
+                models[fmt] = _peer_model(fmt, art.path, cfg, w, Path(tmp) / f"model.{fmt}")
             except Exception as e:  # noqa: BLE001 - e.g. an installed but incompatible ai_edge_litert
                 if REFERENCE in users:
                     raise

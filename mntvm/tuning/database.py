@@ -295,25 +295,29 @@ def _stand_in(profile) -> tuple[Path | None, str | None]:
     here = machine_facts() if len(candidates) > 1 else {}
     scored = []
     for path, meta in candidates:
-        there = meta.get("machine") or {}
-        ports = here.get("fma512_ports") is not None and there.get("fma512_ports") == here.get("fma512_ports")
-        flags = sum(f in here.get("flags", ()) and f in there.get("flags", ()) for f in DECISIVE_FLAGS) \
-            - sum((f in here.get("flags", ())) != (f in there.get("flags", ())) for f in DECISIVE_FLAGS
-                  if "flags" in there)
-        scored.append(((ports, flags, ScheduleDB(path, meta).identity()["records"]), path, meta))
-    (ports, _, records), path, meta = max(scored, key=lambda t: t[0])
-    there = meta.get("machine") or {}
+        ports, shared, differ = _likeness(here, meta.get("machine") or {})
+        scored.append(((ports, len(shared) - differ, ScheduleDB(path, meta).identity()["records"]), path, meta, shared))
+    (ports, _, records), path, meta, shared = max(scored, key=lambda t: t[0])
     mcpu = (meta.get("target", {}).get("tvm_target") or {}).get("mcpu")
     why = [f"same {bits}-bit vectors"]
     if len(candidates) > 1:
-        same = [f for f in DECISIVE_FLAGS if f in here.get("flags", ()) and f in there.get("flags", ())]
         if ports:
             why.append(f"{here['fma512_ports']} 512-bit FMA port(s) measured here, as on {mcpu}")
-        if same:
-            why.append(f"{'/'.join(same)} on both")
-        others = ", ".join(p.name for _, p, _ in scored if p != path)
-        why.append(f"preferred to {others}")
+        if shared:
+            why.append(f"{'/'.join(shared)} on both")
+        why.append("preferred to " + ", ".join(p.name for _, p, _, _ in scored if p != path))
     return path, f"{path.name}: " + "; ".join(why) + f" ({records} records)"
+
+
+def _likeness(here: dict, there: dict) -> tuple[bool, list[str], int]:
+    """How like this machine (``here``) a log's tuning machine (``there``) is: same measured 512-bit
+    FMA ports, the decisive flags both have, and how many of them only one has (0 when the log
+    does not say)."""
+    mine, theirs = set(here.get("flags", ())), set(there.get("flags", ()))
+    ports = here.get("fma512_ports") is not None and there.get("fma512_ports") == here.get("fma512_ports")
+    shared = [f for f in DECISIVE_FLAGS if f in mine and f in theirs]
+    differ = sum((f in mine) != (f in theirs) for f in DECISIVE_FLAGS) if "flags" in there else 0
+    return ports, shared, differ
 
 
 # ---- read-only loading, for show/merge/prune -----------------------------------------------------
