@@ -8,9 +8,11 @@ one of :data:`.registry.INT8_RULES`) followed by one epilogue block that requant
     y = cast(clamp(nearbyint(float32(acc + bias) * mult[c]) + z_y, lo, hi))
 
 No quantization value is an immediate: bias and multiplier are per-channel tensors and
-``(z_y, lo, hi, z_x)`` a small int32 tensor per layer (``qp``, :data:`QP_LEN`; the pool's 4th
-entry is ``P * z_x``), so one tuned PrimFunc (and its tuning record) serves every model of the
-same shapes and activation dtype.
+``(z_y, lo, hi, z_x)`` a small float32 tensor per layer (``qp``, :data:`QP_LEN`, integers held
+exactly; the pool's 4th entry is ``P * z_x``), so one tuned PrimFunc (and its tuning record)
+serves every model of the same shapes and activation dtype. float32, not int32: the epilogue then
+takes them as broadcast memory operands; int32 ones were converted again after every store (LLVM
+cannot keep them across the 8-bit stores), ~6 more vector instructions per 16 outputs.
 
 The stem reads the input quantized into a padded (N, H+2p, W+2p, 4) pixel-interleaved layout:
 each 3x3 tap is then one 4-byte (lanes x 4) dot step like the pointwise ones (9 per output
@@ -44,7 +46,7 @@ from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8
 
 DOT_KEY = "mntvm_dot"  # block annotation: the dot instruction (a key of cpu_int8.DOT_INTRINSICS) or "none"
 BITS_KEY = "mntvm_vector_bits"  # block annotation: the profile's vector width (default knob family)
-QP_LEN = 4  # int32 params per layer: (z_y, lo, hi, z_x) (pool: P * z_x last)
+QP_LEN = 4  # float32 params per layer: (z_y, lo, hi, z_x) (pool: P * z_x last)
 
 
 def dot_16x4_desc(act_dtype: str):
@@ -77,8 +79,8 @@ def dot_packs_k4(dot: str) -> bool:
 
 def requant(acc, mult, qp, dtype: str):
     """int32 ``acc`` (bias included) -> ``dtype``: clamp(nearbyint(float32(acc) * mult) + z_y, lo, hi)
-    with ``(z_y, lo, hi)`` = ``qp[0:3]`` (an int32 params tensor, :data:`QP_LEN`)."""
-    z, lo, hi = (qp[i].astype("float32") for i in range(3))
+    with ``(z_y, lo, hi)`` = ``qp[0:3]`` (a float32 params tensor, :data:`QP_LEN`)."""
+    z, lo, hi = (qp[i] for i in range(3))
     v = tirx.nearbyint(acc.astype("float32") * mult) + z
     return te.min(te.max(v, lo), hi).astype(dtype)
 
@@ -89,7 +91,7 @@ def quantize_te(x, scale, qp, dtype: str, pad: int = 0):
     input, padded with ``z`` (= qp[0]) around and in the channels past C, 4 channels (one dot
     step) per pixel."""
     n_, c_, h, w = (int(v) for v in x.shape)
-    z, lo, hi = (qp[i].astype("float32") for i in range(3))
+    z, lo, hi = (qp[i] for i in range(3))
 
     def f(b, i, j, k):
         inside = tirx.all(i >= pad, i < h + pad, j >= pad, j < w + pad, k < c_)
@@ -230,7 +232,7 @@ def pool_int8_te(data, mult, qp, dtype, bits=512):
     p = te.reduce_axis((0, p_), "p")
     s = te.compute((n_, cb_ * v_), lambda n, c: te.sum(data[n, c // v, p, c % v].astype("int32"), axis=p),
                    name="pool_sum", attrs=_attrs(RULE_POOL8, "none", bits))
-    return te.compute(s.shape, lambda n, c: requant(s[n, c] - qp[3], mult[0], qp, dtype), name="epilogue")
+    return te.compute(s.shape, lambda n, c: requant(s[n, c] - qp[3].astype("int32"), mult[0], qp, dtype), name="epilogue")
 
 
 def dense_int8_te(data, weight, bias, mult, n_out, out_q=None, dot="none", bits=512):
@@ -258,6 +260,6 @@ def dense_int8_te(data, weight, bias, mult, n_out, out_q=None, dot="none", bits=
             return a.astype("float32") * mult[j]
         qp, dtype, scale = out_q
         yq = requant(a, mult[j], qp, dtype)
-        return (yq.astype("int32") - qp[0]).astype("float32") * scale[0]
+        return (yq.astype("float32") - qp[0]) * scale[0]
 
     return te.compute((n_, n_out), g, name="epilogue")

@@ -87,8 +87,9 @@ def _epilogue_consts(layer: QLayer):
 
 
 def _qp(out_zp: int, lo: int, hi: int, last: int):
-    """A layer's int32 params tensor (:data:`.compute_int8.QP_LEN`): (z_y, lo, hi, z_x or P * z_x)."""
-    return relax.const(np.array([out_zp, lo, hi, last], np.int32))
+    """A layer's params tensor (:data:`.compute_int8.QP_LEN`): (z_y, lo, hi, z_x or P * z_x), integers
+    held exactly in float32 (the requantization uses them as floats: an embedded broadcast operand)."""
+    return relax.const(np.array([out_zp, lo, hi, last], np.float32))
 
 
 def _layer_qp(layer: QLayer):
