@@ -12,8 +12,11 @@ round half to even, saturating clamps, padding at the input zero point).
 
 The dot instruction of the pointwise and FC reductions is chosen here from the target
 (:func:`dot_for`) and recorded on their blocks (``mntvm_dot``), since MetaSchedule rules do not
-see the target; the weights are packed to match it. The module is unscheduled but for the input
-quantization (:func:`.cpu_int8.schedule_quantize`, no knobs): ready for
+see the target; the weights are packed to match it. Where the target has AMX-INT8 (:func:`amx_for`)
+the pointwise layers of P >= 16 positions are the hand-written AMX kernel instead
+(:func:`.amx_int8.pointwise_int8_amx`: same name ``mntvm_pw8``, parameters, weight packing and
+output; scheduled, no knobs, no tuning task). The module is unscheduled but for the input
+quantization (:func:`.cpu_int8.schedule_quantize`, no knobs) and those AMX kernels: ready for
 :func:`.defaults.apply_default_schedules`, a tuning database, task extraction
 (:func:`.registry.tunable_tasks`) or ``tvm.compile``.
 """
@@ -27,6 +30,7 @@ from tvm import relax
 
 from mntvm.core.errors import MntvmError
 from mntvm.model.quantized import QLayer, QuantizedNet, qrange
+from mntvm.templates.amx_int8 import amx_supported, pointwise_int8_amx
 from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, dw_taps4, pointwise_int8_te,
                                           pool_int8_te, quantize_te, stem_int8_te)
 from mntvm.templates.arm_int8 import SDOT
@@ -53,6 +57,23 @@ def dot_for(target, act_dtype: str) -> str:
                 tvm.target.codegen.llvm_cpu_has_features([f], target) for f in feats):
             return dot
     return "none"
+
+
+_AMX_FEATURES = ("amx-tile", "amx-int8")  # tdpbusd: u8 x s8 -> int32 tiles
+
+
+def amx_for(target, act_dtype: str) -> bool:
+    """Whether the pointwise layers for ``target`` with ``act_dtype`` activations use the AMX-INT8
+    kernel (:mod:`.amx_int8`): an x86 LLVM target with ``amx-tile`` and ``amx-int8`` (e.g. mcpu
+    sapphirerapids, emeraldrapids) for Linux (the kernel requests the AMX state with a Linux
+    syscall) and uint8 activations (``tdpbusd`` multiplies u8 x s8)."""
+    target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
+    if target.kind.name != "llvm" or act_dtype != "uint8" or bool(target.attrs.get("feature.is_aarch64", False)):
+        return False
+    triple = str(target.attrs.get("mtriple", ""))
+    if triple and (not triple.startswith("x86_64") or "linux" not in triple):
+        return False
+    return all(tvm.target.codegen.llvm_cpu_has_features([f], target) for f in _AMX_FEATURES)
 
 
 def _pad(a: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
@@ -107,8 +128,9 @@ def _stem_weight(w: np.ndarray, packed: bool) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 3, 4, 1, 2) if packed else w.transpose(0, 3, 4, 2, 1))
 
 
-def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bits: int):
-    """One conv layer on blocked (or, for the stem, NCHW) ``x`` of spatial size ``hw``."""
+def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bits: int, amx: bool = False):
+    """One conv layer on blocked (or, for the stem, NCHW) ``x`` of spatial size ``hw``; ``amx``:
+    pointwise layers the AMX kernel supports are that kernel."""
     bias, mult = _epilogue_consts(layer)
     qp = _layer_qp(layer)
     p = layer.padding
@@ -127,8 +149,15 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
         return bb.emit_te(lambda d, w_, b, m, q: depthwise_int8_te(d, w_, b, m, q, hw, hw, layer.stride,
                                                                    (p, p, p, p), bits, dw_dot),
                           x, wp, bias, mult, qp, primfunc_name_hint="mntvm_dw8")
-    wk = _k4(w[:, :, 0, 0], dot_packs_k4(dot))  # (OB, IB*4, ...) -> (OB, IB, 4, ...)
+    n_, ib_, p_, _ = (int(v) for v in x.ty.shape.values)
+    ob_ = _up(w.shape[0]) // V
+    use_amx = amx and amx_supported(n_, ib_, p_, ob_)
+    wk = _k4(w[:, :, 0, 0], use_amx or dot_packs_k4(dot))  # (OB, IB*4, ...) -> (OB, IB, 4, ...)
     wp = relax.const(wk.reshape((wk.shape[0], -1, V // 4) + wk.shape[2:]))
+    if use_amx:  # the AMX kernel: VNNI-packed weights (OB, IB, 4, V, 4), same parameters and output
+        gv = bb.add_func(pointwise_int8_amx(n_, ib_, p_, ob_), "mntvm_pw8")
+        return bb.emit(relax.call_tir(gv, [x, wp, bias, mult, qp],
+                                      relax.TensorType((n_, ob_, p_, V), layer.output.dtype)))
     return bb.emit_te(lambda d, w_, b, m, q: pointwise_int8_te(d, w_, b, m, q, dot, bits),
                       x, wp, bias, mult, qp, primfunc_name_hint="mntvm_pw8")
 
@@ -145,6 +174,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
         raise MntvmError(f"target '{profile.name}' is a GPU: the int8 templates are CPU only")
     target = profile.tvm_target()
     dot = dot_for(target, net.act_dtype)
+    amx = amx_for(target, net.act_dtype)
     bits = int(profile.vector_bits)
     cfg = net.cfg
     known = {"input", "pool"} | {l.name for l in net.layers}
@@ -164,7 +194,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
             seen["input"] = x
             hw = cfg.resolution
             for layer in net.layers[:-1]:
-                x = _emit_layer(bb, layer, x, hw, dot, bits)
+                x = _emit_layer(bb, layer, x, hw, dot, bits, amx)
                 hw = (hw + 2 * layer.padding - layer.weight.shape[-1]) // layer.stride + 1
                 seen[layer.name] = x
             fc = net.layers[-1]
