@@ -20,7 +20,8 @@ _FC_WORDS = ("matmul", "dense", "linear")
 _POOL_WORDS = ("mean", "pool")
 
 
-def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype: str = "float32") -> dict:
+def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype: str = "float32",
+                     pointwise_peak: float | None = None) -> dict:
     """Per-kernel and per-layer times from :func:`mntvm.remote.vm_profile.profile_vm`'s output.
 
     Kernels are the VM calls that are not VM builtins (``vm.*``), in call order. Convolution
@@ -32,7 +33,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
     ``peak_gflops`` (the FMA peak measured at the artifact's vector width and thread count, see
     :func:`mntvm.core.machine.measure_peak`) adds each layer's ``pct_peak``. For an int8 artifact
     (``dtype``) the same numbers are GOP/s (integer multiply-adds x 2) against the int8 dot-product
-    peak.
+    peak; ``pointwise_peak`` (an AMX build: the AMX-INT8 peak) is the pointwise layers' instead.
     """
     layers = cost_report(cfg)["layers"]
     convs = [ly for ly in layers if ly["type"] != "fc"]
@@ -102,7 +103,8 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
             a["gflops"] = 2 * a["madds"] / (a["mean_ms"] / 1e3) / 1e9 if ly and a["mean_ms"] > 0 else None
             a["main_gflops"] = (2 * a["madds"] / (a["main_ms"] / 1e3) / 1e9
                                 if ly and a["main_ms"] > 0 else None)
-            a["pct_peak"] = 100 * a["gflops"] / peak_gflops if a["gflops"] and peak_gflops else None
+            peak = pointwise_peak if pointwise_peak and a["type"] == "pointwise" else peak_gflops
+            a["pct_peak"] = 100 * a["gflops"] / peak if a["gflops"] and peak else None
             by_layer.append(a)
     return {
         "runs": profile["runs"],
@@ -113,6 +115,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
         "kernels": kernels,
         "layers": by_layer,
         "peak_gflops": peak_gflops,
+        "pointwise_peak_gflops": pointwise_peak,
         "dtype": dtype,
     }
 
@@ -133,6 +136,9 @@ def format_per_layer(r: dict, top: int = 12) -> str:
     if pl.get("peak_gflops"):
         what = "int8 dot-product (VNNI) peak" if int8 else "FMA peak"
         rows.append(f"  measured {what} here at the artifact's vector width: {pl['peak_gflops']:.1f} {unit}")
+    if pl.get("pointwise_peak_gflops"):
+        rows.append(f"  pointwise layers on AMX: %peak of the measured AMX-INT8 (tdpbusd) peak, "
+                    f"{pl['pointwise_peak_gflops']:.1f} {unit}")
     if pl["layers"]:
         rows.append(f"  {'layer':<8} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {unit:>8} {'%peak':>6}")
         for ly in pl["layers"]:

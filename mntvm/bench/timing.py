@@ -154,8 +154,12 @@ def benchmark(
         bits = art.metadata["target"].get("vector_bits")
         dtype = art.metadata.get("dtype", "float32")
         peak = None if tracker is not None or not bits else measure_peak(result["threads"], bits, dtype=dtype)
+        # an AMX build's pointwise layers against the AMX peak (:mod:`mntvm.templates.amx_int8`)
+        amx = dtype == "int8" and (art.metadata.get("quantization") or {}).get("pointwise") == "amx"
+        pw_peak = measure_peak(result["threads"], bits, dtype=dtype, amx=True) if amx and peak else None
         result["per_layer"] = per_layer_report(json.loads(result.pop("_profile")),
-                                               MobileNetConfig.from_dict(model), peak_gflops=peak, dtype=dtype)
+                                               MobileNetConfig.from_dict(model), peak_gflops=peak, dtype=dtype,
+                                               pointwise_peak=pw_peak)
     return result
 
 

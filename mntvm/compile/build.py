@@ -32,7 +32,7 @@ from mntvm.targets import get_profile
 from mntvm.templates.defaults import apply_default_schedules
 from mntvm.templates.gpu import compile_gpu
 from mntvm.templates.lowering import has_templates, lower
-from mntvm.templates.lowering_int8 import lower_int8
+from mntvm.templates.lowering_int8 import lower_int8, pointwise_kernel
 from mntvm.templates.registry import tunable_tasks
 from mntvm.tuning import open_schedules
 from mntvm.tuning.verify import check_stand_in
@@ -126,6 +126,7 @@ def compile_model(
         int8 = isinstance(w, QuantizedNet)
         if int8:
             export_qdq(w, tmp / QDQ_NAME)
+            quant = {**quant, "pointwise": pointwise_kernel(profile.tvm_target(), w.act_dtype)}
         meta = {
             "format": 1,
             "library": library_record(tmp / LIB_NAME),

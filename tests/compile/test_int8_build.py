@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import tvm
 
 from conftest import ort_run, run_cli
 from mntvm.compile import deterministic_input, load_artifact
@@ -16,6 +17,7 @@ from mntvm.model.qdq_import import import_qdq
 from mntvm.model.quantize import quantize
 from mntvm.model.quantized import forward_int8
 from mntvm.model.weights import random_weights
+from mntvm.templates.lowering_int8 import pointwise_kernel
 
 CFG = MobileNetConfig(alpha=0.25, resolution=64)
 SMALL = ["--alpha", "0.25", "--resolution", "64"]
@@ -158,3 +160,15 @@ def test_per_layer_of_an_int8_artifact_maps_every_layer(int8_artifact):
     named = {ly["layer"] for ly in pl["layers"]}
     assert {"stem", "dw1", "pw1", "dw13", "pw13", "fc"} <= named
     assert all(ly["gflops"] > 0 for ly in pl["layers"] if ly["type"] in ("conv", "depthwise", "pointwise", "fc"))
+    # the pointwise kernel the build used is recorded; an AMX build's pointwise layers are measured
+    # against the AMX peak, the rest against the VNNI one
+    meta = json.loads((int8_artifact / "metadata.json").read_text())
+    target = tvm.target.Target(meta["target"]["tvm_target"])
+    assert meta["quantization"]["pointwise"] == pointwise_kernel(target, meta["quantization"]["activations"])
+    amx = meta["quantization"]["pointwise"] == "amx"
+    if pl["peak_gflops"]:
+        assert bool(pl["pointwise_peak_gflops"]) == amx
+        for ly in pl["layers"]:
+            if ly.get("pct_peak"):
+                peak = pl["pointwise_peak_gflops"] if amx and ly["type"] == "pointwise" else pl["peak_gflops"]
+                assert ly["pct_peak"] == pytest.approx(100 * ly["gflops"] / peak)

@@ -38,3 +38,15 @@ def test_peak_is_positive_where_the_isa_is_there(bits):
     have = "avx512f" in machine.cpu_flags() if bits == 512 else {"avx2", "fma"} <= machine.cpu_flags()
     peak = machine.measure_peak(1, bits)
     assert (peak is not None and peak > 1.0) if have else peak is None
+
+
+def test_int8_peaks_where_the_isa_is_there():
+    """VNNI (vpdpbusd) and AMX (tdpbusd) peaks measured where the CPU has them, None elsewhere; a
+    tdpbusd does 256x the multiply-adds of a vpdpbusd, so its peak is the larger by far."""
+    flags = machine.cpu_flags()
+    vnni = machine.measure_peak(1, 512, dtype="int8")
+    amx = machine.measure_peak(1, 512, dtype="int8", amx=True)
+    assert (vnni is not None and vnni > 1.0) if {"avx512f", "avx512_vnni"} <= flags else vnni is None
+    assert (amx is not None and amx > 1.0) if "amx_int8" in flags else amx is None
+    if vnni and amx:
+        assert amx > 2 * vnni
