@@ -3,8 +3,10 @@ peak, the CPU flags that decide our code, and how many 512-bit FMA ports a core 
 
 The FMA peak is taken at the vector width an artifact uses (float32), the int8 one with
 AVX512-VNNI ``vpdpbusd`` (64 u8 x s8 multiply-adds per instruction) or, for the AMX pointwise
-kernels (:mod:`mntvm.templates.amx_int8`), AMX-INT8 ``tdpbusd`` (16 x 16 x 64 per instruction;
-~2.5 TOP/s a core on the Emerald Rapids guests, against ~0.55 for VNNI).
+kernels (:mod:`mntvm.templates.amx_int8`), AMX-INT8 ``tdpbusd`` (16 x 16 x 64 per instruction).
+On the Emerald Rapids guests the AMX figure is bimodal from one process to the next: 5.3-5.9 or
+2.2-2.5 TOP/s a core (VNNI: a steady ~0.55), with or without 20-40 ms of warm-up first: read
+an AMX layer's % of peak with that in mind.
 
 Per-layer GFLOP/s mean little without it: machines of one kind differ (a Zen4 core does 115
 GFLOP/s with AVX-512, a Sapphire Rapids core with two 512-bit FMA ports twice that), and the
