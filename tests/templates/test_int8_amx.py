@@ -15,13 +15,13 @@ import pytest
 import tvm
 from tvm import relax
 
+from int8_check import check_network
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.quantize import quantize
-from mntvm.model.quantized import QTensor, forward_int8
+from mntvm.model.quantized import QTensor
 from mntvm.model.weights import random_weights
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.amx_int8 import amx_supported, is_amx_kernel, pointwise_int8_amx
-from mntvm.templates.defaults import apply_default_schedules
 from mntvm.templates.lowering_int8 import amx_for, lower_int8
 from mntvm.templates.registry import RULE_PW8, all_blocks, is_scheduled, rule_of, tunable_tasks
 
@@ -163,37 +163,17 @@ def test_kernel_exact_on_two_threads():
             "s.loader.exec_module(m); [m._kernel_check(*shape, 2) for shape in m.KERNEL_SHAPES]").format(f=__file__)
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one CPU: no 2-thread run")
-    env = {**os.environ, "TVM_NUM_THREADS": "2"}
+    here = os.path.dirname(os.path.abspath(__file__))  # for the int8_check helper it imports
+    env = {**os.environ, "TVM_NUM_THREADS": "2",
+           "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
 def _check_network(net, profile, seed=5):
-    """Compile ``net`` for ``profile`` at template defaults and compare probabilities and every
-    layer's quantized output with forward_int8, exactly; returns the number of AMX kernels."""
-    target = profile.tvm_target()
-    names = ["input"] + [l.name for l in net.layers] + ["pool"]
-    mod = lower_int8(net, profile, expose=names)
-    n_amx = sum(is_amx_kernel(f) for _, f in _pointwise_calls(mod))
-    ex = tvm.compile(apply_default_schedules(mod, target), target=target)
-    x = np.random.RandomState(seed).rand(*net.cfg.input_shape).astype("float32") * 2 - 0.5
-    outs = [o.numpy() for o in relax.VirtualMachine(ex, DEV)["main"](tvm.runtime.tensor(x, DEV))]
-    cap = {}
-    probs = forward_int8(net, x, capture=cap)
-    np.testing.assert_allclose(outs[0], probs, rtol=1e-5, atol=1e-7)
-    for name, got in zip(names, outs[1:]):
-        ref = cap[name]
-        if name == "input":  # padded, pixel-interleaved (N, H+2p, W+2p, 4) -> NCHW
-            pad = net.layers[0].padding
-            got = got[:, pad:got.shape[1] - pad, pad:got.shape[2] - pad].transpose(0, 3, 1, 2)
-        elif got.ndim == 4:  # blocked (N, C'/16, P, 16) -> (N, C, P)
-            n, cb, p, v = got.shape
-            got = got.transpose(0, 1, 3, 2).reshape(n, cb * v, p)[:, :ref.shape[1]]
-        got = got[:, :ref.shape[1]].reshape(ref.shape)
-        assert got.dtype == ref.dtype, name
-        diff = np.abs(got.astype(np.int64) - ref.astype(np.int64))
-        assert diff.max() == 0, f"{name}: {np.count_nonzero(diff)} of {diff.size} differ, max {diff.max()}"
-    return n_amx
+    """:func:`int8_check.check_network` at template defaults; returns the number of AMX kernels."""
+    return check_network(net, profile, seed=seed,
+                         inspect=lambda mod: sum(is_amx_kernel(f) for _, f in _pointwise_calls(mod)))
 
 
 @needs_amx

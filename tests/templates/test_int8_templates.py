@@ -11,16 +11,17 @@ import pytest
 
 import tvm
 import tvm_ffi
-from tvm import relax, te
+from tvm import te
 
+from int8_check import check_network
 from mntvm.core.errors import MntvmError
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.quantize import quantize
-from mntvm.model.quantized import QTensor, forward_int8
+from mntvm.model.quantized import QTensor
 from mntvm.model.weights import random_weights
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.compute_int8 import pointwise_int8_te
-from mntvm.templates.defaults import apply_default_schedules, apply_sampled_schedules, default_schedule
+from mntvm.templates.defaults import apply_sampled_schedules, default_schedule
 from mntvm.templates.lowering_int8 import dot_for, lower_int8
 from mntvm.templates.registry import INT8_RULES, all_blocks, rule_of, tunable_tasks
 
@@ -51,53 +52,25 @@ def _names(net):
     return ["input"] + [l.name for l in net.layers] + ["pool"]
 
 
-def _check_network(net, profile, schedule=None, seed=5):
-    """Compile ``net`` for ``profile`` (``schedule(mod)``: the template knobs; default: the family's
-    defaults) and compare probabilities and every layer's quantized output with forward_int8."""
-    target = profile.tvm_target()
-    names = _names(net)
-    mod = lower_int8(net, profile, expose=names)
-    if schedule is not None:
-        mod = schedule(mod)
-    ex = tvm.compile(apply_default_schedules(mod, target), target=target)
-    x = np.random.RandomState(seed).rand(*net.cfg.input_shape).astype("float32") * 2 - 0.5
-    outs = [o.numpy() for o in relax.VirtualMachine(ex, DEV)["main"](tvm.runtime.tensor(x, DEV))]
-    cap = {}
-    probs = forward_int8(net, x, capture=cap)
-    np.testing.assert_allclose(outs[0], probs, rtol=1e-5, atol=1e-7)
-    for name, got in zip(names, outs[1:]):
-        ref = cap[name]
-        if name == "input":  # padded, pixel-interleaved (N, H+2p, W+2p, 4) -> NCHW
-            pad = net.layers[0].padding
-            got = got[:, pad:got.shape[1] - pad, pad:got.shape[2] - pad].transpose(0, 3, 1, 2)
-        elif got.ndim == 4:  # blocked (N, C'/16, P, 16) -> (N, C, P)
-            n, cb, p, v = got.shape
-            got = got.transpose(0, 1, 3, 2).reshape(n, cb * v, p)[:, :ref.shape[1]]
-        got = got[:, :ref.shape[1]].reshape(ref.shape)
-        assert got.dtype == ref.dtype, name
-        diff = np.abs(got.astype(np.int64) - ref.astype(np.int64))
-        assert diff.max() == 0, f"{name}: {np.count_nonzero(diff)} of {diff.size} differ, max {diff.max()}"
-
-
 @pytest.mark.parametrize("profile", ["x86", "x86-avx2"])
 def test_network_exact_at_default_knobs(small, profile):
     """This machine (AVX512-VNNI: dot instruction) and Haswell (no VNNI: plain int32 multiply-adds)."""
-    _check_network(small, get_profile(profile))
+    check_network(small, get_profile(profile))
 
 
 @pytest.mark.parametrize("seed", [1, 2])
 def test_network_exact_at_random_knobs(small, seed):
-    _check_network(small, get_profile("x86"), lambda m: apply_sampled_schedules(m, "llvm", seed))
+    check_network(small, get_profile("x86"), lambda m: apply_sampled_schedules(m, "llvm", seed))
 
 
 def test_network_exact_at_random_knobs_on_avx2(small):
     """No VNNI: our AVX2 intrinsic (vpmaddwd pairs), exact at sampled knobs too."""
-    _check_network(small, get_profile("x86-avx2"), lambda m: apply_sampled_schedules(m, "llvm", 3))
+    check_network(small, get_profile("x86-avx2"), lambda m: apply_sampled_schedules(m, "llvm", 3))
 
 
 def test_full_width_network_exact():
     """alpha 1.0 (1024 channels, 64 input blocks per pointwise reduction) at resolution 32."""
-    _check_network(_net(1.0, 32, seed=1), get_profile("x86"))
+    check_network(_net(1.0, 32, seed=1), get_profile("x86"))
 
 
 def test_module_structure(small):
@@ -133,7 +106,7 @@ def test_tasks_do_not_depend_on_quantization_values(act_dtype):
     for name in ta:
         assert tvm_ffi.structural_equal(ta[name], tb[name]), name
         assert tvm_ffi.structural_hash(ta[name]) == tvm_ffi.structural_hash(tb[name]), name
-    _check_network(b, profile)
+    check_network(b, profile)
 
 
 def test_bad_requests(small):
