@@ -101,6 +101,9 @@ def compare(
         want, here = foreign
         raise MntvmError(f"{art.path} is built for {want} ({tgt.get('name')}) and cannot run on this "
                          f"{here} machine: --compare runs only here")
+    missing = arch.missing_cpu_features(meta)
+    if missing:
+        raise MntvmError(f"{art.path} cannot run on this machine: {missing}")
     if importlib.util.find_spec("onnxruntime") is None:
         raise MntvmError("--compare needs ONNX Runtime, which is not installed: pip install onnxruntime")
     wanted = [REFERENCE] + [p for p in dict.fromkeys(peers) if p != REFERENCE]

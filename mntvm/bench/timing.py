@@ -126,6 +126,9 @@ def benchmark(
             want, here = foreign
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}) and cannot "
                              f"run on this {here} machine: bench it on a board with --tracker/--key")
+        missing = arch.missing_cpu_features(art.metadata)
+        if missing:
+            raise MntvmError(f"{art.path} cannot run on this machine: {missing}")
         if arch.is_cuda(art.metadata) and not arch.local_cuda():
             raise MntvmError(f"{art.path} is a CUDA artifact ({art.metadata['target']['name']}) and this machine "
                              "has no CUDA GPU: bench it where one is, or on a GPU board with --tracker/--key")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mntvm.core.arch import missing_cpu_features
 from mntvm.core.atomic import atomic_dir, atomic_path, check_destination, write_text
 from mntvm.core.errors import MntvmError, one_line
 from mntvm.core.threads import set_threads
@@ -74,9 +75,14 @@ class Artifact:
         return tuple(self.metadata["input"]["shape"])
 
     def load_vm(self, device=None):
-        """Load the library here and return a Relax VirtualMachine on ``device`` (default: CPU)."""
+        """Load the library here and return a Relax VirtualMachine on ``device`` (default: CPU); an
+        artifact whose kernels need a CPU feature this machine lacks is refused first."""
         import tvm
         from tvm import relax
+
+        missing = missing_cpu_features(self.metadata)
+        if missing:
+            raise MntvmError(f"{self.path} cannot run here: {missing}")
 
         lib = tvm.runtime.load_module(str(self.lib_path))
         return relax.VirtualMachine(lib, device or tvm.cpu())

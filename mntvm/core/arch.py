@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import platform
 
+from mntvm.core import machine
+
 CANONICAL = {"x86_64": "x86_64", "amd64": "x86_64", "x86": "x86_64",
              "aarch64": "aarch64", "arm64": "aarch64",
              "armv7": "armv7", "armv7l": "armv7", "armv7a": "armv7", "armv8l": "armv7", "arm": "armv7"}
@@ -51,6 +53,17 @@ def foreign_arch(meta: dict) -> tuple[str, str] | None:
     ``{"target": profile.to_metadata()}``) cannot run on this machine; None when it can."""
     want, here = artifact_arch(meta), platform.machine()
     return None if same(want, here) else (want, here)
+
+
+def missing_cpu_features(meta: dict) -> str | None:
+    """What this machine's CPU lacks of what an artifact's kernels use beyond its architecture (today:
+    an int8 build whose pointwise layers run on AMX-INT8 needs ``amx_int8`` in /proc/cpuinfo; without
+    it the first tile instruction kills the process with SIGILL); None when nothing is missing."""
+    if (meta.get("quantization") or {}).get("pointwise") == "amx" and "amx_int8" not in machine.cpu_flags():
+        mcpu = (meta.get("target", {}).get("tvm_target") or {}).get("mcpu", "?")
+        return (f"its int8 pointwise layers use AMX-INT8 (compiled for mcpu {mcpu}) and this CPU has no "
+                "amx_int8: compile it on (or for) this machine")
+    return None
 
 
 def is_cuda(meta: dict) -> bool:

@@ -172,3 +172,27 @@ def test_per_layer_of_an_int8_artifact_maps_every_layer(int8_artifact):
             if ly.get("pct_peak"):
                 peak = pl["pointwise_peak_gflops"] if amx and ly["type"] == "pointwise" else pl["peak_gflops"]
                 assert ly["pct_peak"] == pytest.approx(100 * ly["gflops"] / peak)
+
+
+def test_an_amx_build_is_refused_in_one_line_where_the_cpu_has_no_amx(int8_artifact, tmp_path, monkeypatch):
+    """An artifact whose pointwise layers run on AMX-INT8, loaded on a CPU without amx_int8: a one-line
+    error naming the missing feature instead of a SIGILL at the first tile instruction."""
+    import shutil
+
+    from mntvm.compile import infer
+    from mntvm.core import machine
+    from mntvm.core.errors import MntvmError
+
+    art = tmp_path / "art"
+    shutil.copytree(int8_artifact, art)
+    meta = json.loads((art / "metadata.json").read_text())
+    meta["quantization"]["pointwise"] = "amx"
+    (art / "metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    with pytest.raises(MntvmError, match="amx_int8") as e:
+        infer(art)
+    assert "\n" not in str(e.value)
+    monkeypatch.setattr(machine, "cpu_flags", lambda: {"avx512f", "avx512_vnni", "amx_int8"})
+    meta["quantization"]["pointwise"] = "vnni"
+    (art / "metadata.json").write_text(json.dumps(meta))
+    assert infer(art).shape == tuple(meta["output"]["shape"])  # a non-AMX build runs as before
