@@ -38,9 +38,13 @@ PEAK_C = r"""
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <pthread.h>
-#if defined(INT8)
+#include <unistd.h>
+#include <sys/syscall.h>
+#if defined(AMX)
+#elif defined(INT8)
 typedef __m512i vec; enum {L=64};   /* multiply-adds per vpdpbusd */
 #define FMA _mm512_dpbusd_epi32
 #define SET(x) _mm512_set1_epi32((int)(x))
@@ -61,6 +65,27 @@ static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t
 /* Best rate over many ~5 ms windows: these machines are shared, and a window in which the
    thread was preempted says nothing about the core. */
 static double best[64];
+#if defined(AMX)
+/* tdpbusd (16 x 16 int32 += 16 x 64 u8 . 64 x 16 s8 = 16384 multiply-adds) into 4 independent
+   accumulator tiles, the operands resident in tiles */
+static unsigned char buf[1024] __attribute__((aligned(64)));
+static void* run(void* arg){
+  long id=(long)arg; unsigned char cfg[64]; memset(cfg,0,64); cfg[0]=1;
+  for(int i=0;i<8;i++){ cfg[16+2*i]=64; cfg[48+i]=16; }
+  _tile_loadconfig(cfg);
+  _tile_loadd(4, buf, 64); _tile_loadd(5, buf, 64); _tile_loadd(6, buf, 64); _tile_loadd(7, buf, 64);
+  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+  for(int w=0; w<30; w++){
+    double t0=now();
+    for(long n=0;n<N/10;n++){
+      _tile_dpbusd(0,4,6); _tile_dpbusd(1,4,7); _tile_dpbusd(2,5,6); _tile_dpbusd(3,5,7);
+    }
+    double r=(double)(N/10)*4*16384*2/(now()-t0)/1e9; if(r>best[id]) best[id]=r;
+  }
+  _tile_release();
+  return 0;
+}
+#else
 static void* run(void* arg){
   long id=(long)arg; vec a[24]; vec b=SET(1.0000001f), c=SET(1e-9f);
   for(int i=0;i<24;i++) a[i]=SET((float)i);
@@ -78,7 +103,11 @@ static void* run(void* arg){
   if(s==1234.5f) printf("x");
   return 0;
 }
+#endif
 int main(int argc,char**argv){
+#if defined(AMX)
+  if(syscall(SYS_arch_prctl, 0x1023, 18)) return 2;  /* ARCH_REQ_XCOMP_PERM, XTILEDATA */
+#endif
   int nt=atoi(argv[1]); N=atol(argv[2]); pthread_t th[64];
   for(long i=0;i<nt;i++) pthread_create(&th[i],0,run,(void*)i);
   double tot=0;
@@ -87,49 +116,9 @@ int main(int argc,char**argv){
   return 0;
 }
 """
-
-AMX_C = r"""
-#include <immintrin.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-#include <pthread.h>
-#include <unistd.h>
-#include <sys/syscall.h>
-/* AMX-INT8: tdpbusd (16 x 16 int32 += 16 x 64 u8 . 64 x 16 s8 = 16384 multiply-adds) into 4
-   independent accumulator tiles, operands resident in tiles; best of 30 windows per thread. */
-static long N = 1000000;
-static double now(){struct timespec t;clock_gettime(CLOCK_MONOTONIC,&t);return t.tv_sec+t.tv_nsec*1e-9;}
-static double best[64];
-static unsigned char buf[1024] __attribute__((aligned(64)));
-static void* run(void* arg){
-  long id=(long)arg; unsigned char cfg[64]; memset(cfg,0,64); cfg[0]=1;
-  for(int i=0;i<8;i++){ cfg[16+2*i]=64; cfg[48+i]=16; }
-  _tile_loadconfig(cfg);
-  _tile_loadd(4, buf, 64); _tile_loadd(5, buf, 64); _tile_loadd(6, buf, 64); _tile_loadd(7, buf, 64);
-  _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-  for(int w=0; w<30; w++){
-    double t0=now();
-    for(long n=0;n<N;n++){
-      _tile_dpbusd(0,4,6); _tile_dpbusd(1,4,7); _tile_dpbusd(2,5,6); _tile_dpbusd(3,5,7);
-    }
-    double r=(double)N*4*16384*2/(now()-t0)/1e9; if(r>best[id]) best[id]=r;
-  }
-  _tile_release();
-  return 0;
-}
-int main(int argc,char**argv){
-  if(syscall(SYS_arch_prctl, 0x1023, 18)) return 2;  /* ARCH_REQ_XCOMP_PERM, XTILEDATA */
-  int nt=atoi(argv[1]); N=atol(argv[2])/10; pthread_t th[64];
-  for(long i=0;i<nt;i++) pthread_create(&th[i],0,run,(void*)i);
-  double tot=0;
-  for(int i=0;i<nt;i++){ pthread_join(th[i],0); tot+=best[i]; }
-  printf("%f\n", tot);
-  return 0;
-}
-"""
-
+# peak program -> gcc flags (one source, PEAK_C)
+_PROGRAMS = {"fma512": ["-mavx512f"], "fma256": ["-mavx2", "-mfma"],
+             "vnni512": ["-mavx512f", "-mavx512vnni", "-DINT8"], "amx": ["-mamx-tile", "-mamx-int8", "-DAMX"]}
 
 def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000, dtype: str = "float32",
                  amx: bool = False) -> float | None:
@@ -141,7 +130,7 @@ def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000, dtyp
         return None
     if dtype == "int8" and (vector_bits != 512 or not _cpu_has("amx_int8" if amx else "avx512_vnni")):
         return None
-    exe = _binary(vector_bits, "int8-amx" if dtype == "int8" and amx else dtype)
+    exe = _binary(("amx" if amx else f"vnni{vector_bits}") if dtype == "int8" else f"fma{vector_bits}")
     if exe is None:
         return None
     try:
@@ -206,23 +195,18 @@ def machine_facts() -> dict:
     return facts
 
 
-def _binary(vector_bits: int, dtype: str = "float32") -> Path | None:
+def _binary(name: str) -> Path | None:
+    """The peak program ``name`` (a key of :data:`_PROGRAMS`), built once into the cache folder."""
     d = cache_dir() / "peak"
-    name = {"float32": f"fma{vector_bits}", "int8": f"vnni{vector_bits}", "int8-amx": "amx"}[dtype]
     exe = d / name
     if exe.exists():
         return exe
-    flags = ["-mavx512f"] if vector_bits == 512 else ["-mavx2", "-mfma"]
-    if dtype == "int8":
-        flags = ["-mavx512f", "-mavx512vnni", "-DINT8"]
-    elif dtype == "int8-amx":
-        flags = ["-mamx-tile", "-mamx-int8"]
     try:
         d.mkdir(parents=True, exist_ok=True)
         src = d / f"{name}.c"
-        src.write_text(AMX_C if dtype == "int8-amx" else PEAK_C)
+        src.write_text(PEAK_C)
         tmp = d / f".{name}.tmp"
-        subprocess.run(["gcc", "-O3", *flags, str(src), "-o", str(tmp), "-lpthread"], check=True,
+        subprocess.run(["gcc", "-O3", *_PROGRAMS[name], str(src), "-o", str(tmp), "-lpthread"], check=True,
                        capture_output=True, timeout=120)
         tmp.replace(exe)
     except (OSError, subprocess.SubprocessError):
