@@ -10,8 +10,8 @@ the 4 activations widened to int16 and repeated, each 8 lanes' weights sign-exte
 hoisted out of the position loop by LLVM), two ``vpmaddwd`` give each lane two pair sums,
 ``vphaddd`` adds them and ``vpermq`` restores the lane order: exact, unlike ``vpmaddubsw`` (which
 saturates int16 and is never used). 1.0/224 uint8 on the x86-avx2 profile, template defaults, this
-machine, 1 thread: 37-44 ms -> 30-32 ms; the pointwise layers 33 -> 44 GOP/s. The accumulator tile is in "local" scope (registers after unrolling): the
-intrinsics here declare it so.
+machine, 1 thread: 37-44 ms -> 30-32 ms; the pointwise layers 33 -> 44 GOP/s. The accumulator
+tile is in "local" scope (registers after unrolling): the intrinsics here declare it so.
 
 The dot instructions are registered here under our own names, with the description of TVM's
 ``dot_16x4_vnni``: importing ``tvm.s_tir.tensor_intrin`` loads every target's intrinsics (CUDA's

@@ -76,12 +76,12 @@ def amx_for(target, act_dtype: str) -> bool:
     return all(tvm.target.codegen.llvm_cpu_has_features([f], target) for f in _AMX_FEATURES)
 
 
-
 def pointwise_kernel(target, act_dtype: str) -> str:
     """What the pointwise layers of an int8 build for ``target`` run on: "amx" (:func:`amx_for`;
     layers of fewer than 16 positions keep the dot template), else the dot instruction
     (:func:`dot_for`: "vnni", "avx2", "sdot") or "none"."""
     return "amx" if amx_for(target, act_dtype) else dot_for(target, act_dtype)
+
 
 def _pad(a: np.ndarray, n: int, axis: int = 0) -> np.ndarray:
     """``a`` zero-padded along ``axis`` to ``n``."""
