@@ -1,16 +1,40 @@
-"""What the int8 template tests share: a whole network compiled at given knobs, checked layer by layer
-against the integer reference (mntvm.model.quantized.forward_int8), exactly."""
+"""What the int8 template tests share: small quantized networks (one with a chosen zero point inside),
+and a whole network compiled at given knobs, checked layer by layer against the integer reference
+(mntvm.model.quantized.forward_int8), exactly."""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import tvm
 from tvm import relax
 
-from mntvm.model.quantized import forward_int8
+from mntvm.model.network import MobileNetConfig
+from mntvm.model.quantize import quantize
+from mntvm.model.quantized import QTensor, forward_int8
+from mntvm.model.weights import random_weights
 from mntvm.templates.defaults import apply_default_schedules
 from mntvm.templates.lowering_int8 import lower_int8
 
 DEV = tvm.cpu()
+
+
+def small_net(alpha, res, seed=0, act_dtype="uint8", spread=2.0):
+    """A 10-class network quantized from seeded random weights and calibration inputs."""
+    cfg = MobileNetConfig(alpha=alpha, resolution=res, num_classes=10)
+    cal = np.random.RandomState(seed).rand(3, 3, res, res).astype("float32") * spread - 0.5
+    return quantize(cfg, random_weights(cfg, seed), cal, act_dtype=act_dtype)
+
+
+def with_zero_point(net, name, zp):
+    """``net`` with layer ``name``'s output (= the next layer's input) at zero point ``zp`` (ReLU6
+    uint8 outputs otherwise all have zero point 0)."""
+    i = [l.name for l in net.layers].index(name)
+    a, b = net.layers[i:i + 2]
+    out = QTensor(a.output.scale, zp, a.output.dtype)
+    layers = net.layers[:i] + (dataclasses.replace(a, output=out), dataclasses.replace(b, input=out)) \
+        + net.layers[i + 2:]
+    return dataclasses.replace(net, layers=tuple(layers))
 
 
 def check_network(net, profile, schedule=None, seed=5, inspect=None):

@@ -4,7 +4,6 @@ and, on a CPU with AMX, whole networks exactly equal to forward_int8 layer by la
 tails, K steps of 16/32/64 bytes, odd output-block counts, a non-zero input zero point)."""
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys
@@ -15,10 +14,10 @@ import pytest
 import tvm
 from tvm import relax
 
-from int8_check import check_network
+from int8_check import check_network, small_net, with_zero_point
+from mntvm.core.machine import cpu_flags
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.quantize import quantize
-from mntvm.model.quantized import QTensor
 from mntvm.model.weights import random_weights
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.amx_int8 import amx_supported, is_amx_kernel, pointwise_int8_amx
@@ -26,36 +25,9 @@ from mntvm.templates.lowering_int8 import amx_for, lower_int8
 from mntvm.templates.registry import RULE_PW8, all_blocks, is_scheduled, rule_of, tunable_tasks
 
 DEV = tvm.cpu()
-
-
-def _cpu_has_amx() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = [ln for ln in f if ln.startswith("flags")]
-    except OSError:
-        return False
-    return bool(flags) and {"amx_int8", "amx_tile"} <= set(flags[0].split())
-
-
-HAS_AMX = _cpu_has_amx()
+HAS_AMX = {"amx_int8", "amx_tile"} <= cpu_flags()
 needs_amx = pytest.mark.skipif(not HAS_AMX, reason="this CPU has no AMX-INT8 (amx_int8/amx_tile not in "
                                                    "/proc/cpuinfo flags): AMX kernels compiled but not run")
-
-
-def _net(alpha, res, seed=0, act_dtype="uint8"):
-    cfg = MobileNetConfig(alpha=alpha, resolution=res, num_classes=10)
-    cal = np.random.RandomState(seed).rand(3, 3, res, res).astype("float32") * 2.0 - 0.5
-    return quantize(cfg, random_weights(cfg, seed), cal, act_dtype=act_dtype)
-
-
-def _with_zero_point(net, name, zp):
-    """``net`` with layer ``name``'s output (= the next layer's input) at zero point ``zp``."""
-    i = [l.name for l in net.layers].index(name)
-    a, b = net.layers[i:i + 2]
-    out = QTensor(a.output.scale, zp, a.output.dtype)
-    layers = net.layers[:i] + (dataclasses.replace(a, output=out), dataclasses.replace(b, input=out)) \
-        + net.layers[i + 2:]
-    return dataclasses.replace(net, layers=tuple(layers))
 
 
 def _pointwise_calls(mod):
@@ -91,7 +63,7 @@ def test_amx_target_selection():
 def test_lowering_uses_amx_for_pointwise_with_16_positions_or_more(alpha, res):
     """Compile only: every pointwise layer with P >= 16 is the (scheduled, untunable) AMX kernel, the
     smaller ones the VNNI template; Ice Lake: none is AMX."""
-    net = _net(alpha, res)
+    net = small_net(alpha, res)
     mod = lower_int8(net, _sapphire())
     calls = _pointwise_calls(mod)
     assert len(calls) == 13
@@ -158,11 +130,9 @@ def test_kernel_exact_with_ties_and_saturation(n, ib, p, ob):
 @needs_amx
 def test_kernel_exact_on_two_threads():
     """Every KERNEL_SHAPES case in a process whose pool has 2 threads (each its own tile config
-    and work range; a shape's items split between them)."""
+    and work range; a shape's items split between them; on one CPU the two share it)."""
     code = ("import importlib.util as u; s = u.spec_from_file_location('amx_t', {f!r}); m = u.module_from_spec(s); "
             "s.loader.exec_module(m); [m._kernel_check(*shape, 2) for shape in m.KERNEL_SHAPES]").format(f=__file__)
-    if (os.cpu_count() or 1) < 2:
-        pytest.skip("one CPU: no 2-thread run")
     here = os.path.dirname(os.path.abspath(__file__))  # for the int8_check helper it imports
     env = {**os.environ, "TVM_NUM_THREADS": "2",
            "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
@@ -183,7 +153,7 @@ def _check_network(net, profile, seed=5):
     (0.75, 64),   # 24/48/96 channels: IB 2, 3, 6 (K steps of 32, 16, 32 bytes), OB 3 (one C column)
 ])
 def test_network_exact_with_amx(alpha, res):
-    n_amx = _check_network(_net(alpha, res), _sapphire())
+    n_amx = _check_network(small_net(alpha, res), _sapphire())
     assert n_amx >= 9
 
 
@@ -191,7 +161,7 @@ def test_network_exact_with_amx(alpha, res):
 def test_network_exact_with_amx_and_input_zero_point():
     """A pointwise input (dw2's output) at zero point 9: folded into the bias, still exact (at
     224: P 12544 ... 196 (6 x 32 + 4), 49 (32 + 17), the real model's shapes)."""
-    net = _with_zero_point(_net(0.25, 224, seed=3), "dw2", 9)
+    net = with_zero_point(small_net(0.25, 224, seed=3), "dw2", 9)
     assert int(net.layers[[l.name for l in net.layers].index("pw2")].input.zero_point) == 9
     assert _check_network(net, _sapphire()) >= 9
 

@@ -4,7 +4,6 @@ with VNNI (this machine) and without (the AVX2 profile); rounding ties; the dot 
 generated code."""
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
@@ -13,12 +12,8 @@ import tvm
 import tvm_ffi
 from tvm import te
 
-from int8_check import check_network
+from int8_check import check_network, small_net, with_zero_point
 from mntvm.core.errors import MntvmError
-from mntvm.model.network import MobileNetConfig
-from mntvm.model.quantize import quantize
-from mntvm.model.quantized import QTensor
-from mntvm.model.weights import random_weights
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.compute_int8 import pointwise_int8_te
 from mntvm.templates.defaults import apply_sampled_schedules, default_schedule
@@ -28,24 +23,9 @@ from mntvm.templates.registry import INT8_RULES, all_blocks, rule_of, tunable_ta
 DEV = tvm.cpu()
 
 
-def _net(alpha, res, seed=0, act_dtype="uint8", spread=2.0):
-    cfg = MobileNetConfig(alpha=alpha, resolution=res, num_classes=10)
-    cal = np.random.RandomState(seed).rand(3, 3, res, res).astype("float32") * spread - 0.5
-    return quantize(cfg, random_weights(cfg, seed), cal, act_dtype=act_dtype)
-
-
-def _with_stem_zero_point(net, zp):
-    """``net`` with the stem's output (= dw1's input) at zero point ``zp`` (ReLU6 uint8 outputs
-    otherwise all have zero point 0)."""
-    stem, dw1 = net.layers[:2]
-    out = QTensor(stem.output.scale, zp, stem.output.dtype)
-    layers = (dataclasses.replace(stem, output=out), dataclasses.replace(dw1, input=out)) + net.layers[2:]
-    return dataclasses.replace(net, layers=layers)
-
-
 @pytest.fixture(scope="module")
 def small():
-    return _net(0.25, 32)
+    return small_net(0.25, 32)
 
 
 def _names(net):
@@ -70,7 +50,7 @@ def test_network_exact_at_random_knobs_on_avx2(small):
 
 def test_full_width_network_exact():
     """alpha 1.0 (1024 channels, 64 input blocks per pointwise reduction) at resolution 32."""
-    check_network(_net(1.0, 32, seed=1), get_profile("x86"))
+    check_network(small_net(1.0, 32, seed=1), get_profile("x86"))
 
 
 def test_module_structure(small):
@@ -94,10 +74,10 @@ def test_module_structure(small):
 def test_tasks_do_not_depend_on_quantization_values(act_dtype):
     """Two nets of one config with different weights, calibration inputs and zero points lower to
     structurally equal tasks (a tuning log of one applies to the other), and both stay exact."""
-    a = _net(0.25, 32, seed=1, act_dtype=act_dtype)
-    b = _net(0.25, 32, seed=2, act_dtype=act_dtype, spread=5.0)
+    a = small_net(0.25, 32, seed=1, act_dtype=act_dtype)
+    b = small_net(0.25, 32, seed=2, act_dtype=act_dtype, spread=5.0)
     if act_dtype == "uint8":
-        b = _with_stem_zero_point(b, 9)
+        b = with_zero_point(b, "stem", 9)
     zps = lambda n: {int(l.output.zero_point) for l in n.layers[:-1]} | {int(n.input.zero_point)}
     assert zps(a) != zps(b) and a.input.scale != b.input.scale
     profile = get_profile("x86")
