@@ -10,6 +10,11 @@ network with the same weights exported to ONNX, outputs checked to agree (<= 1e-
 timed alternately (interleaved rounds, so drift on a shared machine hits both alike) at each
 thread count, one process per thread count; prints medians, p90 and the ratio ours / ORT.
 OpenVINO (``openvino``) and TFLite+XNNPACK (``ai-edge-litert``) join when installed.
+
+For an fp32 x86 build it then measures this machine's FMA peak at the artifact's vector width and
+thread count (:func:`mntvm.bench.measure_peak`) and prints the FMA floor (the paper's mult-adds x 2
+at that peak) and every runtime's share of the peak, and what 0.8x ONNX Runtime would need: a ratio
+target above the floor is not reachable by any kernel.
 """
 from __future__ import annotations
 
@@ -24,9 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import timing_options  # noqa: E402
 from mntvm import MntvmError  # noqa: E402
-from mntvm.bench import compare, format_compare  # noqa: E402
-from mntvm.compile import compile_model  # noqa: E402
+from mntvm.bench import compare, format_compare, measure_peak  # noqa: E402
+from mntvm.compile import compile_model, load_artifact  # noqa: E402
 from mntvm.model import MobileNetConfig  # noqa: E402
+from mntvm.model.cost import cost_report  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -46,17 +52,42 @@ def main(argv=None) -> int:
             compile_s = time.perf_counter() - t0
             results = compare(art, peers=[x for x in a.peers.split(",") if x], threads=counts,
                               rounds=a.rounds, per_round=a.per_round)
+            bits = load_artifact(art).metadata["target"].get("vector_bits")
     except MntvmError as e:
         print(f"vs_peers: error: {e}", file=sys.stderr)
         return 2
     results.pop("artifact")  # a temporary directory, gone by now
     results["compile_s"] = compile_s
+    floor = fma_floor(results, cfg, bits)
     if a.json:
         print(json.dumps(results))
         return 0
     print(f"compiled {results['model']} for {results['target']} in {compile_s:.1f}s")
     print(format_compare(results))
+    if floor:
+        print(floor)
     return 0
+
+
+def fma_floor(results: dict, cfg: MobileNetConfig, bits) -> str:
+    """Per thread count: the FMA peak measured now, the floor it sets, each runtime's share of it
+    (added to ``results['threads'][n]``); "" where no peak can be measured (not fp32 on x86)."""
+    if results.get("dtype", "float32") != "float32" or bits not in (256, 512):
+        return ""
+    flop = 2.0 * cost_report(cfg)["total_madds"]
+    rows = []
+    for n, t in results["threads"].items():
+        peak = measure_peak(int(n), bits)
+        if not peak:
+            return ""
+        share = {k[:-len("_median_ms")]: flop / (t[k] * 1e-3) / 1e9 / peak for k in t if k.endswith("_median_ms")}
+        floor_ms = flop / peak / 1e6
+        t.update(fma_peak_gflops=peak, fma_floor_ms=floor_ms, share_of_peak=share)
+        need = flop / (0.8 * t["ort_median_ms"] * 1e-3) / 1e9 / peak
+        rows.append(f"{n:>7}  FMA peak {peak:.0f} GFLOP/s ({bits}-bit): floor {floor_ms:.2f} ms = "
+                    f"{floor_ms / t['ort_median_ms']:.2f}x ONNX Runtime; share of peak: "
+                    + ", ".join(f"{k} {v:.0%}" for k, v in share.items()) + f"; 0.8x ONNX Runtime needs {need:.0%}")
+    return "\n".join(["FMA floor (the paper's mult-adds x 2 at the peak measured now):"] + rows)
 
 
 if __name__ == "__main__":
