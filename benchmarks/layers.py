@@ -1,12 +1,13 @@
 """Per-layer speed of the CPU templates (mntvm.templates) vs measured FMA peak and ONNX Runtime.
 
-Every kernel of the lowered MobileNetV1 (stem, 13 depthwise, 13 pointwise, pool, FC, softmax, ...)
-is compiled on its own at the template's default knobs and timed with random inputs; the
-corresponding single-op ONNX model (Conv + bias + Clip) is timed with ONNX Runtime at the same
+Every kernel of the lowered MobileNetV1 (stem, 13 fused depthwise+pointwise, pool, FC, softmax,
+...; with ``--no-fuse`` 13 depthwise and 13 pointwise) is compiled on its own at the template's
+default knobs and timed with random inputs; the corresponding single-op ONNX models (Conv + bias
++ Clip; for a fused kernel its two convs, times added) are timed with ONNX Runtime at the same
 thread count. Whole-network numbers (TVM vs ORT, 1 and 2 threads) are printed at the end.
 
     python benchmarks/layers.py [--alpha 1.0] [--resolution 224] [--threads 1,2] [--no-ort]
-        [--target x86] [--mcpu CPU] [--vector-bits 256|512]
+        [--target x86] [--mcpu CPU] [--vector-bits 256|512] [--no-fuse]
     python benchmarks/layers.py --tune mntvm_pw4 --trials 16   # tiny tuning run on one task
 
 The code is for a target profile (``x86``: this machine, or the CPU named by ``--mcpu``). ``--tune``
@@ -36,8 +37,8 @@ from mntvm.core.threads import set_threads  # noqa: E402
 from mntvm.targets.profiles import get_profile  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules  # noqa: E402
 from mntvm.templates.lowering import lower  # noqa: E402
-from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_PW, RULE_STEM, all_blocks,  # noqa: E402
-                                      rule_of, tunable_tasks)
+from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_DWPW, RULE_PW, RULE_STEM,  # noqa: E402
+                                      all_blocks, rule_of, tunable_tasks)
 from mntvm.bench import measure_peak  # noqa: E402
 from mntvm.tuning import open_schedules, tune_funcs  # noqa: E402
 
@@ -59,6 +60,10 @@ def _flops_of(func: tvm.tirx.PrimFunc) -> tuple[str, float]:
         n, cb, p, v = out
         _, kh, kw, _ = params[1]
         return "dw", 2.0 * n * cb * v * p * kh * kw
+    if r == RULE_DWPW:  # data, dw weight, dw bias, pw weight, pw bias
+        n, ob, p, v = out
+        cb, kh, kw, _ = params[1]
+        return "dwpw", 2.0 * n * cb * v * p * kh * kw + 2.0 * n * ob * v * p * cb * v
     if r == RULE_STEM:
         n, ob, p, v = out
         _, c, kh, kw, _ = params[1]
@@ -157,12 +162,12 @@ def ort_layer_model(spec, act="relu6"):
 
 
 # ---------------------------------------------------------------------------------------------
-def build_network(cfg, profile, seed=0):
+def build_network(cfg, profile, seed=0, fuse_dw=None):
     """(weights, lowered module, module at the templates' default knobs) for ``profile``."""
     from mntvm.model.weights import random_weights
 
     w = random_weights(cfg, seed)
-    low = lower(cfg, w, profile)
+    low = lower(cfg, w, profile, fuse_dw=fuse_dw)
     sched = apply_default_schedules(low, profile.tvm_target(), profile.vector_bits)
     return w, low, sched
 
@@ -177,6 +182,7 @@ def main(argv=None):
     ap.add_argument("--vector-bits", type=int, default=None, choices=(128, 256, 512),
                     help="channel block width (default: the profile's, from the CPU)")
     ap.add_argument("--no-ort", action="store_true")
+    ap.add_argument("--no-fuse", action="store_true", help="depthwise and pointwise convs as separate kernels")
     ap.add_argument("--no-layers", action="store_true")
     ap.add_argument("--tune", default=None, help="tune one task (e.g. mntvm_pw4) as `mntvm tune` does")
     ap.add_argument("--trials", type=int, default=16)
@@ -193,18 +199,22 @@ def main(argv=None):
         profile = dataclasses.replace(profile, vector_bits=args.vector_bits)
     target = profile.tvm_target()
     dev = tvm.cpu()
-    w, low, sched = build_network(cfg, profile)
+    w, low, sched = build_network(cfg, profile, fuse_dw=False if args.no_fuse else None)
 
     if args.tune:
         return tune_one(cfg, low, args.tune, profile, args.trials, args.work_dir, dev, threads[0])
 
-    specs = {s.name: s for s in layer_specs(cfg)}
     conv_specs = [s for s in layer_specs(cfg)]  # execution order: stem, dw1, pw1, ..., fc
     calls = kernel_calls(sched)
-    # map our kernels to LayerSpecs in order (stem/dw/pw/fc are one kernel each, in order)
-    weighted = [c for c in calls if _flops_of(c[1])[0] in ("stem", "dw", "pw", "fc")]
-    names = {id(c): s.name for c, s in zip(weighted, conv_specs)}
-    del specs
+    # map our kernels to LayerSpecs in order (stem/dw/pw/fc one kernel each, a fused dwpw two)
+    names, parts, i = {}, {}, 0
+    for c in calls:
+        kind = _flops_of(c[1])[0]
+        if kind in ("stem", "dw", "pw", "fc", "dwpw"):
+            n = 2 if kind == "dwpw" else 1
+            parts[id(c)] = conv_specs[i:i + n]
+            names[id(c)] = "+".join(s.name for s in parts[id(c)])
+            i += n
 
     peaks = {t: measure_peak(t, profile.vector_bits) for t in threads}
     ort_ok = not args.no_ort
@@ -229,7 +239,7 @@ def main(argv=None):
                 ort_layers[(s.name, t)] = _ort_time(sess, {"x": np.random.rand(*shape).astype("float32")})[0]
 
     if not args.no_layers:
-        hdr = f"{'layer':<8}{'kernel':<14}{'MFLOP':>8}"
+        hdr = f"{'layer':<10}{'kernel':<14}{'MFLOP':>8}"
         for t in threads:
             hdr += f" | {t}T us{'':>2}{'GFLOP/s':>8}{'%peak':>7}{'ORT us':>9}{'ORT/us':>7}"
         print(hdr)
@@ -238,19 +248,20 @@ def main(argv=None):
         for c in calls:
             kind, fl = _flops_of(c[1])
             lname = names.get(id(c), kind)
-            line = f"{lname:<8}{c[0]:<14}{fl / 1e6:>8.2f}"
+            line = f"{lname:<10}{c[0]:<14}{fl / 1e6:>8.2f}"
             for t in threads:
                 tt = results[(id(c), t)]
                 tot[t] += tt
                 gf = fl / tt / 1e9 if fl else 0.0
                 pk = peaks[t]
                 pct = f"{100 * gf / pk:>6.0f}%" if pk and fl else f"{'':>7}"
-                o = ort_layers.get((lname, t))
+                ps = parts.get(id(c), [])
+                o = sum(ort_layers[(s.name, t)] for s in ps) if ps and all((s.name, t) in ort_layers for s in ps) else None
                 if o:
                     tot_ort[t] += o
                 line += f" | {tt * 1e6:>8.1f}{gf:>8.1f}{pct}" + (f"{o * 1e6:>9.1f}{o / tt:>7.2f}" if o else f"{'':>16}")
             print(line)
-        line = f"{'sum':<8}{'':<14}{'':>8}"
+        line = f"{'sum':<10}{'':<14}{'':>8}"
         for t in threads:
             line += f" | {tot[t] * 1e6:>8.1f}{'':>15}" + (f"{tot_ort[t] * 1e6:>9.1f}{tot_ort[t] / tot[t]:>7.2f}" if ort_ok else "")
         print(line)

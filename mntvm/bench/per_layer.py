@@ -16,6 +16,7 @@ from mntvm.core.errors import MntvmError
 from mntvm.model.cost import cost_report
 
 _CONV_WORDS = ("conv", "mntvm_dw", "mntvm_pw", "mntvm_stem")  # TVM default names, our templates (fp32 and int8)
+_FUSED_WORD = "mntvm_dwpw"  # one kernel for a depthwise conv and the pointwise conv after it
 _FC_WORDS = ("matmul", "dense", "linear")
 _POOL_WORDS = ("mean", "pool")
 
@@ -26,8 +27,9 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
 
     Kernels are the VM calls that are not VM builtins (``vm.*``), in call order. Convolution
     kernels (name contains ``conv``) are assigned, in order, to the model's conv layers (stem,
-    dw1, pw1, …) and a ``matmul``/``dense``/``linear`` kernel to the FC layer, when their counts
-    match; the other kernels (bias, ReLU6, pooling, softmax, layout changes) are assigned to the
+    dw1, pw1, …; a fused ``mntvm_dwpw`` kernel to two, dw<i> and pw<i>, reported as one layer
+    ``dw<i>+pw<i>`` of type ``separable``) and a ``matmul``/``dense``/``linear`` kernel to the FC
+    layer, when their counts match; the other kernels (bias, ReLU6, pooling, softmax, layout changes) are assigned to the
     layer they follow (pooling and softmax kernels get pseudo-layers ``pool``/``softmax``; what
     follows the pool belongs to the FC). GFLOP/s = 2 × the layer's mult-adds (:mod:`mntvm.model.cost`) / kernel time;
     ``peak_gflops`` (the FMA peak measured at the artifact's vector width and thread count, see
@@ -48,19 +50,27 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
     def is_fc(name):
         return any(w in name for w in _FC_WORDS)
 
-    n_conv = sum(1 for _, c in kern if is_conv(c[0]))
+    def n_layers(name):  # conv layers a kernel computes
+        return 2 if _FUSED_WORD in name else 1
+
+    n_conv = sum(n_layers(c[0]) for _, c in kern if is_conv(c[0]))
     n_fc = sum(1 for _, c in kern if is_fc(c[0]) and not is_conv(c[0]))
     mapped = n_conv == len(convs) and n_fc == len(fcs)
     total_s = sum(c[2] for _, c in kern) or 1e-12
 
     kernels = []
+    fused = {}  # "dw<i>+pw<i>" -> the merged layer
     ci = fi = 0
     current = "input"
     for idx, (name, shapes, mean_s) in kern:
         layer = madds = None
         if mapped and is_conv(name):
             ly = convs[ci]
-            ci += 1
+            if n_layers(name) == 2:
+                dw, pw = convs[ci], convs[ci + 1]
+                ly = {"name": f"{dw['name']}+{pw['name']}", "type": "separable", "madds": dw["madds"] + pw["madds"]}
+                fused[ly["name"]] = ly
+            ci += n_layers(name)
         elif mapped and is_fc(name):
             ly = fcs[fi]
             fi += 1
@@ -81,9 +91,13 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
 
     by_layer = []
     if mapped:
-        order = ["input"] + [ly["name"] for ly in layers if ly["type"] != "fc"] + ["pool"] + \
-            [ly["name"] for ly in fcs] + ["softmax"]
-        info = {ly["name"]: ly for ly in layers}
+        order = ["input"]
+        for ly in convs:  # a fused dw<i>+pw<i> in the place of its two layers
+            f = next((k for k in fused if ly["name"] in k.split("+")), ly["name"])
+            if f not in order:
+                order.append(f)
+        order += ["pool"] + [ly["name"] for ly in fcs] + ["softmax"]
+        info = {ly["name"]: ly for ly in layers} | fused
         acc: dict[str, dict] = {}
         for k in kernels:
             a = acc.setdefault(k["layer"], {"layer": k["layer"], "mean_ms": 0.0, "kernels": 0,
@@ -140,22 +154,22 @@ def format_per_layer(r: dict, top: int = 12) -> str:
         rows.append(f"  pointwise layers on AMX: %peak of the measured AMX-INT8 (tdpbusd) peak, "
                     f"{pl['pointwise_peak_gflops']:.1f} {unit}")
     if pl["layers"]:
-        rows.append(f"  {'layer':<8} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {unit:>8} {'%peak':>6}")
+        rows.append(f"  {'layer':<10} {'type':<10} {'kernels':>7} {'ms':>9} {'share':>7} {unit:>8} {'%peak':>6}")
         for ly in pl["layers"]:
             g = f"{ly['gflops']:.2f}" if ly["gflops"] else "-"
             pk = f"{ly['pct_peak']:.0f}%" if ly.get("pct_peak") else "-"
-            rows.append(f"  {ly['layer']:<8} {ly['type']:<10} {ly['kernels']:>7} {ly['mean_ms']:>9.4f} "
+            rows.append(f"  {ly['layer']:<10} {ly['type']:<10} {ly['kernels']:>7} {ly['mean_ms']:>9.4f} "
                         f"{100 * ly['share']:>6.1f}% {g:>8} {pk:>6}")
     rows.append("  slowest kernels:")
-    rows.append(f"  {'#':>4} {'kernel':<34} {'layer':<8} {'ms':>9} {'share':>7} {unit:>8}")
+    rows.append(f"  {'#':>4} {'kernel':<34} {'layer':<10} {'ms':>9} {'share':>7} {unit:>8}")
     for k in sorted(pl["kernels"], key=lambda k: -k["mean_ms"])[:top]:
         g = f"{k['gflops']:.2f}" if k["gflops"] else "-"
-        rows.append(f"  {k['index']:>4} {k['name'][:34]:<34} {str(k['layer'] or '-'):<8} "
+        rows.append(f"  {k['index']:>4} {k['name'][:34]:<34} {str(k['layer'] or '-'):<10} "
                     f"{k['mean_ms']:>9.4f} {100 * k['share']:>6.1f}% {g:>8}")
     return "\n".join(rows)
 
 
-_COLOURS = {"conv": "#7f7f7f", "depthwise": "#1f77b4", "pointwise": "#ff7f0e", "fc": "#2ca02c",
+_COLOURS = {"conv": "#7f7f7f", "depthwise": "#1f77b4", "pointwise": "#ff7f0e", "separable": "#d62728", "fc": "#2ca02c",
             "other": "#bcbd22"}
 
 

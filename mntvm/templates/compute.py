@@ -18,14 +18,17 @@ transform anywhere in the network. Weights (re-packed by the lowering):
 
 Every template is a ``te.compute`` reduction block carrying ``schedule_rule`` (one of
 :data:`.registry.RULES`) followed by one epilogue block (``+bias``, activation; for the FC the
-un-padding as well).
+un-padding as well). The one exception, :func:`dw_pointwise_te` (rule ``mntvm_dwpw``, CPUs), is a
+depthwise conv and the pointwise conv after it in one PrimFunc: the depthwise blocks carry no
+rule, the pointwise reduction carries the fused rule, whose schedule places the depthwise output
+tile by tile inside the pointwise loops.
 """
 from __future__ import annotations
 
 import tvm
 from tvm import te, tirx
 
-from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM
+from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_DWPW, RULE_POOL, RULE_PW, RULE_STEM
 
 
 def _act(kind: str | None, x, dtype, lo=None, hi=None):
@@ -48,7 +51,7 @@ def _epilogue(conv, bias, act, bias_index):
     return te.compute(conv.shape, f, name="epilogue")
 
 
-def pointwise_te(data, weight, bias=None, act=None):
+def pointwise_te(data, weight, bias=None, act=None, rule=RULE_PW):
     """1x1 conv, stride 1. data (N, IB, P, V), weight (OB, IB, V, V), bias (OB, V)."""
     n_, ib_, p_, v_ = data.shape
     ob_ = weight.shape[0]
@@ -58,7 +61,7 @@ def pointwise_te(data, weight, bias=None, act=None):
         (n_, ob_, p_, v_),
         lambda n, ob, p, vo: te.sum(data[n, ib, p, vi] * weight[ob, ib, vi, vo], axis=[ib, vi]),
         name="conv_pw",
-        attrs={"schedule_rule": RULE_PW},
+        attrs={"schedule_rule": rule},
     )
     return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
 
@@ -78,8 +81,9 @@ def _window(h, w, kh_, kw_, stride, pad):
     return ho, wo, tap
 
 
-def depthwise_te(data, weight, bias, act, h, w, stride, pad):
-    """Depthwise KHxKW conv. data (N, CB, H*W, V), weight (CB, KH, KW, V); pad = (top, left)."""
+def depthwise_te(data, weight, bias, act, h, w, stride, pad, rule=RULE_DW):
+    """Depthwise KHxKW conv. data (N, CB, H*W, V), weight (CB, KH, KW, V); pad = (top, left).
+    ``rule=None``: the block carries no rule (the fused template schedules it)."""
     n_, cb_, _, v_ = data.shape
     _, kh_, kw_, _ = weight.shape
     ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
@@ -91,9 +95,18 @@ def depthwise_te(data, weight, bias, act, h, w, stride, pad):
         x = tirx.if_then_else(inside, data[n, cb, ih * w + iw, v], tirx.const(0.0, data.dtype))
         return te.sum(x * weight[cb, kh, kw, v], axis=[kh, kw])
 
-    conv = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
-                      attrs={"schedule_rule": RULE_DW, "mntvm_wo": wo})
+    attrs = {"mntvm_wo": wo} if rule is None else {"schedule_rule": rule, "mntvm_wo": wo}
+    conv = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw", attrs=attrs)
     return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
+
+
+def dw_pointwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, w_pw, b_pw, act_pw):
+    """A depthwise conv (+bias, activation) and the pointwise conv that consumes it, in one
+    PrimFunc: ``conv_dw``, its epilogue, ``conv_pw`` (rule ``mntvm_dwpw``), its epilogue. The
+    schedule computes the depthwise output a few rows at a time, right before the pointwise
+    tiles that read it, so it never leaves the cache."""
+    dw = depthwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, rule=None)
+    return pointwise_te(dw, w_pw, b_pw, act_pw, rule=RULE_DWPW)
 
 
 def stem_te(data, weight, bias, act, stride, pad):

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from tvm.s_tir import Schedule
 
-from mntvm.templates.knobs import (FamilyKnobs, buffer_shape, cat, rows_and_columns, single_consumer_epilogue,
-                                   taps_outside, tile)
-from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, rule
+from mntvm.templates.knobs import (FamilyKnobs, buffer_shape, cat, divisors, rows_and_columns, single_consumer_epilogue,
+                                   split2, taps_outside, tile)
+from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_DWPW, RULE_POOL, RULE_PW, RULE_STEM, rule
 
 
 @rule("cpu", RULE_PW)
@@ -36,8 +36,14 @@ def schedule_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
     sch.vectorize(v)
     sch.unroll(p2)
     sch.unroll(ob1)
-    loops = sch.get_loops(conv)
-    c_n, c_ob, c_p, c_v, c_ib, c_vi = loops[-6:]
+    _pointwise_inner(sch, conv)
+    return sch
+
+
+def _pointwise_inner(sch: Schedule, conv) -> None:
+    """The register tile of a pointwise conv computed at its position tile: the reduction over
+    input channels outside, the (channel vectors x positions x lanes) accumulators unrolled."""
+    c_n, c_ob, c_p, c_v, c_ib, c_vi = sch.get_loops(conv)[-6:]
     sch.reorder(c_ib, c_vi, c_n, c_ob, c_p, c_v)
     sch.set_scope(conv, 0, "local")
     sch.vectorize(c_v)
@@ -46,7 +52,73 @@ def schedule_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
     sch.unroll(c_n)
     sch.unroll(c_vi)
     sch.decompose_reduction(conv, c_ib)
+
+
+# positions (output rows x columns) a fused depthwise+pointwise task covers at most by default:
+# the depthwise output of that many positions x all input channels stays in L1/L2
+DWPW_POSITIONS = 128
+
+
+@rule("cpu", RULE_DWPW)
+def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
+    """Depthwise fused into the pointwise conv after it. A task is ``rows`` output rows x one of
+    ``ob[0]`` output-channel groups: it computes the depthwise output of its rows (all input
+    channels; ``w`` columns x 1 vector in registers, taps unrolled) into a task-local buffer, then
+    runs the pointwise register tiles (``ob[2]`` vectors x ``p[1]`` positions) of its group on it.
+    More than one group recomputes the depthwise rows per group: for layers with too few rows to
+    share among the threads."""
+    conv = block
+    epi = single_consumer_epilogue(sch, conv)
+    dw_epi = sch.get_producers(conv)[0]
+    dw_conv = sch.get_producers(dw_epi)[0]
+    wo = int(sch.get(dw_conv).annotations["mntvm_wo"])
+    n, ob, p, v = sch.get_loops(epi)[-4:]
+    h, w = sch.split(p, [None, wo])
+    h0, h1 = sch.split(h, tile(sch, h, 2, 16, d, "rows"))
+    pc = sch.fuse(h1, w)
+    og, ob0, ob1 = sch.split(ob, tile(sch, ob, 3, 4, d, "ob"))
+    p1, p2 = sch.split(pc, tile(sch, pc, 2, 16, d, "p"))
+    sch.reorder(n, h0, og, ob0, p1, ob1, p2, v)
+    task = sch.fuse(n, h0, og)
+    sch.parallel(task)
+    sch.compute_at(conv, p1, preserve_unit_loops=True)
+    sch.vectorize(v)
+    sch.unroll(p2)
+    sch.unroll(ob1)
+    _pointwise_inner(sch, conv)
+    # the depthwise rows this task needs, all channels, before its pointwise tiles
+    sch.compute_at(dw_epi, task, preserve_unit_loops=True)
+    _, cb, dp, dv = sch.get_loops(dw_epi)[-4:]
+    dh, dwc = sch.split(dp, [None, wo])
+    w0, w1 = sch.split(dwc, tile(sch, dwc, 2, 16, d, "w"))
+    sch.compute_at(dw_conv, w0, preserve_unit_loops=True)
+    sch.vectorize(dv)
+    sch.unroll(w1)
+    sch.set_scope(dw_conv, 0, "local")
+    taps_outside(sch, dw_conv, 2)
     return sch
+
+
+def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs) -> dict:
+    """Default knobs of the fused template: rows per task (at most ~DWPW_POSITIONS positions) and
+    output-channel groups chosen so that the tasks share evenly among ``fam.cores`` threads (then
+    the fewest groups, then the most rows); register tiles as the family's pointwise defaults."""
+    best = None
+    for rows in divisors(ho):
+        if rows > 1 and rows * wo > DWPW_POSITIONS:
+            continue
+        pw = fam.pw(ob, rows * wo, ib, v, fam.num_regs)
+        o_t = pw["ob"][1]
+        for g in (x for x in divisors(ob // o_t) if x <= 4):
+            tasks = (ho // rows) * g
+            balance = tasks / (-(-tasks // fam.cores) * fam.cores)
+            key = (round(balance, 3), -g, rows)
+            if best is None or key > best[0]:
+                best = (key, rows, g, pw)
+    _, rows, g, pw = best
+    o_t, p_t = pw["ob"][1], pw["p"][2]
+    return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, p_t),
+            "w": fam.dw(ib, ho, wo, v, fam.num_regs)["w"]}
 
 
 def _row_tiled(sch: Schedule, conv, d: dict | None, wo: int | None, ch_key: str):
@@ -144,6 +216,16 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
             if len(s) == 4 and s[2] == p:
                 ib = s[1]
         return fam.pw(ob, p, ib, v, fam.num_regs)
+    if name == RULE_DWPW:
+        _, ob, p, v = out
+        ib = buffer_shape(b.reads[0].source)[1]
+        for r in b.reads:
+            s = buffer_shape(r.source)
+            if len(s) == 4 and s[2] == p:
+                ib = s[1]
+        dw_conv = sch.get(sch.get_producers(sch.get_producers(block)[0])[0])
+        wo = int(dw_conv.annotations["mntvm_wo"])
+        return dw_pointwise_knobs(ob, p // wo, wo, ib, v, fam)
     if name in (RULE_DW, RULE_STEM):
         _, cb, p, v = out
         wo = int(b.annotations["mntvm_wo"])

@@ -20,7 +20,7 @@ from tvm.s_tir import Schedule
 
 from mntvm.templates import cpu, cpu_int8, cuda
 from mntvm.templates.families import family_for
-from mntvm.templates.registry import (INT8_RULES, RULE_DW, RULE_PW, RULE_STEM, all_blocks, is_scheduled,
+from mntvm.templates.registry import (INT8_RULES, RULE_DW, RULE_DWPW, RULE_PW, RULE_STEM, all_blocks, is_scheduled,
                                       mark_scheduled, rule_of, scheduler)
 
 
@@ -40,7 +40,7 @@ def _infer_vector_bits(mod: tvm.IRModule) -> int | None:
         if not isinstance(func, tirx.PrimFunc):
             continue
         for b in all_blocks(func):
-            if rule_of(b) in (RULE_PW, RULE_DW, RULE_STEM):
+            if rule_of(b) in (RULE_PW, RULE_DW, RULE_STEM, RULE_DWPW):
                 return int(b.writes[0].source.shape[-1]) * 32
             if rule_of(b) in INT8_RULES:
                 return cpu_int8.vector_bits_of(b)

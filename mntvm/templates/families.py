@@ -10,7 +10,8 @@ from mntvm.templates.knobs import FamilyKnobs
 
 
 def family_for(target: tvm.target.Target, vector_bits: int | None = None) -> FamilyKnobs:
-    """Pick the knob family from the target (x86 vs arm) and the vector width."""
+    """Pick the knob family from the target (x86 vs arm) and the vector width; its ``cores`` from the
+    target's ``num-cores``."""
     target = tvm.target.Target(target) if not isinstance(target, tvm.target.Target) else target
     attrs = target.attrs
     triple = str(attrs.get("mtriple", "")) if "mtriple" in attrs else ""
@@ -22,6 +23,7 @@ def family_for(target: tvm.target.Target, vector_bits: int | None = None) -> Fam
         fam = arm.NEON
     else:
         fam = x86.AVX512 if vector_bits >= 512 else x86.AVX2
-    if fam.vector_bits != vector_bits:
-        fam = dataclasses.replace(fam, vector_bits=vector_bits)
+    cores = int(attrs["num-cores"]) if "num-cores" in attrs else 1
+    if fam.vector_bits != vector_bits or fam.cores != cores:
+        fam = dataclasses.replace(fam, vector_bits=vector_bits, cores=cores)
     return fam

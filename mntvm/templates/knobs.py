@@ -52,6 +52,7 @@ class FamilyKnobs:
     dw: Callable  # (cb, ho, wo, vec, num_regs) -> decisions
     stem: Callable  # (ob, ho, wo, vec, num_regs) -> decisions
     dense: Callable  # (nb, k, vec, num_regs) -> decisions
+    cores: int = 1  # the threads the target runs on (its ``num-cores``): for splitting work evenly
 
 
 def tile(sch: Schedule, loop, n: int, max_inner: int, d: dict | None, key: str):

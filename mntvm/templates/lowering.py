@@ -3,7 +3,8 @@
 ``lower_blocked(mod, target, vector_bits)``
     Relax MobileNet (after BN folding, weights bound as constants) -> module of ``call_tir``s in
     the blocked layout of :mod:`.compute`: ``mntvm_conv`` (stem), 13 x (``mntvm_dw*``,
-    ``mntvm_pw*``), ``mntvm_pool``, a reshape, ``mntvm_dense`` and TOPI's softmax. A Relax
+    ``mntvm_pw*``) or, with ``fuse_dw``, 13 x ``mntvm_dwpw*`` (each depthwise conv with the
+    pointwise conv that consumes it), ``mntvm_pool``, a reshape, ``mntvm_dense`` and TOPI's softmax. A Relax
     rewrite (``_Lowerer``, a PyExprMutator) matches ``conv2d -> add(const bias) -> clip/relu``
     chains, ``mean``/global ``avg_pool2d`` and ``matmul(x, permute_dims(const))`` (+ bias) and
     emits our computes with ``bb.call_te``, re-packing the weights with numpy; anything else goes
@@ -37,7 +38,8 @@ from tvm import relax
 
 from mntvm.model.inference import inference_module
 from mntvm.model.network import MobileNetConfig
-from mntvm.templates.compute import dense_te, depthwise_te, pointwise_te, pool_te, stem_te, unblock_te
+from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, pointwise_te, pool_te, stem_te,
+                                     unblock_te)
 from mntvm.templates.cuda import VECTOR_BITS
 
 
@@ -160,13 +162,15 @@ class _Graph:
 class _Lowerer(relax.PyExprMutator):
     """Rewrites a Relax MobileNet's conv/pool/FC chains into calls of our TE computes."""
 
-    def __init__(self, mod: tvm.IRModule, vec: int):
+    def __init__(self, mod: tvm.IRModule, vec: int, fuse_dw: bool = False):
         super().__init__(mod)
         self.mod_ = mod
         self.V = vec
+        self.fuse_dw = fuse_dw
         self.graph = _Graph()
         self.blocked = {}  # old var -> _Blocked
         self.skip = set()  # old vars absorbed into fused ops
+        self.pending_dw = {}  # old var -> depthwise TE arguments, emitted fused with its pointwise consumer
 
     # -- emission helpers ----------------------------------------------------------------------
     def _nchw_of(self, old):
@@ -185,6 +189,19 @@ class _Lowerer(relax.PyExprMutator):
 
     def _vec_bias(self, bias, c):
         return relax.const(_channel_blocked(np.zeros((c,), "float32") if bias is None else bias, self.V))
+
+    def _pointwise_consumer(self, var) -> bool:
+        """Whether ``var``'s only consumer is a 1x1, stride-1, unpadded conv2d with constant weights
+        (one that :meth:`_lower_conv` lowers to ``pointwise_te``)."""
+        nxt = self.graph.single_consumer(var)
+        if nxt is None or not _is_call(self.graph.bindings[nxt], "relax.nn.conv2d"):
+            return False
+        call = self.graph.bindings[nxt]
+        a = call.attrs
+        w = self.graph.const(call.args[1])
+        return (call.args[0].same_as(var) and w is not None and w.shape[2:] == (1, 1) and int(a.groups) == 1
+                and str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW"
+                and all(int(x) == 1 for x in (*a.strides, *a.dilation)) and not any(int(x) for x in a.padding))
 
     # -- per-op lowering -----------------------------------------------------------------------
     def _lower_conv(self, binding) -> bool:
@@ -212,18 +229,32 @@ class _Lowerer(relax.PyExprMutator):
         ho = (h + pad[0] + pad[2] - kh) // strides[0] + 1
         wo = (wd + pad[1] + pad[3] - kw) // strides[1] + 1
         bconst = self._vec_bias(bias, o)
-        if groups == 1 and kh == 1 and kw == 1 and strides == [1, 1] and sum(pad) == 0 and is_blocked:
+        pending = self.pending_dw.pop(x, None)
+        if groups == 1 and kh == 1 and kw == 1 and strides == [1, 1] and sum(pad) == 0 and (is_blocked or pending):
             wi = np.zeros((o, _pad_to(c, V)), "float32")
             wi[:, :c] = w[:, :, 0, 0]
             wp = _channel_blocked(wi, V).reshape(_pad_to(o, V) // V, -1, V, V)  # (OB, IB, Vi, Vo)
-            xin = self.blocked[x].var
-            te_call = self.builder_.call_te(lambda d_, w_, b_: pointwise_te(d_, w_, b_, act), xin,
-                                            relax.const(wp), bconst, primfunc_name_hint="mntvm_pw")
+            if pending:
+                xin, dw_args, wd_, bd_ = pending
+                te_call = self.builder_.call_te(
+                    lambda d_, w1, b1, w2, b2: dw_pointwise_te(d_, w1, b1, *dw_args, w2, b2, act), xin,
+                    wd_, bd_, relax.const(wp), bconst, primfunc_name_hint="mntvm_dwpw")
+            else:
+                xin = self.blocked[x].var
+                te_call = self.builder_.call_te(lambda d_, w_, b_: pointwise_te(d_, w_, b_, act), xin,
+                                                relax.const(wp), bconst, primfunc_name_hint="mntvm_pw")
         elif groups > 1 and groups == c and ci_g == 1 and o == c and is_blocked and strides[0] == strides[1]:
             wp = _channel_blocked(w[:, 0], V)  # (CB, KH, KW, V)
             xin = self.blocked[x].var
+            dw_args = (act, h, wd, strides[0], pad)
+            if self.fuse_dw and isinstance(end, relax.DataflowVar) and self._pointwise_consumer(end):
+                # emitted with its pointwise consumer (``dw_pointwise_te``)
+                self.pending_dw[end] = (xin, dw_args, relax.const(wp), bconst)
+                self.skip.update(absorbed)
+                self.skip.add(end)
+                return True
             te_call = self.builder_.call_te(
-                lambda d_, w_, b_: depthwise_te(d_, w_, b_, act, h, wd, strides[0], pad), xin,
+                lambda d_, w_, b_: depthwise_te(d_, w_, b_, *dw_args), xin,
                 relax.const(wp), bconst, primfunc_name_hint="mntvm_dw")
         elif groups == 1 and strides[0] == strides[1]:
             xin = self._nchw_of(x) if is_blocked else self.visit_expr(x)
@@ -327,15 +358,17 @@ class _Lowerer(relax.PyExprMutator):
         return self.builder_.get()
 
 
-def lower_blocked(mod: tvm.IRModule, target, vector_bits: int) -> tvm.IRModule:
+def lower_blocked(mod: tvm.IRModule, target, vector_bits: int, fuse_dw: bool = False) -> tvm.IRModule:
     """Lower a Relax MobileNet to our blocked-layout templates, legalize the rest and fuse.
 
-    Returns a module ready for :func:`.defaults.apply_default_schedules`, a tuning database or
-    MetaSchedule task extraction (:func:`.registry.tunable_tasks`).
+    With ``fuse_dw`` every depthwise conv whose only consumer is a pointwise conv is lowered
+    together with it (``mntvm_dwpw``, :func:`.compute.dw_pointwise_te`). Returns a module ready for
+    :func:`.defaults.apply_default_schedules`, a tuning database or MetaSchedule task extraction
+    (:func:`.registry.tunable_tasks`).
     """
     vec = int(vector_bits) // 32
     mod = relax.transform.Normalize()(mod)
-    mod = _Lowerer(mod, vec).transform()
+    mod = _Lowerer(mod, vec, fuse_dw).transform()
     mod = relax.transform.DeadCodeElimination()(mod)
     return legalize_and_fuse(mod)
 
@@ -360,8 +393,14 @@ def has_templates(profile) -> bool:
     return not profile.is_gpu or profile.family == "cuda"
 
 
-def lower(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile):
+def lower(cfg: MobileNetConfig, weights: Mapping[str, np.ndarray], profile, fuse_dw: bool | None = None):
     """The templates' lowered module: every conv, the pooling and the FC are template PrimFuncs
-    (unscheduled), in the channel-blocked layout of the profile's vector width (float4 on CUDA)."""
+    (unscheduled), in the channel-blocked layout of the profile's vector width (float4 on CUDA).
+    On CPUs each depthwise conv is fused into the pointwise conv after it (``mntvm_dwpw``) unless
+    ``fuse_dw`` is False (None: fused on CPUs, not on GPUs, which have no fused template)."""
     bits = VECTOR_BITS if profile.is_gpu else profile.vector_bits
-    return lower_blocked(inference_module(cfg, weights), profile.tvm_target(), bits)
+    if fuse_dw is None:
+        fuse_dw = not profile.is_gpu
+    elif fuse_dw and profile.is_gpu:
+        raise ValueError(f"'{profile.name}': the fused depthwise+pointwise template is CPU-only")
+    return lower_blocked(inference_module(cfg, weights), profile.tvm_target(), bits, fuse_dw=fuse_dw)

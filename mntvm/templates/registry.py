@@ -32,7 +32,9 @@ RULE_STEM8 = "mntvm_stem8"
 RULE_DENSE8 = "mntvm_dense8"
 RULE_POOL8 = "mntvm_pool8"
 INT8_RULES = (RULE_PW8, RULE_DW8, RULE_STEM8, RULE_DENSE8, RULE_POOL8)
-ALL_RULES = RULES + INT8_RULES
+# a depthwise conv fused into the following pointwise one (:func:`.compute.dw_pointwise_te`): CPU only
+RULE_DWPW = "mntvm_dwpw"
+ALL_RULES = RULES + INT8_RULES + (RULE_DWPW,)
 
 SCHEDULED = "tirx.is_scheduled"
 

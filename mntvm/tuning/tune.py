@@ -38,8 +38,8 @@ from mntvm.targets.profiles import get_profile
 from mntvm.templates.defaults import default_schedule
 from mntvm.templates.lowering import has_templates, lower
 from mntvm.templates.lowering_int8 import lower_int8
-from mntvm.templates.registry import (RULE_DENSE, RULE_DENSE8, RULE_DW, RULE_DW8, RULE_POOL, RULE_POOL8, RULE_PW,
-                                      RULE_PW8, RULE_STEM, RULE_STEM8, tunable_tasks)
+from mntvm.templates.registry import (RULE_DENSE, RULE_DENSE8, RULE_DW, RULE_DW8, RULE_DWPW, RULE_POOL, RULE_POOL8,
+                                      RULE_PW, RULE_PW8, RULE_STEM, RULE_STEM8, tunable_tasks)
 from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_db, db_name, open_schedules, task_mod,
                                    task_rule, write_meta)
 from mntvm.tuning.lock import db_lock
@@ -47,7 +47,8 @@ from mntvm.tuning.measure import runner as measuring
 from mntvm.tuning.space import ms_builder, tune_space
 
 MIN_FREE_BYTES = 50 << 20  # free space tune wants on the database's filesystem before it starts
-OPS = {"pw": (RULE_PW, RULE_PW8), "dw": (RULE_DW, RULE_DW8), "stem": (RULE_STEM, RULE_STEM8),
+# the fused depthwise + pointwise tasks (RULE_DWPW) are both "pw" and "dw"
+OPS = {"pw": (RULE_PW, RULE_PW8, RULE_DWPW), "dw": (RULE_DW, RULE_DW8, RULE_DWPW), "stem": (RULE_STEM, RULE_STEM8),
        "fc": (RULE_DENSE, RULE_DENSE8), "pool": (RULE_POOL, RULE_POOL8)}
 
 

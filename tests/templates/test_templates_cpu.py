@@ -9,11 +9,14 @@ import tvm  # noqa: E402  (a hard requirement: never skip)
 from tvm import relax, te  # noqa: E402
 from tvm.s_tir import Schedule  # noqa: E402
 
-from mntvm.templates.compute import dense_te, depthwise_te, pointwise_te, pool_te, stem_te  # noqa: E402
+from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, pointwise_te, pool_te,  # noqa: E402
+                                     stem_te)
+from mntvm.templates.cpu import dw_pointwise_knobs  # noqa: E402
+from mntvm.templates.families import family_for  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules, default_schedule  # noqa: E402
 from mntvm.templates.lowering import lower_blocked  # noqa: E402
-from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_POOL, RULE_PW, RULE_STEM, scheduler,  # noqa: E402
-                                      tunable_tasks)
+from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_DWPW, RULE_POOL, RULE_PW, RULE_STEM,  # noqa: E402
+                                      scheduler, tunable_tasks)
 
 
 def _target():
@@ -107,6 +110,31 @@ def check_depthwise(schedule, v, c, stride, h, atol):
     np.testing.assert_allclose(_unblocked(got, c, ho, ho), ref, atol=atol, rtol=1e-5)
 
 
+def check_dw_pointwise(schedule, v, c, o_c, stride, h, atol):
+    """The fused template against numpy: depthwise 3x3 (+bias, ReLU), then 1x1 (+bias, ReLU6)."""
+    rng = np.random.RandomState(2)
+    data = te.placeholder((1, c // v, h * h, v), name="data")
+    wd = te.placeholder((c // v, 3, 3, v), name="wd")
+    bd = te.placeholder((c // v, v), name="bd")
+    wp = te.placeholder((o_c // v, c // v, v, v), name="wp")
+    bp = te.placeholder((o_c // v, v), name="bp")
+    out = dw_pointwise_te(data, wd, bd, ("relu",), h, h, stride, (1, 1, 1, 1), wp, bp, ("clip", 0.0, 6.0))
+    ho = (h + 2 - 3) // stride + 1
+    mod = schedule([data, wd, bd, wp, bp, out], "conv_pw", RULE_DWPW)
+    x = rng.randn(1, c, h, h).astype("float32")
+    w1 = rng.randn(c, 1, 3, 3).astype("float32")
+    b1 = rng.randn(c).astype("float32")
+    w2 = rng.randn(o_c, c, 1, 1).astype("float32")
+    b2 = rng.randn(o_c).astype("float32")
+    w1p = w1[:, 0].reshape(c // v, v, 3, 3).transpose(0, 2, 3, 1).copy()
+    w2p = w2[:, :, 0, 0].T.reshape(c // v, v, o_c // v, v).transpose(2, 0, 1, 3).copy()  # (OB, IB, Vi, Vo)
+    got = _run(mod, [_blocked(x, v), w1p, b1.reshape(c // v, v), w2p, b2.reshape(o_c // v, v)],
+               (1, o_c // v, ho * ho, v))
+    mid = np.maximum(_conv_ref(x, w1, stride, 1, c) + b1[None, :, None, None], 0)
+    ref = np.clip(_conv_ref(mid, w2, 1, 0, 1) + b2[None, :, None, None], 0, 6)
+    np.testing.assert_allclose(_unblocked(got, o_c, ho, ho), ref, atol=atol, rtol=1e-5)
+
+
 def check_stem(schedule, v, o, atol):
     c, h, ho = 3, 10, 5
     rng = np.random.RandomState(2)
@@ -169,6 +197,29 @@ def test_depthwise(seed, stride, h):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("stride,h", [(1, 6), (2, 8), (2, 7)])
+def test_dw_pointwise(seed, stride, h):
+    check_dw_pointwise(_by_seed(seed), 16, 32, 64, stride, h, atol=1e-4)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 4])
+def test_dw_pointwise_default_knobs_share_tasks_evenly(cores):
+    """For every fused layer of MobileNetV1 1.0/224 the default tasks (row blocks x output-channel
+    groups) are a multiple of the threads, each covers at most 128 positions (or one row), and the
+    decisions are a valid point of the template's space."""
+    fam = family_for(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": cores}), 512)
+    assert fam.cores == cores
+    for c, o_c, ho in [(32, 64, 112), (64, 128, 56), (128, 128, 56), (128, 256, 28), (256, 256, 28),
+                       (256, 512, 14), (512, 512, 14), (512, 1024, 7), (1024, 1024, 7)]:
+        d = dw_pointwise_knobs(o_c // 16, ho, ho, c // 16, 16, fam)
+        rows, groups = d["rows"][1], d["ob"][0]
+        assert d["rows"][0] * rows == ho and groups * d["ob"][1] * d["ob"][2] == o_c // 16
+        assert (ho // rows) * groups % cores == 0, (c, o_c, ho, d)
+        assert rows == 1 or rows * ho <= 128
+        assert d["p"][0] * d["p"][1] == rows * ho and d["w"][0] * d["w"][1] == ho
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_stem(seed):
     check_stem(_by_seed(seed), 16, 32, atol=1e-4)
 
@@ -205,17 +256,18 @@ def _kernel_names(mod):
     return out
 
 
-@pytest.mark.parametrize("vector_bits", [512, 256])
-def test_lower_cpu_network(small_net, vector_bits):
+@pytest.mark.parametrize("vector_bits,fuse_dw", [(512, False), (256, False), (512, True), (256, True)])
+def test_lower_cpu_network(small_net, vector_bits, fuse_dw):
     from mntvm.model import reference
 
     cfg, w, mod = small_net
-    low = lower_blocked(mod, TARGET, vector_bits)
+    low = lower_blocked(mod, TARGET, vector_bits, fuse_dw=fuse_dw)
     names = _kernel_names(low)
-    # stem, 13 x (dw, pw), pool, (reshape), fc, softmax -- nothing else, no layout transforms
+    # stem, 13 x (dw, pw) or 13 x dwpw, pool, (reshape), fc, softmax -- nothing else, no layout transforms
     assert sum(n.startswith("mntvm_conv") for n in names) == 1
-    assert sum(n.startswith("mntvm_dw") for n in names) == 13
-    assert sum(n.startswith("mntvm_pw") for n in names) == 13
+    assert sum(n.startswith("mntvm_dwpw") for n in names) == (13 if fuse_dw else 0)
+    assert sum(n.startswith("mntvm_dw") and not n.startswith("mntvm_dwpw") for n in names) == (0 if fuse_dw else 13)
+    assert sum(n.startswith("mntvm_pw") for n in names) == (0 if fuse_dw else 13)
     assert not any("unblock" in n or "layout" in n or "conv2d" in n for n in names), names
     assert len(tunable_tasks(low)) >= 5
     sched = apply_default_schedules(low, TARGET, vector_bits)
@@ -260,9 +312,9 @@ def test_tune_one_task_and_apply(small_net, tmp_path):
     cfg, w, mod = small_net
     profile = get_profile("x86")
     target = profile.tvm_target()
-    low = lower_blocked(mod, target, profile.vector_bits)
+    low = lower_blocked(mod, target, profile.vector_bits, fuse_dw=True)
     tasks = tunable_tasks(low)
-    name = sorted(n for n in tasks if n.startswith("mntvm_pw"))[-1]
+    name = sorted(n for n in tasks if n.startswith("mntvm_dwpw"))[-1]  # the fused template's knobs sampled
     tune_funcs({name: tasks[name]}, profile, tmp_path / "db", trials=4, chunk=4, progress=False)
     assert (tmp_path / "db" / "database_tuning_record.json").stat().st_size > 0
     from_db, covered = open_schedules(tmp_path / "db", profile).apply(low, target)
@@ -283,8 +335,9 @@ def test_importing_any_templates_module_registers_every_rule():
     import subprocess
     import sys
 
-    code = ("import tvm\nfrom mntvm.templates.registry import RULES\n"
-            "print(sorted(f'{k}.{r}' for k in ('cpu', 'cuda') for r in RULES\n"
-            "             if tvm.get_global_func(f's_tir.meta_schedule.{k}.{r}', allow_missing=True) is None))")
+    code = ("import tvm\nfrom mntvm.templates.registry import RULE_DWPW, RULES\n"
+            "rules = [f'{k}.{r}' for k in ('cpu', 'cuda') for r in RULES] + [f'cpu.{RULE_DWPW}']\n"
+            "print(sorted(r for r in rules\n"
+            "             if tvm.get_global_func(f's_tir.meta_schedule.{r}', allow_missing=True) is None))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert res.stdout.strip() == "[]", res.stdout + res.stderr
