@@ -57,6 +57,7 @@ def _pointwise_inner(sch: Schedule, conv) -> None:
 # positions (output rows x columns) a fused depthwise+pointwise task covers at most by default:
 # the depthwise output of that many positions x all input channels stays in L1/L2
 DWPW_POSITIONS = 128
+FULL_TILE = 14  # accumulators (channel vectors x positions) from which a register tile counts as full
 
 
 @rule("cpu", RULE_DWPW)
@@ -101,8 +102,10 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
 
 def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs) -> dict:
     """Default knobs of the fused template: rows per task (at most ~DWPW_POSITIONS positions) and
-    output-channel groups chosen so that the tasks share evenly among ``fam.cores`` threads (then
-    the fewest groups, then the most rows); register tiles as the family's pointwise defaults."""
+    output-channel groups, chosen for a full register tile (the family's pointwise default for
+    the task's positions: on 6x6 maps 3 rows would leave a 1x2 tile, 3x slower than 6 rows in two
+    groups), then tasks that share evenly among ``fam.cores`` threads, then the fewest groups,
+    then the most rows."""
     best = None
     for rows in divisors(ho):
         if rows > 1 and rows * wo > DWPW_POSITIONS:
@@ -112,7 +115,7 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
         for g in (x for x in divisors(ob // o_t) if x <= 4):
             tasks = (ho // rows) * g
             balance = tasks / (-(-tasks // fam.cores) * fam.cores)
-            key = (round(balance, 3), -g, rows)
+            key = (min(o_t * pw["p"][2], FULL_TILE), round(balance, 3), -g, rows)
             if best is None or key > best[0]:
                 best = (key, rows, g, pw)
     _, rows, g, pw = best
