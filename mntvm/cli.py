@@ -105,7 +105,7 @@ def cmd_tune(a) -> None:
 
     r = tune(_config(a), a.target, trials=a.trials, ops=a.ops, out=a.output, tracker=a.tracker, key=a.key,
              targets_dir=a.targets_dir, progress=not a.json, force=a.force_schedules, threads=a.threads,
-             mcpu=a.mcpu, mattr=_mattr(a), dtype=a.dtype)
+             mcpu=a.mcpu, mattr=_mattr(a), dtype=a.dtype, start_from=a.start_from)
     print(json.dumps(r) if a.json else format_tune(r))
 
 
@@ -319,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force-schedules", action="store_true", help="continue a database tuned for another target")
     s.add_argument("--threads", type=_positive, help="threads to measure kernels on here (default 1)")
     s.add_argument("--dtype", choices=("float32", "int8"), default="float32", help="which templates (default float32)")
+    s.add_argument("--start-from", default="default", metavar="DIR|default|none",
+                   help="each new task also starts from this log's best record for it, measured here first "
+                        "(default: the log compile would use, e.g. another CPU's standing in for this one)")
     s.add_argument("--json", action="store_true")
     s.set_defaults(func=cmd_tune)
 

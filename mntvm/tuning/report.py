@@ -10,6 +10,11 @@ def format_tune(r: dict) -> str:
         lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}")
     lines.append(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
                  + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
+    s = r.get("started_from")
+    if s:
+        what = "the log standing in for this CPU" if s["stand_in"] else "the log"
+        lines.append(f"started from the template defaults and {what} {s['database']}: "
+                     f"{len(s['tasks'])} task(s) had a record there")
     return "\n".join(lines)
 
 

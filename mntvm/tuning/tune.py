@@ -153,10 +153,35 @@ def _seed_with_defaults(db, mod, target, builder, runner, schedule) -> bool:
     """Measure ``mod`` at the templates' default knobs (``schedule(mod)``) and commit it as the
     task's first record: the search starts from it (MetaSchedule's initial population takes the
     database's best) and the log can never pick something slower than what compile does without it."""
+    return _seed(db, mod, target, builder, runner, schedule(mod), "the default knobs")
+
+
+def _start_record(start, mod):
+    """``mod`` scheduled as the best record for its workload in the database ``start`` (a
+    :class:`~mntvm.tuning.database.ScheduleDB`), or None when it has none or its trace no longer
+    replays on the template."""
+    from tvm import s_tir
+
+    sdb = start.database()
+    if not sdb.has_workload(mod):
+        return None
+    top = sdb.get_top_k(sdb.commit_workload(mod), 1)
+    if not top:
+        return None
+    try:
+        sch = s_tir.Schedule(mod)
+        top[0].trace.apply_to_schedule(sch, remove_postproc=False)
+        return sch
+    except Exception:  # noqa: BLE001 - a record of an older template: the search goes on without it
+        return None
+
+
+def _seed(db, mod, target, builder, runner, sch, what: str) -> bool:
+    """Measure ``sch`` (a schedule of ``mod``) here and commit it to ``db``; False (and a line on
+    stderr) when it cannot be built or measured."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    sch = schedule(mod)
     built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
     err = built.error_msg
     if not err:
@@ -165,7 +190,7 @@ def _seed_with_defaults(db, mod, target, builder, runner, schedule) -> bool:
         ran = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args)])[0].result()
         err = ran.error_msg or (None if ran.run_secs else "no timings")
     if err:  # the search still runs, from random knobs
-        sys.stderr.write(f"tune: could not measure the default knobs ({one_line(RuntimeError(err))})\n")
+        sys.stderr.write(f"tune: could not measure {what} ({one_line(RuntimeError(err))})\n")
         return False
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), ran.run_secs,
                                                      target, args))
@@ -226,7 +251,7 @@ def _open_or_create(path: Path, profile, force: bool) -> ScheduleDB:
 
 def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, label: str | None = None,
                tracker: str | None = None, key: str | None = None, chunk: int = 8, progress: bool = True,
-               force: bool = False, threads: int | None = None) -> dict:
+               force: bool = False, threads: int | None = None, start=None) -> dict:
     """Tune ``funcs`` ({task name: PrimFunc} of a module lowered for ``profile``, e.g. from
     :func:`mntvm.templates.registry.tunable_tasks`) up to ``trials`` measured trials each, into the
     schedules database folder ``out`` (created, or continued); returns a summary.
@@ -235,6 +260,11 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
     Measuring: locally on ``threads`` threads (1 by default), or on the board a tracker hands out
     for ``key``; each measured batch of ``chunk`` trials is committed before the next starts.
     A folder another process is tuning is refused (one writer per database).
+
+    A task with no records yet starts from the template defaults and, with ``start`` (a
+    :class:`~mntvm.tuning.database.ScheduleDB`: e.g. another CPU's log), from that log's best
+    record for its workload, both measured here first; the summary's ``started_from`` names the
+    log and the tasks it seeded.
     """
     if trials < 1:
         raise MntvmError(f"trials must be >= 1 (got {trials})")
@@ -242,6 +272,10 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
     path, t0 = Path(out), time.time()
     _check_output(path)
     summary = {"database": str(path), "tasks": {}, "trials_run": 0, "skipped": [], "exhausted": []}
+    if start is not None and Path(start.path).resolve() == path.resolve():
+        start = None  # continuing the log itself
+    if start is not None:
+        summary["started_from"] = {"database": start.path.name, "stand_in": start.stand_in, "tasks": []}
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -250,7 +284,7 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         with measuring(tracker, key, threads or 1, gpu=profile.is_gpu) as runner:
             sdb = _open_or_create(path, profile, force)
             db = sdb.database()
-            mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db))
+            mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db), start)
         meta = sdb.meta
         meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
         if not tracker and profile.detected.get("mcpu"):  # measured here: what compile picks stand-ins by
@@ -267,10 +301,11 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
 
 
 def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,
-            check) -> dict:
+            check, start_db=None) -> dict:
     """Search each task's knobs until it has ``trials`` records in ``db`` or its space runs out;
     fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}.
-    ``check()`` runs after each commit (:class:`_LogCheck`)."""
+    ``check()`` runs after each commit (:class:`_LogCheck`); ``start_db``: a log whose best record
+    for a new task is measured and committed right after the defaults' (:func:`tune_funcs`)."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -308,6 +343,13 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                 check()
                 left -= 1
                 show(name, mod)
+            if before == 0 and left > 0 and start_db is not None:
+                sch = _start_record(start_db, mod)
+                if sch is not None and _seed(db, mod, ttarget, builder, runner, sch, f"{start_db.path.name}'s record"):
+                    check()
+                    left -= 1
+                    summary["started_from"]["tasks"].append(name)
+                    show(name, mod)
             # One MetaSchedule run per task, so that its cost model learns across batches; each
             # measured batch (``chunk`` trials) is committed to the JSON database before the next
             # one starts (a kill loses at most the batch in flight).
@@ -332,7 +374,7 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
 def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str | os.PathLike | None = None,
          tracker: str | None = None, key: str | None = None, targets_dir=None, chunk: int = 8,
          progress: bool = True, force: bool = False, threads: int | None = None,
-         mcpu: str | None = None, mattr=None, dtype: str = "float32") -> dict:
+         mcpu: str | None = None, mattr=None, dtype: str = "float32", start_from: str | None = "default") -> dict:
     """Tune each task of ``cfg`` on ``target`` up to ``trials`` measured trials; returns a summary.
 
     ``dtype="int8"`` tunes the int8 templates (the network quantized from seeded weights and
@@ -344,7 +386,10 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     one tuned on 2 (11.0-11.1/5.9-6.0 ms); tile choice is a per-core matter and 2-thread timings
     on a shared VM are noisier. Through a tracker, the board decides.
 
-    Writes (or continues) the database in ``out`` (default ``schedules/<db_name>/``).
+    Writes (or continues) the database in ``out`` (default ``schedules/<db_name>/``). Each new
+    task starts from the template defaults and from ``start_from``'s best record for it:
+    "default" is the log compile would use (the target's shipped one, or another CPU's that
+    stands in for it), None none, or a database folder (of this target unless ``force``).
     """
     if trials < 1:
         raise MntvmError(f"trials must be >= 1 (got {trials})")
@@ -362,6 +407,7 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     else:
         raise MntvmError(f"--dtype {dtype!r}: choose float32 or int8")
     tasks = {n: f for n, f in tunable_tasks(low).items() if task_rule(f) in wanted}
+    start = open_schedules(start_from, profile, force=force)
     return tune_funcs(tasks, profile, out, trials,
                       label=cfg.tag, tracker=tracker, key=key, chunk=chunk, progress=progress, force=force,
-                      threads=threads)
+                      threads=threads, start=start)

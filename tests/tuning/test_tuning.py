@@ -78,6 +78,45 @@ def test_each_task_search_starts_from_the_default_knobs(tuned):
         assert all(float(s) > 0 for s in matches[0].run_secs)
 
 
+def test_a_new_log_starts_from_another_log(tuned, tmp_path):
+    """``start_from`` (``mntvm tune --start-from``, by default the log compile would use): each new
+    task's search also starts from that log's best record for its workload, measured here: the new
+    log holds exactly that trace (and the defaults'), before any search."""
+    import tvm
+    from tvm import s_tir
+
+    out, summary = tuned
+    profile = get_profile("x86")
+    r = tune(CFG, "x86", trials=2, ops="pw,fc", out=tmp_path / "b", progress=False, start_from=str(out))
+    s = r["started_from"]
+    assert s["database"] == out.name and not s["stand_in"] and sorted(s["tasks"]) == sorted(summary["tasks"])
+    assert r["trials_run"] == 2 * len(summary["tasks"])  # the two seeds, nothing searched
+    low = lower(CFG, W.random_weights(CFG), profile)
+    old, new = open_schedules(out, profile).database(), open_schedules(tmp_path / "b", profile).database()
+
+    def replayed(rec, mod):
+        sch = s_tir.Schedule(mod)
+        rec.trace.apply_to_schedule(sch, remove_postproc=False)
+        return sch.mod["main"]
+
+    for name in summary["tasks"]:
+        mod = task_mod(low[name])
+        best = replayed(old.get_top_k(old.commit_workload(mod), 1)[0], mod)
+        recs = new.get_top_k(new.commit_workload(mod), 10)
+        assert len(recs) == 2 and all(float(x) > 0 for rec in recs for x in rec.run_secs)
+        hits = 0
+        for rec in recs:
+            try:
+                tvm.ir.assert_structural_equal(replayed(rec, mod), best)
+                hits += 1
+            except ValueError:
+                pass
+        assert hits >= 1, f"{name}: the other log's best record is not in the new log"
+    # none: only the defaults
+    r = tune(CFG, "x86", trials=1, ops="fc", out=tmp_path / "c", progress=False, start_from=None)
+    assert "started_from" not in r and r["trials_run"] == 1
+
+
 def test_compile_applies_the_database(tuned, tmp_path):
     """Proved, not assumed: the tuned functions in the compiled module are exactly the best
     records' traces replayed on the workloads, and the result still matches ONNX Runtime."""
