@@ -30,7 +30,7 @@ from mntvm.core.errors import MntvmError
 from mntvm.core.threads import caller_pinned, cores, set_threads
 from mntvm.model.network import MobileNetConfig
 from mntvm.remote import rpc, vm_profile
-from mntvm.remote.board import board_arch
+from mntvm.remote.board import board_arch, board_cores
 
 STAT_KEYS = ("median_ms", "mean_ms", "p90_ms", "p99_ms", "min_ms", "max_ms", "std_ms")
 RESULT_KEYS = STAT_KEYS + ("repeat", "threads", "target", "upload_s", "load_s", "first_run_ms",
@@ -120,6 +120,11 @@ def benchmark(
             raise MntvmError(f"{art.path} is built for {want} ({art.metadata['target']['name']}), "
                              f"but board {result['board']} under key '{key}' is {have}: "
                              "nothing was uploaded")
+        ncores = worker.call(lambda st: board_cores(st["session"]), 30, "the cores query") if threads else None
+        if ncores is not None and threads > ncores:
+            worker.close()
+            raise MntvmError(f"--threads {threads} > the {ncores} cores of board {result['board']} under key "
+                             f"'{key}': nothing was uploaded")
     else:
         foreign = arch.foreign_arch(art.metadata)
         if foreign:

@@ -13,7 +13,8 @@ Public entries:
 - :func:`start` launches the board server, waits until it is registered with the tracker, and
   returns a :class:`BoardHandle` (pid, port, log file);
 - :func:`stop` kills the board's whole process group, by handle or by pid;
-- :func:`board_arch` asks a connected remote session which CPU architecture it runs on.
+- :func:`board_arch` asks a connected remote session which CPU architecture it runs on,
+  :func:`board_cores` how many CPU cores it has.
 
 Host requirements (Debian/Ubuntu packages): ``debootstrap`` and ``qemu-user-static`` (and
 ``g++-aarch64-linux-gnu`` to cross-link the libraries sent to the board).  ``prepare`` must run as
@@ -38,10 +39,11 @@ from mntvm.remote import rpc
 from mntvm.remote.userland import (APT_PACKAGES, board_command, board_dir, board_env, board_spec, prepare,
                                    server_script)
 
-__all__ = ["BoardHandle", "prepare", "start", "stop", "board_arch", "is_running", "APT_PACKAGES"]
+__all__ = ["BoardHandle", "prepare", "start", "stop", "board_arch", "board_cores", "is_running", "APT_PACKAGES"]
 
 _LISTEN_MARK = "MNTVM_BOARD_LISTENING"
 _ARCH_FUNC = "mntvm.board.arch"
+_CORES_FUNC = "mntvm.board.cores"
 
 # Board processes started by this Python process (so stop() can reap them: no zombies).
 _CHILDREN: dict[int, subprocess.Popen] = {}
@@ -246,3 +248,13 @@ def board_arch(remote) -> str:
             return archs.canonical(value)
     raise MntvmError("cannot tell the remote board's architecture: it has neither "
                      f"{_ARCH_FUNC} nor target.llvm_get_system_triple")
+
+
+def board_cores(remote) -> int | None:
+    """The CPU cores of a connected RPC session's machine (``mntvm.board.cores``, which our servers
+    and the emulated board register), or None on a stock TVM server."""
+    try:
+        func = remote.get_function(_CORES_FUNC)
+        return int(func()) if func is not None else None
+    except Exception:  # pylint: disable=broad-except  # missing remote function
+        return None

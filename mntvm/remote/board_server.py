@@ -13,14 +13,15 @@ serves in-process instead, reusing TVM's own machinery:
   (UPDATE_INFO then PUT of ``key`` with a random match key), renews the match key, accepts
   clients whose match key fits, and hands each session to ``_serving``, which *forks*
   (``multiprocessing`` "fork" start method: no exec) a child running ``_ffi_api.ServerLoop``;
-- before that it registers ``mntvm.board.arch`` (returns ``platform.machine()``) and
-  ``mntvm.profile_vm`` (``vm_profile.py``, copied beside this script), which forked session
+- before that it registers ``mntvm.board.arch`` (returns ``platform.machine()``),
+  ``mntvm.board.cores`` (``os.cpu_count()``) and ``mntvm.profile_vm`` (``vm_profile.py``, copied beside this script), which forked session
   children inherit, so the host can ask which architecture it talks to and time each kernel.
 """
 import argparse
 import errno
 import logging
 import multiprocessing
+import os
 import platform
 import socket
 import sys
@@ -47,6 +48,10 @@ def main(argv=None):
     @tvm_ffi.register_global_func("mntvm.board.arch", override=True)
     def _arch():
         return platform.machine()
+
+    @tvm_ffi.register_global_func("mntvm.board.cores", override=True)
+    def _cores():
+        return os.cpu_count() or 1
 
     import vm_profile  # next to this script: per-kernel timing for `mntvm bench --per-layer`
 

@@ -123,9 +123,10 @@ def run_tracker(host: str = "127.0.0.1", port: int = 9190, port_end: int | None 
 def server_init() -> None:
     """Registered in every server process we start: the functions ``mntvm bench`` asks a board for.
 
-    ``mntvm.profile_vm`` (per-kernel timing, :mod:`mntvm.remote.vm_profile`) and ``mntvm.board.arch``
-    (``platform.machine()``, for the architecture check before upload). Sessions are forked from
-    the server process, so they inherit both.
+    ``mntvm.profile_vm`` (per-kernel timing, :mod:`mntvm.remote.vm_profile`), ``mntvm.board.arch``
+    (``platform.machine()``, for the architecture check before upload) and ``mntvm.board.cores``
+    (``os.cpu_count()``, for the thread-count check). Sessions are forked from the server process,
+    so they inherit them.
     """
     import platform
 
@@ -133,6 +134,7 @@ def server_init() -> None:
 
     vm_profile.register()
     tvm_ffi.register_global_func("mntvm.board.arch", platform.machine, override=True)
+    tvm_ffi.register_global_func("mntvm.board.cores", lambda: os.cpu_count() or 1, override=True)
 
 
 def run_server(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090,

@@ -197,6 +197,19 @@ def test_board_hung_during_benchmark(tracker, doomed_server, x86_art):
 # the emulated aarch64 board (prepared userland cached; see tests/test_board.py)
 
 
+def test_more_threads_than_the_board_has_are_refused_before_upload(tracker, server, x86_art):
+    """The board says how many cores it has (``mntvm.board.cores``, registered by our servers);
+    asking for more threads is one line naming both, and the board is handed back untouched."""
+    p = run_cli("bench", str(x86_art), "--tracker", tracker.addr, "--key", KEY, "--threads",
+                str((os.cpu_count() or 1) + 1), "--json", check=False, timeout=120)
+    assert p.returncode == 2 and p.stdout == ""
+    err = p.stderr.strip()
+    assert len(err.splitlines()) == 1, err
+    assert f"--threads {(os.cpu_count() or 1) + 1} > the {os.cpu_count() or 1} cores of board" in err
+    assert "nothing was uploaded" in err
+    wait_for(lambda: tracker_status(tracker.addr)["keys"][KEY]["free"] == 1, 20, "board handed back")
+
+
 def test_bench_on_emulated_aarch64_board(tracker, a64_art, tmp_path):
     from mntvm.remote import board
 
@@ -224,6 +237,10 @@ def test_bench_on_emulated_aarch64_board(tracker, a64_art, tmp_path):
         x86 = compile_model(MobileNetConfig(alpha=0.25, resolution=64), tmp_path / "x86", target="x86")
         p = run_cli("bench", str(x86), "--tracker", tracker.addr, "--key", key, check=False, timeout=120)
         assert p.returncode == 2 and "is built for x86_64" in p.stderr and "is aarch64" in p.stderr
+        # the board's own script tells its cores too (qemu-user: the host's)
+        p = run_cli("bench", str(a64_art), "--tracker", tracker.addr, "--key", key, "--threads", "64",
+                    check=False, timeout=120)
+        assert p.returncode == 2 and f"--threads 64 > the {os.cpu_count()} cores of board" in p.stderr
     finally:
         board.stop(handle)
 
