@@ -123,8 +123,8 @@ def benchmark(
         ncores = worker.call(lambda st: board_cores(st["session"]), 30, "the cores query") if threads else None
         if ncores is not None and threads > ncores:
             worker.close()
-            raise MntvmError(f"--threads {threads} > the {ncores} cores of board {result['board']} under key "
-                             f"'{key}': nothing was uploaded")
+            raise MntvmError(f"--threads {threads} > the {ncores} cores board {result['board']} under key "
+                             f"'{key}' may run on: nothing was uploaded")
     else:
         foreign = arch.foreign_arch(art.metadata)
         if foreign:

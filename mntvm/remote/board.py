@@ -251,8 +251,8 @@ def board_arch(remote) -> str:
 
 
 def board_cores(remote) -> int | None:
-    """The CPU cores of a connected RPC session's machine (``mntvm.board.cores``, which our servers
-    and the emulated board register), or None on a stock TVM server."""
+    """The CPU cores a connected RPC session's server may run on (``mntvm.board.cores``, which our
+    servers and the emulated board register: its affinity mask), or None on a stock TVM server."""
     try:
         func = remote.get_function(_CORES_FUNC)
         return int(func()) if func is not None else None

@@ -14,7 +14,7 @@ serves in-process instead, reusing TVM's own machinery:
   clients whose match key fits, and hands each session to ``_serving``, which *forks*
   (``multiprocessing`` "fork" start method: no exec) a child running ``_ffi_api.ServerLoop``;
 - before that it registers ``mntvm.board.arch`` (returns ``platform.machine()``),
-  ``mntvm.board.cores`` (``os.cpu_count()``) and ``mntvm.profile_vm`` (``vm_profile.py``, copied beside this script), which forked session
+  ``mntvm.board.cores`` (the cores it may run on) and ``mntvm.profile_vm`` (``vm_profile.py``, copied beside this script), which forked session
   children inherit, so the host can ask which architecture it talks to and time each kernel.
 """
 import argparse
@@ -50,8 +50,8 @@ def main(argv=None):
         return platform.machine()
 
     @tvm_ffi.register_global_func("mntvm.board.cores", override=True)
-    def _cores():
-        return os.cpu_count() or 1
+    def _cores():  # the cores this process may run on (its affinity: qemu-user passes the host's)
+        return len(os.sched_getaffinity(0))
 
     import vm_profile  # next to this script: per-kernel timing for `mntvm bench --per-layer`
 

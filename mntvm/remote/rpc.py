@@ -125,8 +125,8 @@ def server_init() -> None:
 
     ``mntvm.profile_vm`` (per-kernel timing, :mod:`mntvm.remote.vm_profile`), ``mntvm.board.arch``
     (``platform.machine()``, for the architecture check before upload) and ``mntvm.board.cores``
-    (``os.cpu_count()``, for the thread-count check). Sessions are forked from the server process,
-    so they inherit them.
+    (the cores the server process may run on, for the thread-count check). Sessions are forked
+    from the server process, so they inherit them.
     """
     import platform
 
@@ -134,7 +134,7 @@ def server_init() -> None:
 
     vm_profile.register()
     tvm_ffi.register_global_func("mntvm.board.arch", platform.machine, override=True)
-    tvm_ffi.register_global_func("mntvm.board.cores", lambda: os.cpu_count() or 1, override=True)
+    tvm_ffi.register_global_func("mntvm.board.cores", lambda: len(os.sched_getaffinity(0)), override=True)
 
 
 def run_server(tracker: str, key: str, host: str = "127.0.0.1", port: int = 9090,
