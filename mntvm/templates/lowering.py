@@ -355,6 +355,8 @@ class _Lowerer(relax.PyExprMutator):
                 self.graph.add(func)
                 new = self.visit_expr(func)
                 self.builder_.update_func(gv, new)
+        if self.pending_dw:  # a deferred depthwise conv whose pointwise consumer was not lowered
+            raise RuntimeError(f"depthwise convs left unfused: {[v.name_hint for v in self.pending_dw]}")
         return self.builder_.get()
 
 
