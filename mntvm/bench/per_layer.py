@@ -59,7 +59,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
     total_s = sum(c[2] for _, c in kern) or 1e-12
 
     kernels = []
-    fused = {}  # "dw<i>+pw<i>" -> the merged layer
+    info = {}  # the layers kernels were mapped to (a fused dw<i>+pw<i> as one), in call order
     ci = fi = 0
     current = "input"
     for idx, (name, shapes, mean_s) in kern:
@@ -69,7 +69,6 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
             if n_layers(name) == 2:
                 dw, pw = convs[ci], convs[ci + 1]
                 ly = {"name": f"{dw['name']}+{pw['name']}", "type": "separable", "madds": dw["madds"] + pw["madds"]}
-                fused[ly["name"]] = ly
             ci += n_layers(name)
         elif mapped and is_fc(name):
             ly = fcs[fi]
@@ -78,6 +77,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
             ly = None
         if ly is not None:
             layer, madds, current = ly["name"], ly["madds"], ly["name"]
+            info[layer] = ly
         elif mapped and any(w in name for w in _POOL_WORDS):
             layer = current = "pool"
             kernels.append(_kernel(idx, name, "pool", False, "other", mean_s, total_s, None, shapes))
@@ -91,13 +91,8 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
 
     by_layer = []
     if mapped:
-        order = ["input"]
-        for ly in convs:  # a fused dw<i>+pw<i> in the place of its two layers
-            f = next((k for k in fused if ly["name"] in k.split("+")), ly["name"])
-            if f not in order:
-                order.append(f)
-        order += ["pool"] + [ly["name"] for ly in fcs] + ["softmax"]
-        info = {ly["name"]: ly for ly in layers} | fused
+        order = (["input"] + [n for n, ly in info.items() if ly["type"] != "fc"] + ["pool"]
+                 + [ly["name"] for ly in fcs] + ["softmax"])
         acc: dict[str, dict] = {}
         for k in kernels:
             a = acc.setdefault(k["layer"], {"layer": k["layer"], "mean_ms": 0.0, "kernels": 0,

@@ -211,21 +211,15 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
     """The family's default knob values for ``block`` (a block carrying rule ``name``)."""
     b = sch.get(block)
     out = buffer_shape(b.writes[0].source)
-    if name == RULE_PW:
+    if name in (RULE_PW, RULE_DWPW):
         _, ob, p, v = out
-        ib = buffer_shape(b.reads[0].source)[1] if len(b.reads) else ob
+        ib = buffer_shape(b.reads[0].source)[1] if len(b.reads) else ob  # input channel blocks
         for r in b.reads:
             s = buffer_shape(r.source)
             if len(s) == 4 and s[2] == p:
                 ib = s[1]
-        return fam.pw(ob, p, ib, v, fam.num_regs)
-    if name == RULE_DWPW:
-        _, ob, p, v = out
-        ib = buffer_shape(b.reads[0].source)[1]
-        for r in b.reads:
-            s = buffer_shape(r.source)
-            if len(s) == 4 and s[2] == p:
-                ib = s[1]
+        if name == RULE_PW:
+            return fam.pw(ob, p, ib, v, fam.num_regs)
         dw_conv = sch.get(sch.get_producers(sch.get_producers(block)[0])[0])
         wo = int(dw_conv.annotations["mntvm_wo"])
         return dw_pointwise_knobs(ob, p // wo, wo, ib, v, fam)

@@ -65,6 +65,15 @@ def _sinfo_shape(e):
     return [int(x) for x in si.shape.values]
 
 
+def _is_pointwise(call, w) -> bool:
+    """Whether a conv2d call with constant weight ``w`` (numpy, OIHW) is a 1x1, stride-1, unpadded,
+    ungrouped NCHW conv: what :func:`.compute.pointwise_te` computes."""
+    a = call.attrs
+    return (w is not None and w.shape[2:] == (1, 1) and int(a.groups) == 1
+            and str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW"
+            and all(int(x) == 1 for x in (*a.strides, *a.dilation)) and not any(int(x) for x in a.padding))
+
+
 def _pad_to(n, v):
     return -(-n // v) * v
 
@@ -191,17 +200,13 @@ class _Lowerer(relax.PyExprMutator):
         return relax.const(_channel_blocked(np.zeros((c,), "float32") if bias is None else bias, self.V))
 
     def _pointwise_consumer(self, var) -> bool:
-        """Whether ``var``'s only consumer is a 1x1, stride-1, unpadded conv2d with constant weights
-        (one that :meth:`_lower_conv` lowers to ``pointwise_te``)."""
+        """Whether ``var``'s only consumer is a conv2d that :meth:`_lower_conv` lowers to
+        ``pointwise_te`` (:func:`_is_pointwise`), with ``var`` as its data."""
         nxt = self.graph.single_consumer(var)
         if nxt is None or not _is_call(self.graph.bindings[nxt], "relax.nn.conv2d"):
             return False
         call = self.graph.bindings[nxt]
-        a = call.attrs
-        w = self.graph.const(call.args[1])
-        return (call.args[0].same_as(var) and w is not None and w.shape[2:] == (1, 1) and int(a.groups) == 1
-                and str(a.data_layout) == "NCHW" and str(a.kernel_layout) == "OIHW"
-                and all(int(x) == 1 for x in (*a.strides, *a.dilation)) and not any(int(x) for x in a.padding))
+        return call.args[0].same_as(var) and _is_pointwise(call, self.graph.const(call.args[1]))
 
     # -- per-op lowering -----------------------------------------------------------------------
     def _lower_conv(self, binding) -> bool:
@@ -230,7 +235,7 @@ class _Lowerer(relax.PyExprMutator):
         wo = (wd + pad[1] + pad[3] - kw) // strides[1] + 1
         bconst = self._vec_bias(bias, o)
         pending = self.pending_dw.pop(x, None)
-        if groups == 1 and kh == 1 and kw == 1 and strides == [1, 1] and sum(pad) == 0 and (is_blocked or pending):
+        if _is_pointwise(call, w) and (is_blocked or pending):
             wi = np.zeros((o, _pad_to(c, V)), "float32")
             wi[:, :c] = w[:, :, 0, 0]
             wp = _channel_blocked(wi, V).reshape(_pad_to(o, V) // V, -1, V, V)  # (OB, IB, Vi, Vo)

@@ -149,20 +149,11 @@ class _LogCheck:
             raise MntvmError(f"cannot write {self.path}: {why} ({RECORDS} lacks {lost} of them)")
 
 
-def _seed_with_defaults(db, mod, target, builder, runner, schedule) -> bool:
-    """Measure ``mod`` at the templates' default knobs (``schedule(mod)``) and commit it as the
-    task's first record: the search starts from it (MetaSchedule's initial population takes the
-    database's best) and the log can never pick something slower than what compile does without it."""
-    return _seed(db, mod, target, builder, runner, schedule(mod), "the default knobs")
-
-
-def _start_record(start, mod):
-    """``mod`` scheduled as the best record for its workload in the database ``start`` (a
-    :class:`~mntvm.tuning.database.ScheduleDB`), or None when it has none or its trace no longer
-    replays on the template."""
+def _start_record(sdb, mod):
+    """``mod`` scheduled as the best record for its workload in the MetaSchedule database ``sdb``
+    (another log), or None when it has none or its trace no longer replays on the template."""
     from tvm import s_tir
 
-    sdb = start.database()
     if not sdb.has_workload(mod):
         return None
     top = sdb.get_top_k(sdb.commit_workload(mod), 1)
@@ -177,8 +168,10 @@ def _start_record(start, mod):
 
 
 def _seed(db, mod, target, builder, runner, sch, what: str) -> bool:
-    """Measure ``sch`` (a schedule of ``mod``) here and commit it to ``db``; False (and a line on
-    stderr) when it cannot be built or measured."""
+    """Measure ``sch`` (a schedule of ``mod``) here and commit it to ``db``: the search starts from
+    the database's best (MetaSchedule's initial population takes it); seeded with the template
+    defaults, the log can never pick something slower than what compile does without it. False
+    (and a line on stderr) when it cannot be built or measured."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
@@ -284,7 +277,8 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         with measuring(tracker, key, threads or 1, gpu=profile.is_gpu) as runner:
             sdb = _open_or_create(path, profile, force)
             db = sdb.database()
-            mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db), start)
+            mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db),
+                           start.database() if start is not None else None)
         meta = sdb.meta
         meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
         if not tracker and profile.detected.get("mcpu"):  # measured here: what compile picks stand-ins by
@@ -304,8 +298,9 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
             check, start_db=None) -> dict:
     """Search each task's knobs until it has ``trials`` records in ``db`` or its space runs out;
     fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}.
-    ``check()`` runs after each commit (:class:`_LogCheck`); ``start_db``: a log whose best record
-    for a new task is measured and committed right after the defaults' (:func:`tune_funcs`)."""
+    ``check()`` runs after each commit (:class:`_LogCheck`); ``start_db``: the MetaSchedule database
+    of the log named in ``summary["started_from"]``, whose best record for a new task is measured
+    and committed right after the defaults' (:func:`tune_funcs`)."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -339,13 +334,14 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                 summary["skipped"].append(name)
                 continue
             before = _count(db, mod)
-            if before == 0 and _seed_with_defaults(db, mod, ttarget, builder, runner, schedule):
+            if before == 0 and _seed(db, mod, ttarget, builder, runner, schedule(mod), "the default knobs"):
                 check()
                 left -= 1
                 show(name, mod)
             if before == 0 and left > 0 and start_db is not None:
                 sch = _start_record(start_db, mod)
-                if sch is not None and _seed(db, mod, ttarget, builder, runner, sch, f"{start_db.path.name}'s record"):
+                what = f"{summary['started_from']['database']}'s record"
+                if sch is not None and _seed(db, mod, ttarget, builder, runner, sch, what):
                     check()
                     left -= 1
                     summary["started_from"]["tasks"].append(name)
