@@ -41,13 +41,55 @@ def _ms_export(cross_compiler, cuda_target, mod) -> str:
     return path
 
 
-def ms_builder(max_workers: int = 1, cross_compiler: str | None = None, target=None):
-    """The MetaSchedule builder for our tasks (:mod:`mntvm.tuning.tune`)."""
-    from tvm.s_tir import meta_schedule as ms
+# builds one build process serves before it is replaced (TVM's LocalBuilder starts a new process
+# for every batch because of a memory leak in long-lived workers; starting one costs ~3 s here,
+# the import of TVM, as much as building a batch)
+BUILDS_PER_PROCESS = 64
 
+
+def ms_builder(max_workers: int = 1, cross_compiler: str | None = None, target=None):
+    """The MetaSchedule builder for our tasks (:mod:`mntvm.tuning.tune`): MetaSchedule's
+    ``LocalBuilder`` work (same worker function, timeout, error results), but its build processes
+    live across batches, each replaced after :data:`BUILDS_PER_PROCESS` builds. ``close()`` stops
+    them (also done when the builder is garbage collected)."""
     cuda = str(target) if target is not None and target.kind.name == "cuda" else None  # JSON text
-    return ms.builder.LocalBuilder(f_build=_ms_build, f_export=functools.partial(_ms_export, cross_compiler, cuda),
+    return _pooled_builder_class()(f_build=_ms_build, f_export=functools.partial(_ms_export, cross_compiler, cuda),
                                    max_workers=max_workers, timeout_sec=120)
+
+
+@functools.cache
+def _pooled_builder_class():
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.meta_schedule.builder import local_builder
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class PooledBuilder(ms.builder.PyBuilder):
+        def __init__(self, *, f_build, f_export, max_workers: int, timeout_sec: float):
+            super().__init__()
+            self.f_build, self.f_export, self.timeout_sec = f_build, f_export, timeout_sec
+            self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec,
+                                          maximum_process_uses=BUILDS_PER_PROCESS)
+
+        def build(self, build_inputs):
+            work = [(self.f_build, self.f_export, b.mod, b.target, local_builder._serialize_params(b.params))
+                    for b in build_inputs]
+            results = []
+            for r in self.pool.map_with_error_catching(lambda x: local_builder._worker_func(*x), work):
+                if r.status == StatusKind.COMPLETE:
+                    results.append(ms.builder.BuilderResult(r.value, None))
+                elif r.status == StatusKind.TIMEOUT:
+                    results.append(ms.builder.BuilderResult(
+                        None, f"LocalBuilder: Timeout, killed after {self.timeout_sec} seconds"))
+                else:
+                    results.append(ms.builder.BuilderResult(None, f"LocalBuilder: An exception occurred\n{r.value}"))
+            return results
+
+        def close(self) -> None:
+            self.pool.shutdown()
+
+    return PooledBuilder
 
 
 def tune_space(target=None):

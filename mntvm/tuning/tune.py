@@ -305,9 +305,10 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
 
     from tvm.s_tir import meta_schedule as ms
 
-    # MetaSchedule echoes its task tables and XGB iterations to stdout at the logger's level
-    # (DEBUG when unset); they stay in its work-dir log files. Our progress bar is on stderr.
-    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    # MetaSchedule echoes its task tables and XGB iterations to stdout at its logger's level (DEBUG
+    # when unset), and each tune_tir's logging config sets that level back to DEBUG: so WARNING is
+    # set before every run. They stay in its work-dir log files; our progress bar is on stderr.
+    quiet = functools.partial(logging.getLogger("tvm.s_tir.meta_schedule").setLevel, logging.WARNING)
     ttarget = profile.tvm_target()
     schedule = functools.partial(default_schedule, target=ttarget,
                                  vector_bits=None if profile.is_gpu else profile.vector_bits)
@@ -321,48 +322,52 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
     def measured() -> int:
         return sum(_count(db, m) for m in mods.values()) - start
 
-    with Progress(total, "tune", enabled=progress and total > 0) as bar:
-        def show(name, mod):
-            if bar.enabled:
-                best = _best_ms(db, mod)
-                bar.update(measured() + not_needed)
-                bar.postfix(f"{name}: best {best if best is not None else float('nan'):.4f} ms")
+    try:
+        with Progress(total, "tune", enabled=progress and total > 0) as bar:
+            def show(name, mod):
+                if bar.enabled:
+                    best = _best_ms(db, mod)
+                    bar.update(measured() + not_needed)
+                    bar.postfix(f"{name}: best {best if best is not None else float('nan'):.4f} ms")
 
-        for name, mod in mods.items():
-            left = todo[name]
-            if left == 0:
-                summary["skipped"].append(name)
-                continue
-            before = _count(db, mod)
-            if before == 0 and _seed(db, mod, ttarget, builder, runner, schedule(mod), "the default knobs"):
-                check()
-                left -= 1
-                show(name, mod)
-            if before == 0 and left > 0 and start_db is not None:
-                sch = _start_record(start_db, mod)
-                what = f"{summary['started_from']['database']}'s record"
-                if sch is not None and _seed(db, mod, ttarget, builder, runner, sch, what):
+            for name, mod in mods.items():
+                left = todo[name]
+                if left == 0:
+                    summary["skipped"].append(name)
+                    continue
+                before = _count(db, mod)
+                if before == 0 and _seed(db, mod, ttarget, builder, runner, schedule(mod), "the default knobs"):
                     check()
                     left -= 1
-                    summary["started_from"]["tasks"].append(name)
                     show(name, mod)
-            # One MetaSchedule run per task, so that its cost model learns across batches; each
-            # measured batch (``chunk`` trials) is committed to the JSON database before the next
-            # one starts (a kill loses at most the batch in flight).
-            if left > 0:
-                with tempfile.TemporaryDirectory() as work:
-                    ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
-                                builder=builder, runner=runner, database=db, space=tune_space(ttarget),
-                                strategy=_strategy(),
-                                measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
-                                + [_progress_callback(lambda name=name, mod=mod: (check(), show(name, mod)))])
-            added = _count(db, mod) - before
-            if added < todo[name]:  # the search ran out of new candidates: this task's space is exhausted
-                summary["exhausted"].append(name)
-                not_needed += todo[name] - added
-            show(name, mod)
-            summary["tasks"][name] = {"rule": task_rule(funcs[name]), "trials": _count(db, mod),
-                                      "best_ms": _best_ms(db, mod)}
+                if before == 0 and left > 0 and start_db is not None:
+                    sch = _start_record(start_db, mod)
+                    what = f"{summary['started_from']['database']}'s record"
+                    if sch is not None and _seed(db, mod, ttarget, builder, runner, sch, what):
+                        check()
+                        left -= 1
+                        summary["started_from"]["tasks"].append(name)
+                        show(name, mod)
+                # One MetaSchedule run per task, so that its cost model learns across batches; each
+                # measured batch (``chunk`` trials) is committed to the JSON database before the next
+                # one starts (a kill loses at most the batch in flight).
+                if left > 0:
+                    quiet()
+                    with tempfile.TemporaryDirectory() as work:
+                        ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
+                                    builder=builder, runner=runner, database=db, space=tune_space(ttarget),
+                                    strategy=_strategy(),
+                                    measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
+                                    + [_progress_callback(lambda name=name, mod=mod: (check(), show(name, mod)))])
+                added = _count(db, mod) - before
+                if added < todo[name]:  # the search ran out of new candidates: this task's space is exhausted
+                    summary["exhausted"].append(name)
+                    not_needed += todo[name] - added
+                show(name, mod)
+                summary["tasks"][name] = {"rule": task_rule(funcs[name]), "trials": _count(db, mod),
+                                          "best_ms": _best_ms(db, mod)}
+    finally:
+        builder.close()
     summary["trials_run"] = measured()
     return mods
 
