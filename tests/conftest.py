@@ -24,6 +24,26 @@ def run_cli(*args: str, check: bool = True, timeout: float = 600) -> subprocess.
     return p
 
 
+def cli_run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """``mntvm ARGS`` in this process (``mntvm.cli.main``, stdout and stderr captured): the same
+    parsing and printing as :func:`run_cli` without a new process importing TVM (~3 s) each time."""
+    import contextlib
+    import io
+
+    from mntvm import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = cli.main(list(args))
+        except SystemExit as e:  # argparse's usage errors
+            rc = e.code if isinstance(e.code, int) else 2
+    p = subprocess.CompletedProcess(["mntvm", *args], rc, out.getvalue(), err.getvalue())
+    if check and rc != 0:
+        raise AssertionError(f"mntvm {' '.join(args)} failed ({rc}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
 def ort_run(onnx_model, x: np.ndarray, threads: int = 1) -> np.ndarray:
     """Run an ONNX model (ModelProto or path) in ONNX Runtime, the independent reference."""
     import onnxruntime as ort

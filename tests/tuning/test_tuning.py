@@ -27,7 +27,7 @@ from mntvm.tuning.database import META, RECORDS, WORKLOADS, ScheduleDB, db_name,
 from mntvm.tuning.manage import prune
 from mntvm.tuning.tune import tune, tune_funcs
 
-from conftest import ROOT, ort_run, run_cli
+from conftest import ROOT, cli_run, ort_run, run_cli
 from rpc_fixtures import Server, Tracker
 
 CFG = MobileNetConfig(alpha=0.25, resolution=32)
@@ -321,7 +321,7 @@ def _snapshot(*dirs):
 def test_show(tuned, tmp_path):
     out, summary = tuned
     want = _records(out)
-    r = json.loads(run_cli("schedules", "show", str(out), "--json").stdout)
+    r = json.loads(cli_run("schedules", "show", str(out), "--json").stdout)
     assert r["path"] == str(out) and r["tvm_version"] == json.loads((out / META).read_text())["tvm_version"]
     assert r["target"]["name"] == "x86" and r["target"]["tvm_target"]["kind"] == "llvm"
     assert "keys" not in r["target"]["tvm_target"]  # the essential keys only
@@ -337,7 +337,7 @@ def test_show(tuned, tmp_path):
     assert names["mntvm_dense"]["rule"] == "mntvm_dense" and names["mntvm_dense"]["output_shape"] == [1, CFG.num_classes]
     assert names["mntvm_dense"]["trials"] == len(want[names["mntvm_dense"]["hash"]])
 
-    plain = run_cli("schedules", "show", str(out)).stdout.splitlines()
+    plain = run_cli("schedules", "show", str(out)).stdout.splitlines()  # as a user runs it, in its own process
     assert plain[0].startswith(f"{out}: tuned for x86 (kind llvm") and "TVM 0.27" in plain[0]
     assert plain[-1] == f"{len(want)} workloads, {r['records']} records"
     for t, line in zip(r["tasks"], plain[2:-1]):
@@ -351,10 +351,10 @@ def test_show(tuned, tmp_path):
     meta = json.loads((old / META).read_text())
     del meta["tasks"]
     (old / META).write_text(json.dumps(meta))
-    r2 = json.loads(run_cli("schedules", "show", str(old), "--json").stdout)
+    r2 = json.loads(cli_run("schedules", "show", str(old), "--json").stdout)
     assert [t["name"] for t in r2["tasks"]] == [None] * len(want)
     assert [{**t, "name": None} for t in r["tasks"]] == r2["tasks"]
-    assert run_cli("schedules", "show", str(old)).stdout.splitlines()[2].split()[1] == "-"
+    assert cli_run("schedules", "show", str(old)).stdout.splitlines()[2].split()[1] == "-"
 
 
 def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_path):
@@ -365,7 +365,7 @@ def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_pat
             want.setdefault(h, []).extend(means)
     before = _snapshot(out, other)
     merged = tmp_path / "merged"
-    p = run_cli("schedules", "merge", str(out), str(other), "-o", str(merged))
+    p = cli_run("schedules", "merge", str(out), str(other), "-o", str(merged))
     assert "-> " + str(merged) in p.stdout
     got = _records(merged)
     assert set(got) == set(want)
@@ -381,7 +381,7 @@ def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_pat
     assert _records(tmp_path / "merged2") == got
 
     # merging again over an existing OUT replaces it whole
-    p = run_cli("schedules", "merge", str(other), "-o", str(merged))
+    p = cli_run("schedules", "merge", str(other), "-o", str(merged))
     assert _records(merged) == {h: [_best(m)] for h, m in _records(other).items()}
 
     foreign = tmp_path / "foreign"
@@ -391,7 +391,7 @@ def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_pat
     (foreign / META).write_text(json.dumps(meta))
     before = _snapshot(merged)
     for dest in (tmp_path / "new", merged):
-        p = run_cli("schedules", "merge", str(out), str(foreign), "-o", str(dest), check=False)
+        p = cli_run("schedules", "merge", str(out), str(foreign), "-o", str(dest), check=False)
         assert p.returncode == 2 and p.stderr.count("\n") == 1
         assert p.stderr.startswith(f"mntvm: error: cannot merge {foreign}: tuned for target 'x86-avx2', not 'x86'")
     assert not (tmp_path / "new").exists() and _snapshot(merged) == before
@@ -407,14 +407,14 @@ def test_prune_keeps_exactly_the_k_best(tuned, tmp_path, k):
     shutil.copytree(out, db)
     (db / "NOTES.txt").write_text("mine\n")
     pruned = tmp_path / "pruned"
-    run_cli("schedules", "prune", str(db), "--top-k", str(k), "-o", str(pruned))
+    cli_run("schedules", "prune", str(db), "--top-k", str(k), "-o", str(pruned))
     assert {h: sorted(m) for h, m in _records(pruned).items()} == want
     assert _records(db) == _records(out)  # -o leaves the source alone
-    p = run_cli("schedules", "prune", str(db), "--top-k", str(k))  # in place
+    p = cli_run("schedules", "prune", str(db), "--top-k", str(k))  # in place
     assert {h: sorted(m) for h, m in _records(db).items()} == want
     assert f"kept {sum(map(len, want.values()))} of {sum(map(len, _records(out).values()))} records" in p.stdout
     assert (db / "NOTES.txt").read_text() == "mine\n"  # what else was in the folder stays
-    r = json.loads(run_cli("schedules", "show", str(db), "--json").stdout)
+    r = json.loads(cli_run("schedules", "show", str(db), "--json").stdout)
     assert [t["trials"] for t in r["tasks"]] == [len(m) for m in want.values()]
     open_schedules(db, get_profile("x86")).database()
 
@@ -435,14 +435,14 @@ def test_databases_and_their_identity_name_no_absolute_path(tuned, other, tmp_pa
     logs hold none either."""
     out, _ = tuned
     merged, pruned = tmp_path / "merged", tmp_path / "pruned"
-    run_cli("schedules", "merge", str(out), str(other), "-o", str(merged))
+    cli_run("schedules", "merge", str(out), str(other), "-o", str(merged))
     old = tmp_path / "old"
     shutil.copytree(other, old)
     meta = json.loads((old / META).read_text())
     meta["target"]["source"] = str(ROOT / "targets" / "x86.toml")  # as databases were written before
     meta["merged"] = {"sources": ["/tmp/tune_scratch"], "top_k": 1}
     (old / META).write_text(json.dumps(meta))
-    run_cli("schedules", "prune", str(old), "--top-k", "1", "-o", str(pruned))
+    cli_run("schedules", "prune", str(old), "--top-k", "1", "-o", str(pruned))
     for db in (out, other, merged, pruned):
         meta = json.loads((db / META).read_text())
         assert _absolute_paths(meta) == [] and str(tmp_path.parent) not in (db / META).read_text(), db
@@ -472,12 +472,12 @@ def test_schedules_commands_on_corrupt_and_torn_logs(tuned, other, tmp_path):
     lines = (bad / RECORDS).read_text().splitlines()
     (bad / RECORDS).write_text("\n".join(lines[:2] + ['[0, [[["GetSBlock"'] + lines[2:]) + "\n")
     merged = tmp_path / "merged"
-    run_cli("schedules", "merge", str(other), "-o", str(merged))
+    cli_run("schedules", "merge", str(other), "-o", str(merged))
     before = _snapshot(bad, other, merged)
     for args in (["show", str(bad)], ["show", str(bad), "--json"], ["prune", str(bad), "--top-k", "1"],
                  ["prune", str(bad), "--top-k", "1", "-o", str(tmp_path / "p")],
                  ["merge", str(other), str(bad), "-o", str(merged)]):
-        p = run_cli("schedules", *args, check=False)
+        p = cli_run("schedules", *args, check=False)
         assert p.returncode == 2 and p.stdout == "", args
         assert p.stderr == f"mntvm: error: corrupt schedules log {bad / RECORDS}: line 3 is not JSON\n", args
         assert _snapshot(bad, other, merged) == before, args  # byte for byte
@@ -486,7 +486,7 @@ def test_schedules_commands_on_corrupt_and_torn_logs(tuned, other, tmp_path):
 
     # a record pointing past the workloads is named by its line too
     (bad / RECORDS).write_text("\n".join(lines[:4] + ["[999, [[], [1.0], null, null]]"] + lines[4:]) + "\n")
-    p = run_cli("schedules", "show", str(bad), check=False)
+    p = cli_run("schedules", "show", str(bad), check=False)
     assert p.returncode == 2 and f"{bad / RECORDS}: line 5 does not refer to a known workload" in p.stderr
 
     # a torn last line (a kill mid-write) is only left out: show reads around it, touching nothing
@@ -495,9 +495,9 @@ def test_schedules_commands_on_corrupt_and_torn_logs(tuned, other, tmp_path):
     with open(torn / RECORDS, "a") as f:
         f.write('[0, [[["GetSBlock"')
     before = _snapshot(torn)
-    r = json.loads(run_cli("schedules", "show", str(torn), "--json").stdout)
+    r = json.loads(cli_run("schedules", "show", str(torn), "--json").stdout)
     assert r["records"] == len(lines) and _snapshot(torn) == before
-    run_cli("schedules", "prune", str(torn), "--top-k", "1")
+    cli_run("schedules", "prune", str(torn), "--top-k", "1")
     assert len((torn / RECORDS).read_text().splitlines()) == sum(_best(m) is not None for m in _records(out).values())
 
 
