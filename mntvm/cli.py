@@ -84,8 +84,9 @@ def cmd_compile(a) -> None:
 
     out = compile_model(_config(a), a.output, target=a.target, weights=a.weights, seed=a.seed,
                         targets_dir=a.targets_dir, mcpu=a.mcpu, mattr=_mattr(a), schedules=a.schedules,
-                        force_schedules=a.force_schedules, dtype=a.dtype, calibration=a.calibration,
-                        method=a.calibration_method, calibration_count=a.calibration_count)
+                        force_schedules=a.force_schedules, check_log=not a.no_log_check, dtype=a.dtype,
+                        calibration=a.calibration, method=a.calibration_method,
+                        calibration_count=a.calibration_count)
     print(format_compiled(out))
 
 
@@ -295,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--schedules", default="default",
                    help="tuned database: 'default' (shipped in schedules/), a folder, or 'none' (template defaults)")
     s.add_argument("--force-schedules", action="store_true", help="apply a database tuned for another target")
+    s.add_argument("--no-log-check", action="store_true",
+                   help="apply every tuned record as it is, without timing it here against the template defaults "
+                        "(a build that does not depend on this machine's timings)")
     s.add_argument("--dtype", choices=("float32", "int8"),
                    help="float32 or int8 (default: follows --weights; a quantized QDQ .onnx builds as int8)")
     _calibration_args(s)

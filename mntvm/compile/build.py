@@ -35,16 +35,18 @@ from mntvm.templates.lowering import has_templates, lower
 from mntvm.templates.lowering_int8 import lower_int8, pointwise_kernel
 from mntvm.templates.registry import tunable_tasks
 from mntvm.tuning import open_schedules
-from mntvm.tuning.verify import check_stand_in
+from mntvm.tuning import verify
 
 
-def build(cfg: MobileNetConfig, weights, profile, schedules=None):
+def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: bool = True):
     """Lower, schedule and build; returns ``(relax.Executable, schedule_info dict)``.
 
     ``weights``: fp32 weights (a dict) or a :class:`QuantizedNet` (int8, CPU targets only).
     CPU families and CUDA: our templates (:mod:`mntvm.templates`), with tuned records from
     ``schedules`` (a :class:`mntvm.tuning.database.ScheduleDB` or None) where they exist and
     template defaults elsewhere. Other GPU families: DLight rules (:mod:`mntvm.templates.gpu`).
+    When the profile is this machine's CPU and ``check_log``, each tuned task is timed against
+    its template defaults here (:func:`mntvm.tuning.verify.check_log`) and the faster one kept.
     """
     import tvm
 
@@ -61,16 +63,16 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None):
     mod = low
     if schedules is not None:
         mod, tuned = schedules.apply(low, target)
-        if schedules.stand_in and tuned and profile.detected.get("mcpu"):
-            # another CPU's log, on this machine (the profile is this CPU): checked task by task here
-            check = check_stand_in(schedules, low, mod, tuned, target, lambda f: apply_default_schedules(
+        if check_log and tuned and profile.detected.get("mcpu"):
+            # the profile is this CPU: the log (this CPU's or another's) is checked task by task here
+            check = verify.check_log(schedules, low, mod, tuned, target, lambda f: apply_default_schedules(
                 tvm.IRModule({"main": f}), target, profile.vector_bits)["main"], profile.threads)
             mod = mod.clone()
             for name, v in check["tasks"].items():
                 if v["keep"] == "default":
                     mod[name] = low[name]  # scheduled at the template defaults below
             tuned = [n for n in tuned if check["tasks"][n]["keep"] == "log"]
-            info["stand_in_check"] = {"kept": len(tuned), "reverted": sorted(
+            info["log_check"] = {"kept": len(tuned), "reverted": sorted(
                 n for n, v in check["tasks"].items() if v["keep"] == "default"), "measured": check["measured"],
                 "seconds": check["seconds"], "file": check["file"],
                 "log_ms": round(sum(v["log_ms"] for v in check["tasks"].values()), 4),
@@ -100,13 +102,15 @@ def compile_model(
     calibration: str | os.PathLike | None = None,
     method: str = "minmax",
     calibration_count: int = 16,
+    check_log: bool = True,
 ) -> Path:
     """Compile ``cfg`` for ``target`` into ``out_dir`` and return its path.
 
     ``schedules``: "default" (the target's shipped database in ``schedules/<target>/``, if any),
     a database folder, or None/"none" (template defaults only). A database tuned for another
-    target is refused unless ``force_schedules``. ``dtype``/``calibration``/``method``: see
-    :func:`network_for`.
+    target is refused unless ``force_schedules``. Compiling for this machine's CPU, the log's tasks
+    are checked against the template defaults here unless ``check_log`` is False (see
+    :func:`build`). ``dtype``/``calibration``/``method``: see :func:`network_for`.
     """
     import tvm
     import tvm_ffi
@@ -118,7 +122,7 @@ def compile_model(
     db = open_schedules(schedules, profile, force=force_schedules) if has_templates(profile) else None
     w, quant = network_for(cfg, profile, weights, seed, dtype, calibration, method, calibration_count)
     t0 = time.perf_counter()
-    ex, sched_info = build(cfg, w, profile, db)
+    ex, sched_info = build(cfg, w, profile, db, check_log=check_log)
     build_s = time.perf_counter() - t0
     out_dir = Path(out_dir)
     with write_artifact(out_dir) as tmp:
@@ -170,7 +174,7 @@ def format_compiled(out: str | os.PathLike) -> str:
             lines.append(f"schedules: no log for this CPU ({meta['target']['tvm_target'].get('mcpu')}) in "
                          f"schedules/; used the one tuned on {db['mcpu']} ({db.get('stand_in_reason') or 'same ISA'}). "
                          f"`mntvm tune --target {meta['target']['name']}` makes one for this CPU")
-        c = s.get("stand_in_check")
+        c = s.get("log_check")
         if c:
             how = f"timed {c['measured']} task(s) in {c['seconds']:.1f}s" if c["measured"] else "verdicts from an earlier check"
             lines.append(f"schedules: checked here against the template defaults ({how}): {c['kept']} task(s) kept "
