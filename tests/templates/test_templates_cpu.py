@@ -219,6 +219,23 @@ def test_dw_pointwise_default_knobs_share_tasks_evenly(cores):
         assert d["p"][0] * d["p"][1] == rows * ho and d["w"][0] * d["w"][1] == ho
 
 
+def test_dw_pointwise_default_knobs_read_large_weights_once():
+    """Pointwise weights larger than a core's L2 (the 1024-channel layers: 2-4 MB) are read by one
+    band of rows, split into output-channel groups among the threads; small weights are not
+    split (a group computes the depthwise rows again). 6x6 maps (resolution 192) get a 4x6
+    register tile."""
+    fam = family_for(tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 2}), 512)
+    for c, o_c, ho in [(512, 1024, 7), (1024, 1024, 7), (1024, 1024, 6), (768, 768, 6), (1024, 1024, 4)]:
+        assert c * o_c * 4 > 1 << 20
+        d = dw_pointwise_knobs(o_c // 16, ho, ho, c // 16, 16, fam)
+        assert d["rows"] == [1, ho] and d["ob"][0] == 2, (c, o_c, ho, d)
+    for c, o_c, ho in [(128, 128, 56), (256, 256, 28), (512, 512, 14), (256, 256, 6)]:
+        d = dw_pointwise_knobs(o_c // 16, ho, ho, c // 16, 16, fam)
+        assert d["ob"][0] == 1 and d["rows"][0] % 2 == 0, (c, o_c, ho, d)
+    d = dw_pointwise_knobs(64, 6, 6, 64, 16, fam)
+    assert (d["ob"][2], d["p"][1]) == (4, 6)
+
+
 @pytest.mark.parametrize("seed", SEEDS)
 def test_stem(seed):
     check_stem(_by_seed(seed), 16, 32, atol=1e-4)
