@@ -10,6 +10,12 @@ def format_tune(r: dict) -> str:
         lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}")
     lines.append(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
                  + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
+    c = r.get("check")
+    if c:
+        n = len(c["log"]) + len(c["defaults"])
+        lines.append(f"checked here against the template defaults, in alternation, as compile does (it reuses "
+                     f"these verdicts): {len(c['log'])} of {n} task(s) keep the log's schedule (within 3 % of the "
+                     f"defaults or faster); compile uses the defaults for: {', '.join(c['defaults']) or 'none'}")
     s = r.get("started_from")
     if s:
         what = "the log standing in for this CPU" if s["stand_in"] else "the log"

@@ -40,12 +40,18 @@ def tuned(tmp_path_factory):
     return out, summary
 
 
-def test_tiny_tuning_writes_a_database(tuned):
+def test_tiny_tuning_writes_a_database(tuned, tmp_path):
     out, summary = tuned
     # "pw" selects the pointwise convs, which on CPUs run fused with the depthwise before them
     assert {t["rule"] for t in summary["tasks"].values()} == {"mntvm_dwpw", "mntvm_dense"}
     assert all(t["trials"] >= 3 and t["best_ms"] > 0 for t in summary["tasks"].values())
     assert (out / RECORDS).stat().st_size > 0 and (out / "mntvm-db.json").is_file()
+    # the finished log was checked here against the defaults, as compile will (same verdicts)
+    c = summary["check"]
+    assert sorted(c["log"] + c["defaults"]) == sorted(summary["tasks"]) and c["measured"] == len(summary["tasks"])
+    s = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out)).metadata["schedules"]
+    assert s["log_check"]["measured"] == 0 and s["log_check"]["reverted"] == c["defaults"]
+    assert s["tuned"] == c["log"]
 
 
 def test_each_task_search_starts_from_the_default_knobs(tuned):
