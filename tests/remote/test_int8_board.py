@@ -8,6 +8,7 @@ Needs the board (``mntvm board prepare``: see tests/remote/test_board.py); ~1 mi
 """
 from __future__ import annotations
 
+import gc
 import time
 
 import numpy as np
@@ -89,6 +90,9 @@ def test_int8_on_board_is_exact(net, a64, tmp_path, name, dot, seed):
         del vm, dev
     finally:
         del remote
+        # the session ends when its last reference goes: collect any cycle holding one now, or the
+        # next test's request waits for the board until this session's 300 s timeout (seen once: 300.35 s)
+        gc.collect()
     cap = {}
     probs = forward_int8(net, x, capture=cap)
     for lname, got in zip(names, outs[1:]):

@@ -167,7 +167,11 @@ def test_a_log_tuned_here_is_checked_here_too(tuned, tmp_path, monkeypatch):
     (verdicts,) = (tmp_path / "cache" / "log-checks").glob("*.json")
     v = json.loads(verdicts.read_text())["workloads"]
     assert len(v) == len(summary["tasks"])
-    assert all((w["keep"] == "log") == (w["log_ms"] <= w["default_ms"] * 1.03) for w in v.values())
+    for w in v.values():  # the log kept unless slower than the defaults by more than 3 % (times stored to 0.1 us)
+        if w["keep"] == "log":
+            assert w["log_ms"] <= w["default_ms"] * 1.03 + 1e-4, w
+        else:
+            assert w["keep"] == "default" and w["log_ms"] >= w["default_ms"] * 1.03 - 1e-4, w
     assert "schedules: checked here against the template defaults (timed" in format_compiled(tmp_path / "a")
 
 
