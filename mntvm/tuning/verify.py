@@ -7,9 +7,11 @@ Two reasons, both measured:
   same ISA) was tuned on other caches, clocks and ports: on the machine that filed issue 15 it
   made the network 9 % slower than the defaults;
 - a log tuned on this very machine picks each task's best from single timings taken minutes
-  apart, and on a shared machine whose speed drifts by 40 % the best is often a lucky one: a
-  16-trial log of 1.0/224 made the network 11 % slower than the defaults (some tasks 13-28 %
-  slower inside the network), although each task's search had started from the defaults.
+  apart, and on a shared machine whose speed drifts by 40 % the best can be a lucky one: a
+  16-trial log of 1.0/224, tuned while a test run shared the CPU, made the network 11 % slower
+  than the defaults (some tasks 13-28 % slower inside the network), although each task's search
+  had started from the defaults. Tuned on a quiet machine, 4 of its 12 tasks still lost to the
+  defaults here.
 :func:`check_log` times both versions of every task the log covers in alternation (a few
 milliseconds each, like a layer inside the network: private caches cold), keeps the log's schedule
 only where it is not slower by more than the noise margin, and remembers the verdict per (log,
