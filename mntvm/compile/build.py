@@ -46,7 +46,7 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
     ``schedules`` (a :class:`mntvm.tuning.database.ScheduleDB` or None) where they exist and
     template defaults elsewhere. Other GPU families: DLight rules (:mod:`mntvm.templates.gpu`).
     When the profile is this machine's CPU and ``check_log``, each tuned task is timed against
-    its template defaults here (:func:`mntvm.tuning.verify.check_log`) and the faster one kept.
+    its template defaults here (:func:`mntvm.tuning.verify.apply_checked`) and the faster one kept.
     """
     import tvm
 
@@ -62,21 +62,9 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
     info = {"kind": "templates", "tasks": len(tasks), "tuned": [], "defaults": tasks, "database": None}
     mod = low
     if schedules is not None:
-        mod, tuned = schedules.apply(low, target)
-        if check_log and tuned and profile.detected.get("mcpu"):
-            # the profile is this CPU: the log (this CPU's or another's) is checked task by task here
-            check = verify.check_log(schedules, low, mod, tuned, target, lambda f: apply_default_schedules(
-                tvm.IRModule({"main": f}), target, profile.vector_bits)["main"], profile.threads)
-            mod = mod.clone()
-            for name, v in check["tasks"].items():
-                if v["keep"] == "default":
-                    mod[name] = low[name]  # scheduled at the template defaults below
-            tuned = [n for n in tuned if check["tasks"][n]["keep"] == "log"]
-            info["log_check"] = {"kept": len(tuned), "reverted": sorted(
-                n for n, v in check["tasks"].items() if v["keep"] == "default"), "measured": check["measured"],
-                "seconds": check["seconds"], "file": check["file"],
-                "log_ms": round(sum(v["log_ms"] for v in check["tasks"].values()), 4),
-                "default_ms": round(sum(v["default_ms"] for v in check["tasks"].values()), 4)}
+        mod, tuned, check = verify.apply_checked(schedules, low, profile, check_log)
+        if check:
+            info["log_check"] = check
         info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
                     defaults=[t for t in tasks if t not in tuned])
     if profile.is_gpu:

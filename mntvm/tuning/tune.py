@@ -35,7 +35,7 @@ from mntvm.model import weights as W
 from mntvm.model.calibration import load_calibration
 from mntvm.model.quantize import quantize
 from mntvm.targets.profiles import get_profile
-from mntvm.templates.defaults import apply_default_schedules, default_schedule
+from mntvm.templates.defaults import default_schedule
 from mntvm.templates.lowering import has_templates, lower
 from mntvm.templates.lowering_int8 import lower_int8
 from mntvm.templates.registry import (RULE_DENSE, RULE_DENSE8, RULE_DW, RULE_DW8, RULE_DWPW, RULE_POOL, RULE_POOL8,
@@ -45,7 +45,7 @@ from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_
 from mntvm.tuning.lock import db_lock
 from mntvm.tuning.measure import runner as measuring
 from mntvm.tuning.space import ms_builder, tune_space
-from mntvm.tuning.verify import check_log
+from mntvm.tuning.verify import apply_checked
 
 MIN_FREE_BYTES = 50 << 20  # free space tune wants on the database's filesystem before it starts
 # the fused depthwise + pointwise tasks (RULE_DWPW) are both "pw" and "dw"
@@ -292,26 +292,20 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         sdb.meta = write_meta(path, meta)
     if summary["tasks"] and not tracker and not profile.is_gpu and profile.detected.get("mcpu"):
-        summary["check"] = _check_against_defaults(path, profile, funcs, force)
+        summary["check"] = _check_against_defaults(sdb, profile, funcs)
     summary["seconds"] = time.time() - t0
     return summary
 
 
-def _check_against_defaults(path: Path, profile, funcs: Mapping, force: bool) -> dict:
+def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping) -> dict:
     """The finished log's tasks timed against their template defaults here, in alternation, as
-    compile does before it uses a log on this CPU (:func:`mntvm.tuning.verify.check_log`, same
+    compile does before it uses a log on this CPU (:func:`mntvm.tuning.verify.apply_checked`, same
     verdict cache: compile then times nothing). Each task's best record was picked from single
     timings taken minutes apart; this says which of them really beat the defaults."""
     import tvm
 
-    target = profile.tvm_target()
-    sdb = open_schedules(path, profile, force=force)
-    mod, covered = sdb.apply(tvm.IRModule(dict(funcs)), target)
-    c = check_log(sdb, funcs, mod, covered, target, lambda f: apply_default_schedules(
-        tvm.IRModule({"main": f}), target, profile.vector_bits)["main"], profile.threads)
-    return {"log": sorted(n for n, v in c["tasks"].items() if v["keep"] == "log"),
-            "defaults": sorted(n for n, v in c["tasks"].items() if v["keep"] == "default"),
-            "measured": c["measured"], "seconds": c["seconds"]}
+    _, kept, c = apply_checked(sdb, tvm.IRModule(dict(funcs)), profile)
+    return {"log": kept, "defaults": c["reverted"], "measured": c["measured"], "seconds": c["seconds"]}
 
 
 def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,

@@ -17,7 +17,7 @@ milliseconds each, like a layer inside the network: private caches cold), keeps 
 only where it is not slower by more than the noise margin, and remembers the verdict per (log,
 machine, TVM) in the cache folder, so the next compile on this machine costs nothing.
 
-Public entry: :func:`check_log`.
+Public entries: :func:`apply_checked` (a log applied to a lowered module, checked), :func:`check_log`.
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ import numpy as np
 from mntvm.core.atomic import write_text
 from mntvm.core.paths import cache_dir
 from mntvm.core.threads import caller_pinned, cores, set_threads
+from mntvm.templates.defaults import apply_default_schedules
 from mntvm.tuning.database import task_mod
 from mntvm.tuning.measure import evict_private_caches
 
@@ -93,14 +94,16 @@ def _time_pair(a, b, target, budget_s: float = 0.3) -> tuple[float, float]:
     return float(np.median(ra)), float(np.median(rb))
 
 
-def check_log(db, low, mod, covered: list[str], target, scheduled_defaults, threads: int) -> dict:
+def check_log(db, low, mod, covered: list[str], profile) -> dict:
     """Per task of ``covered``: keep the log's schedule (``mod[name]``) or the template defaults
-    (``scheduled_defaults(func)`` of ``low[name]``), whichever is faster here. Returns ``{"tasks":
-    {name: {"log_ms", "default_ms", "keep"}}, "measured": tasks timed now, "seconds", "file"}``;
-    verdicts are kept per workload in the file of :func:`verdict_path` (read, extended, rewritten
-    atomically), so only workloads not judged on this machine before are timed."""
+    (of ``low[name]``), whichever is faster here on ``profile``'s target and threads. Returns
+    ``{"tasks": {name: {"log_ms", "default_ms", "keep"}}, "measured": tasks timed now, "seconds",
+    "file"}``; verdicts are kept per workload in the file of :func:`verdict_path` (read, extended,
+    rewritten atomically), so only workloads not judged on this machine before are timed."""
+    import tvm
     import tvm_ffi
 
+    target = profile.tvm_target()
     path = verdict_path(db.identity()["sha256"])
     key = {n: str(tvm_ffi.structural_hash(task_mod(low[n]))) for n in covered}  # the workload, not its name
     try:
@@ -110,9 +113,10 @@ def check_log(db, low, mod, covered: list[str], target, scheduled_defaults, thre
     t0 = time.perf_counter()
     todo = [n for n in covered if key[n] not in known]
     if todo:
-        set_threads(min(threads, cores()))
+        set_threads(min(profile.threads, cores()))
     for name in todo:
-        log_s, def_s = _time_pair(mod[name], scheduled_defaults(low[name]), target)
+        default = apply_default_schedules(tvm.IRModule({"main": low[name]}), target, profile.vector_bits)["main"]
+        log_s, def_s = _time_pair(mod[name], default, target)
         known[key[name]] = {"log_ms": round(log_s * 1e3, 4), "default_ms": round(def_s * 1e3, 4),
                             "keep": "log" if log_s <= def_s * (1 + MARGIN) else "default"}
     if todo:
@@ -120,3 +124,24 @@ def check_log(db, low, mod, covered: list[str], target, scheduled_defaults, thre
         write_text(path, json.dumps({"workloads": known, "machine": machine_key()}, indent=1, sort_keys=True) + "\n")
     return {"tasks": {n: known[key[n]] for n in covered}, "measured": len(todo),
             "seconds": round(time.perf_counter() - t0, 2), "file": path.name}
+
+
+def apply_checked(db, low, profile, check: bool = True):
+    """``db``'s records applied to the lowered module ``low`` (:meth:`ScheduleDB.apply`); when
+    ``profile`` is this machine's CPU and ``check``, every tuned task is first checked here
+    (:func:`check_log`) and those the defaults beat are left unscheduled (the template defaults
+    schedule them later). Returns ``(module, tuned task names kept, check summary or None)``; the
+    summary: ``kept``, ``reverted`` (names), ``measured``, ``seconds``, ``file``, and the tasks'
+    summed ``log_ms`` / ``default_ms``."""
+    mod, tuned = db.apply(low, profile.tvm_target())
+    if not (check and tuned and not profile.is_gpu and profile.detected.get("mcpu")):
+        return mod, tuned, None
+    c = check_log(db, low, mod, tuned, profile)
+    reverted = sorted(n for n, v in c["tasks"].items() if v["keep"] == "default")
+    mod = mod.clone()
+    for name in reverted:
+        mod[name] = low[name]
+    tuned = [n for n in tuned if n not in reverted]
+    return mod, tuned, {"kept": len(tuned), "reverted": reverted, "measured": c["measured"], "seconds": c["seconds"],
+                        "file": c["file"], "log_ms": round(sum(v["log_ms"] for v in c["tasks"].values()), 4),
+                        "default_ms": round(sum(v["default_ms"] for v in c["tasks"].values()), 4)}
