@@ -154,8 +154,9 @@ def test_compile_applies_the_database(tuned, tmp_path):
 
 
 def test_a_log_tuned_here_is_checked_here_too(tuned, tmp_path, monkeypatch):
-    """tune picks each task's best from single timings minutes apart; on a shared machine that is
-    often a lucky one (a 16-trial log of 1.0/224 ran 11 % slower than the defaults). So compile
+    """tune picks each task's best from single timings minutes apart; on a shared machine that can
+    be a lucky one (a 16-trial log of 1.0/224 tuned beside a test run ran 11 % slower than the
+    defaults). So compile
     checks this machine's own log as it checks another CPU's: each tuned task timed against its
     template defaults in alternation, the faster kept, the verdicts remembered."""
     out, summary = tuned
