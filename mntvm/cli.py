@@ -118,9 +118,9 @@ def cmd_schedules(a) -> None:
         print(json.dumps(r) if a.json else T.format_show(r))
         return
     if a.schedules_cmd == "merge":
-        r = T.merge(a.sources, a.output, top_k=a.top_k)
+        r = T.merge(a.sources, a.output, top_k=a.top_k, drop_reverted=a.drop_reverted)
     else:
-        r = T.merge([a.path], a.output or a.path, top_k=a.top_k)
+        r = T.merge([a.path], a.output or a.path, top_k=a.top_k, drop_reverted=a.drop_reverted)
     print(T.format_merge(r))
 
 
@@ -267,6 +267,10 @@ def _positive(text: str) -> int:
     return n
 
 
+DROP_REVERTED_HELP = ("leave out each workload's records that this machine's check (by tune or compile) sent "
+                      "back to the template defaults")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mntvm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -339,10 +343,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="database folder to write (atomically; may be one of the sources)")
     c.add_argument("--top-k", type=int, default=1, help="records to keep per workload (default 1)")
+    c.add_argument("--drop-reverted", action="store_true", help=DROP_REVERTED_HELP)
     c = ss.add_parser("prune", help="keep the K fastest records per workload")
     c.add_argument("path", metavar="DIR", help="schedules database folder")
     c.add_argument("--top-k", type=int, required=True, help="records to keep per workload")
     c.add_argument("-o", "--output", metavar="OUT", help="write here (default: DIR, in place, atomically)")
+    c.add_argument("--drop-reverted", action="store_true", help=DROP_REVERTED_HELP)
     s.set_defaults(func=cmd_schedules)
 
     s = sub.add_parser("run", help="run an artifact here and print the top-k classes")

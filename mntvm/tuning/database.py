@@ -17,7 +17,7 @@ a corrupt one is named by file and line, whoever opens it (compile, tune, show, 
 Public entries: :func:`open_schedules` (compile), :class:`ScheduleDB`, :func:`db_name`,
 :func:`load` (read-only, for show/merge/prune), :func:`read_logs`, :func:`check_destination_db`
 (where tune/merge may write a database), :func:`task_mod` / :func:`task_rule` (a task's workload as
-MetaSchedule keys it, and its template rule).
+MetaSchedule keys it, and its template rule), :func:`log_hash` (a folder's identity).
 """
 from __future__ import annotations
 
@@ -174,6 +174,19 @@ def task_mod(func):
     return _normalize_mod(func)
 
 
+def log_hash(path) -> tuple[str, int]:
+    """A database folder's identity: the hash of its two logs (16 hex digits) and its record count."""
+    h = hashlib.sha256()
+    n = 0
+    for name in (WORKLOADS, RECORDS):
+        p = Path(path) / name
+        if p.exists():
+            data = p.read_bytes()
+            h.update(data)
+            n += data.count(b"\n") if name == RECORDS else 0
+    return h.hexdigest()[:16], n
+
+
 @dataclass
 class ScheduleDB:
     """A schedules database folder."""
@@ -210,17 +223,10 @@ class ScheduleDB:
     def identity(self) -> dict:
         """What compile records of the database: its folder name, whether it is a shipped one, a
         hash of its logs and its target; no path (the same log means the same anywhere)."""
-        h = hashlib.sha256()
-        n = 0
-        for name in (WORKLOADS, RECORDS):
-            p = self.path / name
-            if p.exists():
-                data = p.read_bytes()
-                h.update(data)
-                n += data.count(b"\n") if name == RECORDS else 0
+        sha, n = log_hash(self.path)
         tgt = self.meta.get("target", {})
         shipped = self.path.resolve().parent == data_dir("schedules").resolve()
-        return {"name": self.path.name, "shipped": shipped, "sha256": h.hexdigest()[:16], "records": n,
+        return {"name": self.path.name, "shipped": shipped, "sha256": sha, "records": n,
                 "target": tgt.get("name"), "mcpu": (tgt.get("tvm_target") or {}).get("mcpu"),
                 "stand_in": self.stand_in, **({"stand_in_reason": self.stand_in_reason} if self.stand_in else {})}
 

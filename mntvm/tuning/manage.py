@@ -18,8 +18,9 @@ from pathlib import Path
 from mntvm.core.atomic import atomic_dir
 from mntvm.core.errors import MntvmError, one_line
 from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, check_destination_db, is_database_folder,
-                                   load, portable, target_diff, target_essentials, task_rule)
+                                   load, log_hash, portable, target_diff, target_essentials, task_rule)
 from mntvm.tuning.lock import db_lock
+from mntvm.tuning.verify import verdicts_here
 
 FAILED_SECS = 1e10  # what MetaSchedule records as the run time of a candidate that failed to build/run
 
@@ -55,8 +56,12 @@ def _describe_workload(db: LoadedDB, line: int, w: list) -> dict:
 
 def show(path) -> dict:
     """What a database holds: its target, TVM version and, per workload (task), its name when
-    ``tune`` recorded it, rule, shapes, trials (record lines), failed trials and best time in ms."""
+    ``tune`` recorded it, rule, shapes, trials (record lines), failed trials and best time in ms
+    (as tune measured it: one timing, possibly a lucky one), and ``here``: what this machine's
+    check concluded (the log's schedule and the defaults timed in alternation, ms, and which one
+    compile keeps), None where this machine has not checked the log (``checked_here`` False)."""
     db = load(path)
+    verdicts = verdicts_here(log_hash(db.path)[0])
     names = db.meta.get("tasks", {}) if isinstance(db.meta.get("tasks"), dict) else {}
     tasks = []
     for i, (line, w) in enumerate(db.workloads):
@@ -68,13 +73,20 @@ def show(path) -> dict:
                       "name": ", ".join(name) if isinstance(name, list) else name,
                       **_describe_workload(db, line, w), "trials": len(recs),
                       "failed": sum(c == float("inf") for c in costs),
-                      "best_ms": 1e3 * best if best < float("inf") else None})
+                      "best_ms": 1e3 * best if best < float("inf") else None,
+                      "here": (verdicts or {}).get(w[0])})
     return {"path": str(db.path), "target": _target_summary(db.meta), "tvm_version": db.meta.get("tvm_version"),
-            "tasks": tasks, "records": len(db.records)}
+            "tasks": tasks, "records": len(db.records), "checked_here": verdicts is not None}
 
 
-def merge(sources, out, top_k: int = 1) -> dict:
+def merge(sources, out, top_k: int = 1, drop_reverted: bool = False) -> dict:
     """Write the ``top_k`` fastest records per workload over all ``sources`` to ``out``.
+
+    ``drop_reverted``: leave out the records of each workload that this machine's check of a
+    source (:func:`mntvm.tuning.verify.check_log`, run by tune and compile) sent back to the
+    template defaults: a shipped log then holds only schedules that beat (or tie) the defaults
+    where it was tuned. A source this machine has not checked is refused. A workload left with no
+    record (every one failed, or dropped) is left out of the workload log too.
 
     Sources must be tuned for the same target. ``out`` (which may be one of the sources) is built
     in a temporary folder beside it, checked to load, then swapped in: an existing ``out`` is never
@@ -92,11 +104,21 @@ def merge(sources, out, top_k: int = 1) -> dict:
     check_destination_db(out)  # a file, or a folder of something else, is refused before any work
     # one writer at a time: out (possibly a source, for prune in place) is read and replaced whole
     with db_lock(out) if out.is_dir() else contextlib.nullcontext():
-        return _merge(sources, out, top_k)
+        return _merge(sources, out, top_k, drop_reverted)
 
 
-def _merge(sources, out: Path, top_k: int) -> dict:
+def _reverted(db: LoadedDB) -> set[str]:
+    """Workload hashes of ``db`` whose schedule lost to the template defaults in this machine's check."""
+    verdicts = verdicts_here(log_hash(db.path)[0])
+    if verdicts is None:
+        raise MntvmError(f"{db.path} has not been checked on this machine, so there is nothing to drop by: "
+                         f"compile with it here first (or run mntvm tune, which ends with the check)")
+    return {h for h, v in verdicts.items() if v.get("keep") == "default"}
+
+
+def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
     dbs = [load(s) for s in sources]  # every source parsed and checked before anything is written
+    dropped = {id(db): _reverted(db) for db in dbs} if drop_reverted else {}
     first = dbs[0]
     want = target_essentials(first.meta["target"].get("tvm_target", {}))
     for db in dbs[1:]:
@@ -118,6 +140,8 @@ def _merge(sources, out: Path, top_k: int) -> dict:
                 wl_rows.append(w)
             remap[i] = index[w[0]]
         for _, wi, rec in db.records:
+            if db.workloads[wi][1][0] in dropped.get(id(db), ()):
+                continue
             per.setdefault(remap[wi], {}).setdefault(json.dumps(rec, sort_keys=True), rec)
         if db is not first:
             theirs = db.meta.get("tasks") if isinstance(db.meta.get("tasks"), dict) else {}
@@ -129,20 +153,34 @@ def _merge(sources, out: Path, top_k: int) -> dict:
         meta["tasks"] = names
     kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi].values(), key=_mean_secs)[:top_k]
             if _mean_secs(r) < float("inf")]
+    # a workload left with no record (all failed, or dropped) is left out too: the workload log
+    # holds each task's whole IRModule, most of a database's size
+    used = sorted({wi for wi, _ in kept})
+    new_index = {wi: i for i, wi in enumerate(used)}
+    kept = [[new_index[wi], r] for wi, r in kept]
+    n_workloads = len(wl_rows)
+    wl_rows = [wl_rows[wi] for wi in used]
+    if names:
+        meta["tasks"] = {h: n for h, n in names.items() if h in {w[0] for w in wl_rows}}
     meta["merged"] = {"sources": [db.path.name for db in dbs], "top_k": top_k,
                       "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    if drop_reverted:
+        meta["merged"]["dropped_reverted"] = sorted(set().union(*dropped.values()))
     out = _replace_db(out, {WORKLOADS: "".join(json.dumps(w) + "\n" for w in wl_rows),
                             RECORDS: "".join(json.dumps(r) + "\n" for r in kept),
                             META: json.dumps(portable(meta), indent=2, sort_keys=True) + "\n"})
     return {"path": str(out), "sources": [str(db.path) for db in dbs], "top_k": top_k,
-            "workloads": len(wl_rows), "records_in": sum(len(db.records) for db in dbs), "records": len(kept)}
+            "workloads": len(wl_rows), "workloads_without_records": n_workloads - len(wl_rows),
+            "records_in": sum(len(db.records) for db in dbs), "records": len(kept),
+            "dropped_reverted": len(set().union(*dropped.values())) if drop_reverted else None}
 
 
-def prune(path, keep: int = 1, out=None) -> int:
+def prune(path, keep: int = 1, out=None, drop_reverted: bool = False) -> int:
     """Keep the ``keep`` fastest records per workload of ``path`` (a list of paths is merged), in
-    place or into ``out``, atomically; returns the number of records kept."""
+    place or into ``out``, atomically (``drop_reverted``: see :func:`merge`); returns the number
+    of records kept."""
     srcs = list(path) if isinstance(path, (list, tuple)) else [path]
-    return merge(srcs, out if out is not None else srcs[0], top_k=keep)["records"]
+    return merge(srcs, out if out is not None else srcs[0], top_k=keep, drop_reverted=drop_reverted)["records"]
 
 
 def _replace_db(out, files: dict) -> Path:

@@ -25,23 +25,40 @@ def format_tune(r: dict) -> str:
 
 
 def format_show(r: dict) -> str:
-    """A database's target and TVM version, then one row per workload (task, rule, shapes, trials, best)."""
+    """A database's target and TVM version, then one row per workload (task, rule, shapes, trials,
+    best as tuned; then this machine's check: the log's and the defaults' times and which compile
+    uses), then totals."""
     t = r["target"]
     keys = ", ".join(f"{k} {v}" for k, v in t["tvm_target"].items())
     lines = [f"{r['path']}: tuned for {t['name']} ({keys}) with TVM {r['tvm_version']}"]
-    rows = [("#", "task", "rule", "input -> output", "trials", "best ms")]
+    rows = [("#", "task", "rule", "input -> output", "trials", "best ms", "here: log / defaults ms", "uses")]
     for k in r["tasks"]:
         shape = " -> ".join("x".join(map(str, s)) for s in (k["input_shape"], k["output_shape"]) if s)
         trials = f"{k['trials']}" + (f" ({k['failed']} failed)" if k["failed"] else "")
         best = f"{k['best_ms']:.4f}" if k["best_ms"] is not None else "-"
-        rows.append((str(k["workload"]), k["name"] or "-", k["rule"] or "-", shape, trials, best))
+        h = k.get("here")
+        here = f"{h['log_ms']:.4f} / {h['default_ms']:.4f}" if h else "-"
+        uses = ("log" if h["keep"] == "log" else "defaults") if h else "-"
+        rows.append((str(k["workload"]), k["name"] or "-", k["rule"] or "-", shape, trials, best, here, uses))
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        lines.append("  ".join(c.rjust(w[i]) if i in (0, 4, 5) else c.ljust(w[i]) for i, c in enumerate(row)).rstrip())
+        lines.append("  ".join(c.rjust(w[i]) if i in (0, 4, 5, 6) else c.ljust(w[i]) for i, c in enumerate(row)).rstrip())
     lines.append(f"{len(r['tasks'])} workloads, {r['records']} records")
+    judged = [k["here"] for k in r["tasks"] if k.get("here")]
+    if judged:
+        n_log = sum(h["keep"] == "log" for h in judged)
+        lines.append(f"checked on this machine (each task's log schedule and template defaults timed in alternation, "
+                     f"by tune or compile): {n_log} of {len(judged)} keep the log, {len(judged) - n_log} use the "
+                     f"defaults; 'best ms' is one timing taken while tuning")
+    else:
+        lines.append("not checked on this machine yet: compile times each task against the template defaults "
+                     "the first time it uses this log here")
     return "\n".join(lines)
 
 
 def format_merge(r: dict) -> str:
+    dropped = r.get("dropped_reverted")
     return (f"kept {r['records']} of {r['records_in']} records (best {r['top_k']} per workload, "
-            f"{r['workloads']} workloads) -> {r['path']}")
+            f"{r['workloads']} workloads"
+            + (f"; left out the records of {dropped} workload(s) that lost to the template defaults in this "
+               f"machine's check" if dropped is not None else "") + f") -> {r['path']}")

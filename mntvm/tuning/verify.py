@@ -17,7 +17,8 @@ milliseconds each, like a layer inside the network: private caches cold), keeps 
 only where it is not slower by more than the noise margin, and remembers the verdict per (log,
 machine, TVM) in the cache folder, so the next compile on this machine costs nothing.
 
-Public entries: :func:`apply_checked` (a log applied to a lowered module, checked), :func:`check_log`.
+Public entries: :func:`apply_checked` (a log applied to a lowered module, checked), :func:`check_log`,
+:func:`verdicts_here` (what this machine concluded of a log, for ``mntvm schedules show``).
 """
 from __future__ import annotations
 
@@ -59,6 +60,15 @@ def verdict_path(db_sha256: str) -> Path:
     import tvm
 
     return cache_dir() / VERDICTS / f"{db_sha256[:16]}-{machine_key()}-{tvm.__version__}.json"
+
+
+def verdicts_here(db_sha256: str) -> dict | None:
+    """The verdicts this machine holds for the log with hash ``db_sha256`` (per workload hash:
+    ``log_ms``, ``default_ms``, ``keep``), or None when it has never checked that log."""
+    try:
+        return json.loads(verdict_path(db_sha256).read_text()).get("workloads") or None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
 
 
 def _timer(func, target):
@@ -104,12 +114,10 @@ def check_log(db, low, mod, covered: list[str], profile) -> dict:
     import tvm_ffi
 
     target = profile.tvm_target()
-    path = verdict_path(db.identity()["sha256"])
+    sha = db.identity()["sha256"]
+    path = verdict_path(sha)
     key = {n: str(tvm_ffi.structural_hash(task_mod(low[n]))) for n in covered}  # the workload, not its name
-    try:
-        known = json.loads(path.read_text()).get("workloads", {})
-    except (OSError, json.JSONDecodeError, AttributeError):
-        known = {}
+    known = verdicts_here(sha) or {}
     t0 = time.perf_counter()
     todo = [n for n in covered if key[n] not in known]
     if todo:

@@ -23,7 +23,8 @@ from mntvm.core.errors import MntvmError
 from mntvm.export.onnx import build_onnx
 from mntvm.model.network import MobileNetConfig
 from mntvm.targets.profiles import get_profile
-from mntvm.tuning.database import META, RECORDS, WORKLOADS, ScheduleDB, db_name, open_schedules, task_mod
+from mntvm.core.paths import cache_dir
+from mntvm.tuning.database import META, RECORDS, WORKLOADS, ScheduleDB, db_name, log_hash, open_schedules, task_mod
 from mntvm.tuning.manage import prune
 from mntvm.tuning.tune import tune, tune_funcs
 
@@ -367,13 +368,36 @@ def test_show(tuned, tmp_path):
     assert names["mntvm_dense"]["rule"] == "mntvm_dense" and names["mntvm_dense"]["output_shape"] == [1, CFG.num_classes]
     assert names["mntvm_dense"]["trials"] == len(want[names["mntvm_dense"]["hash"]])
 
+    # tune's closing check judged every task here: show reports those verdicts (the times compile
+    # goes by), read from this machine's verdict file, beside tune's single best timing
+    assert r["checked_here"] is True
+    (vfile,) = [f for f in (cache_dir() / "log-checks").glob("*.json") if f.name.startswith(log_hash(out)[0])]
+    verdicts = json.loads(vfile.read_text())["workloads"]
+    assert {t["hash"]: t["here"] for t in r["tasks"]} == verdicts
+    assert sorted(n for n in names if names[n]["here"]["keep"] == "log") == sorted(summary["check"]["log"])
+
     plain = run_cli("schedules", "show", str(out)).stdout.splitlines()  # as a user runs it, in its own process
     assert plain[0].startswith(f"{out}: tuned for x86 (kind llvm") and "TVM 0.27" in plain[0]
-    assert plain[-1] == f"{len(want)} workloads, {r['records']} records"
-    for t, line in zip(r["tasks"], plain[2:-1]):
+    assert plain[-2] == f"{len(want)} workloads, {r['records']} records"
+    n_log = len(summary["check"]["log"])
+    assert plain[-1].startswith("checked on this machine (") and f": {n_log} of {len(want)} keep the log" in plain[-1]
+    for t, line in zip(r["tasks"], plain[2:-2]):
         cols = line.split()
         assert cols[:3] == [str(t["workload"]), t["name"], t["rule"]]
-        assert cols[-1] == f"{t['best_ms']:.4f}" and str(t["trials"]) in cols
+        h = t["here"]
+        assert cols[-5:] == [f"{t['best_ms']:.4f}", f"{h['log_ms']:.4f}", "/", f"{h['default_ms']:.4f}",
+                             "log" if h["keep"] == "log" else "defaults"]
+        assert str(t["trials"]) in cols
+
+    # another log (one record fewer) has not been checked on this machine: show says so
+    fewer = tmp_path / "fewer"
+    shutil.copytree(out, fewer)
+    lines = (fewer / RECORDS).read_text().splitlines(keepends=True)
+    (fewer / RECORDS).write_text("".join(lines[:-1]))
+    r3 = json.loads(cli_run("schedules", "show", str(fewer), "--json").stdout)
+    assert r3["checked_here"] is False and all(t["here"] is None for t in r3["tasks"])
+    last = cli_run("schedules", "show", str(fewer)).stdout.splitlines()[-1]
+    assert last.startswith("not checked on this machine yet")
 
     # a database from before tune kept task names still shows, by rule and shapes
     old = tmp_path / "old"
@@ -398,9 +422,9 @@ def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_pat
     p = cli_run("schedules", "merge", str(out), str(other), "-o", str(merged))
     assert "-> " + str(merged) in p.stdout
     got = _records(merged)
-    assert set(got) == set(want)
+    assert set(got) == {h for h in want if _best(want[h]) is not None}  # a workload whose trials all failed is left out
     for h, means in got.items():
-        assert means == [_best(want[h])] if _best(want[h]) is not None else means == []
+        assert means == [_best(want[h])]
     assert _snapshot(out, other) == before  # sources untouched
     meta = json.loads((merged / META).read_text())
     assert meta["target"] == json.loads((out / META).read_text())["target"]
@@ -412,7 +436,7 @@ def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_pat
 
     # merging again over an existing OUT replaces it whole
     p = cli_run("schedules", "merge", str(other), "-o", str(merged))
-    assert _records(merged) == {h: [_best(m)] for h, m in _records(other).items()}
+    assert _records(merged) == {h: [_best(m)] for h, m in _records(other).items() if _best(m) is not None}
 
     foreign = tmp_path / "foreign"
     shutil.copytree(other, foreign)
@@ -431,7 +455,7 @@ def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_pat
 @pytest.mark.parametrize("k", [1, 2])
 def test_prune_keeps_exactly_the_k_best(tuned, tmp_path, k):
     out, _ = tuned
-    want = {h: sorted(m for m in means if m < 1e10)[:k] for h, means in _records(out).items()}
+    want = {h: sorted(m for m in means if m < 1e10)[:k] for h, means in _records(out).items() if _best(means)}
     assert any(len(m) > k for m in _records(out).values())  # something to prune
     db = tmp_path / "db"
     shutil.copytree(out, db)
@@ -456,6 +480,27 @@ def _absolute_paths(value, where=""):
     if isinstance(value, list):
         return [p for i, v in enumerate(value) for p in _absolute_paths(v, f"{where}[{i}]")]
     return [(where, value)] if isinstance(value, str) and os.path.isabs(value.split(" ")[0]) else []
+
+
+def test_prune_can_drop_what_lost_to_the_defaults_here(tuned, tmp_path):
+    """--drop-reverted leaves out the workloads that this machine's check sent back to the
+    defaults (tune's closing check judged every task of the fixture); a log never checked here is
+    refused with one line, nothing written."""
+    out, summary = tuned
+    lost = set(summary["check"]["defaults"])
+    hash_of = {t["name"].split("/")[1]: t["hash"] for t in json.loads(cli_run("schedules", "show", str(out), "--json").stdout)["tasks"]}
+    want = {h: [_best(m)] for h, m in _records(out).items() if h not in {hash_of[n] for n in lost} and _best(m)}
+    p = cli_run("schedules", "prune", str(out), "--top-k", "1", "--drop-reverted", "-o", str(tmp_path / "p"))
+    assert _records(tmp_path / "p") == want  # the dropped workloads are left out whole
+    assert f"left out the records of {len(lost)} workload(s) that lost" in p.stdout
+    assert json.loads((tmp_path / "p" / META).read_text())["merged"]["dropped_reverted"] == sorted(hash_of[n] for n in lost)
+
+    fewer = tmp_path / "fewer"  # another log: never checked on this machine
+    shutil.copytree(out, fewer)
+    (fewer / RECORDS).write_text("".join((out / RECORDS).read_text().splitlines(keepends=True)[:-1]))
+    p = cli_run("schedules", "prune", str(fewer), "--top-k", "1", "--drop-reverted", "-o", str(tmp_path / "q"), check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "has not been checked on this machine" in p.stderr
+    assert not (tmp_path / "q").exists()
 
 
 def test_databases_and_their_identity_name_no_absolute_path(tuned, other, tmp_path):
