@@ -39,7 +39,9 @@ def format_show(r: dict) -> str:
         h = k.get("here")
         here = f"{h['log_ms']:.4f} / {h['default_ms']:.4f}" if h else "-"
         uses = ("log" if h["keep"] == "log" else "defaults") if h else "-"
-        rows.append((str(k["workload"]), k["name"] or "-", k["rule"] or "-", shape, trials, best, here, uses))
+        names = (k["name"] or "-").split(", ")  # a workload shared by variants: the first, and how many more
+        name = names[0] + (f" (+{len(names) - 1})" if len(names) > 1 else "")
+        rows.append((str(k["workload"]), name, k["rule"] or "-", shape, trials, best, here, uses))
     w = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         lines.append("  ".join(c.rjust(w[i]) if i in (0, 4, 5, 6) else c.ljust(w[i]) for i, c in enumerate(row)).rstrip())

@@ -399,6 +399,20 @@ def test_show(tuned, tmp_path):
     last = cli_run("schedules", "show", str(fewer)).stdout.splitlines()[-1]
     assert last.startswith("not checked on this machine yet")
 
+    # a workload several variants share (tune records each task name): JSON lists them all, the
+    # table the first and how many more
+    shared = tmp_path / "shared"
+    shutil.copytree(out, shared)
+    meta = json.loads((shared / META).read_text())
+    h = next(iter(meta["tasks"]))
+    meta["tasks"][h] = sorted(meta["tasks"][h] + ["mobilenet_v1_0.25_64/x", "mobilenet_v1_0.25_96/x"])
+    (shared / META).write_text(json.dumps(meta))
+    (t,) = [t for t in json.loads(cli_run("schedules", "show", str(shared), "--json").stdout)["tasks"] if t["hash"] == h]
+    assert t["name"] == ", ".join(meta["tasks"][h])
+    rows = [line for line in cli_run("schedules", "show", str(shared)).stdout.splitlines()[2:-2]
+            if line.split()[1:3] == [meta["tasks"][h][0], "(+2)"]]
+    assert len(rows) == 1
+
     # a database from before tune kept task names still shows, by rule and shapes
     old = tmp_path / "old"
     shutil.copytree(out, old)
