@@ -118,7 +118,6 @@ def _reverted(db: LoadedDB) -> set[str]:
 
 def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
     dbs = [load(s) for s in sources]  # every source parsed and checked before anything is written
-    dropped = {id(db): _reverted(db) for db in dbs} if drop_reverted else {}
     first = dbs[0]
     want = target_essentials(first.meta["target"].get("tvm_target", {}))
     for db in dbs[1:]:
@@ -132,7 +131,10 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
     per: dict[int, dict] = {}  # output workload index -> {record JSON: record}
     meta = json.loads(json.dumps(first.meta))
     names = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
+    dropped: set[str] = set()  # workload hashes whose records were left out (drop_reverted)
     for db in dbs:
+        gone = _reverted(db) if drop_reverted else set()
+        dropped |= gone
         remap = {}
         for i, (_, w) in enumerate(db.workloads):
             if w[0] not in index:
@@ -140,7 +142,7 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
                 wl_rows.append(w)
             remap[i] = index[w[0]]
         for _, wi, rec in db.records:
-            if db.workloads[wi][1][0] in dropped.get(id(db), ()):
+            if db.workloads[wi][1][0] in gone:
                 continue
             per.setdefault(remap[wi], {}).setdefault(json.dumps(rec, sort_keys=True), rec)
         if db is not first:
@@ -149,8 +151,6 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
                 names[h] = sorted(set(names.get(h, [])) | set(n))
             for n, t in (db.meta.get("trials") or {}).items():
                 meta.setdefault("trials", {}).setdefault(n, t)
-    if names:
-        meta["tasks"] = names
     kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi].values(), key=_mean_secs)[:top_k]
             if _mean_secs(r) < float("inf")]
     # a workload left with no record (all failed, or dropped) is left out too: the workload log
@@ -161,18 +161,19 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
     n_workloads = len(wl_rows)
     wl_rows = [wl_rows[wi] for wi in used]
     if names:
-        meta["tasks"] = {h: n for h, n in names.items() if h in {w[0] for w in wl_rows}}
+        hashes = {w[0] for w in wl_rows}
+        meta["tasks"] = {h: n for h, n in names.items() if h in hashes}
     meta["merged"] = {"sources": [db.path.name for db in dbs], "top_k": top_k,
                       "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if drop_reverted:
-        meta["merged"]["dropped_reverted"] = sorted(set().union(*dropped.values()))
+        meta["merged"]["dropped_reverted"] = sorted(dropped)
     out = _replace_db(out, {WORKLOADS: "".join(json.dumps(w) + "\n" for w in wl_rows),
                             RECORDS: "".join(json.dumps(r) + "\n" for r in kept),
                             META: json.dumps(portable(meta), indent=2, sort_keys=True) + "\n"})
     return {"path": str(out), "sources": [str(db.path) for db in dbs], "top_k": top_k,
             "workloads": len(wl_rows), "workloads_without_records": n_workloads - len(wl_rows),
             "records_in": sum(len(db.records) for db in dbs), "records": len(kept),
-            "dropped_reverted": len(set().union(*dropped.values())) if drop_reverted else None}
+            "dropped_reverted": len(dropped) if drop_reverted else None}
 
 
 def prune(path, keep: int = 1, out=None, drop_reverted: bool = False) -> int:

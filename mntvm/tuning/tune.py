@@ -291,20 +291,25 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
                 names[shash] = sorted(set(names.get(shash, [])) | {f"{label}/{name}" if label else name})
         meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         sdb.meta = write_meta(path, meta)
-    if summary["tasks"] and not tracker and not profile.is_gpu and profile.detected.get("mcpu"):
-        summary["check"] = _check_against_defaults(sdb, profile, funcs)
+    if summary["tasks"] and not tracker:
+        check = _check_against_defaults(sdb, profile, funcs)
+        if check is not None:
+            summary["check"] = check
     summary["seconds"] = time.time() - t0
     return summary
 
 
-def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping) -> dict:
+def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping) -> dict | None:
     """The finished log's tasks timed against their template defaults here, in alternation, as
-    compile does before it uses a log on this CPU (:func:`mntvm.tuning.verify.apply_checked`, same
-    verdict cache: compile then times nothing). Each task's best record was picked from single
-    timings taken minutes apart; this says which of them really beat the defaults."""
+    compile does before it uses a log on this CPU (:func:`mntvm.tuning.verify.apply_checked`, which
+    decides when a check applies; same verdict cache: compile then times nothing). Each task's best
+    record was picked from single timings taken minutes apart; this says which of them really beat
+    the defaults. None when there was nothing to check here."""
     import tvm
 
     _, kept, c = apply_checked(sdb, tvm.IRModule(dict(funcs)), profile)
+    if c is None:
+        return None
     return {"log": kept, "defaults": c["reverted"], "measured": c["measured"], "seconds": c["seconds"]}
 
 
