@@ -29,6 +29,7 @@ from mntvm.model.inference import inference_module
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.quantized import QuantizedNet
 from mntvm.targets import get_profile
+from mntvm.templates import prefetch
 from mntvm.templates.defaults import apply_default_schedules
 from mntvm.templates.gpu import compile_gpu
 from mntvm.templates.lowering import has_templates, lower
@@ -72,7 +73,7 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
         ex, info["rules"] = compile_gpu(apply_default_schedules(mod, target), target)
         return ex, info
     mod = apply_default_schedules(mod, target, profile.vector_bits)
-    return tvm.compile(mod, target=target), info
+    return tvm.compile(prefetch.inject(mod), target=target), info
 
 
 def compile_model(

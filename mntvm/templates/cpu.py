@@ -8,8 +8,11 @@ must not change.
 """
 from __future__ import annotations
 
+import math
+
 from tvm.s_tir import Schedule
 
+from mntvm.templates import prefetch
 from mntvm.templates.knobs import (FamilyKnobs, buffer_shape, cat, divisors, rows_and_columns, single_consumer_epilogue,
                                    split2, taps_outside, tile)
 from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_DWPW, RULE_POOL, RULE_PW, RULE_STEM, rule
@@ -62,6 +65,9 @@ FULL_TILE = 14  # accumulators (channel vectors x positions) from which a regist
 # Rapids, 1 MB on Zen4) next to the activations: each band of rows that reads them all again reads
 # them from L3
 WEIGHTS_IN_L2 = 1 << 20
+# fp32 pointwise weights of at least this many bytes get the next panel prefetched
+# (:mod:`.prefetch`); below it the prefetches cost more than they save
+PREFETCH_WEIGHTS = 1 << 20
 
 
 @rule("cpu", RULE_DWPW)
@@ -91,6 +97,11 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     sch.unroll(p2)
     sch.unroll(ob1)
     _pointwise_inner(sch, conv)
+    weight = sch.get(conv).reads[-1].source  # (OB, IB, V, V)
+    if math.prod(buffer_shape(weight)) * 4 >= PREFETCH_WEIGHTS:
+        # the weights stream from L3 in the network: prefetch the next panel during this one
+        c = sch.get_loops(conv)  # ... task, ob0, p1, ib, vi, n, ob1, p2, v
+        prefetch.mark(sch, task, ob0, p1, c[-3], c[-6], weight.name)
     # the depthwise rows this task needs, all channels, before its pointwise tiles
     sch.compute_at(dw_epi, task, preserve_unit_loops=True)
     _, cb, dp, dv = sch.get_loops(dw_epi)[-4:]

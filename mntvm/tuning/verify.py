@@ -33,7 +33,8 @@ import numpy as np
 from mntvm.core.atomic import write_text
 from mntvm.core.paths import cache_dir
 from mntvm.core.threads import caller_pinned, cores, set_threads
-from mntvm.templates.defaults import apply_default_schedules
+from mntvm.templates import prefetch
+from mntvm.templates.defaults import apply_default_schedules, defaults_key
 from mntvm.tuning.database import task_mod
 from mntvm.tuning.measure import evict_private_caches
 
@@ -59,7 +60,7 @@ def machine_key() -> str:
 def verdict_path(db_sha256: str) -> Path:
     import tvm
 
-    return cache_dir() / VERDICTS / f"{db_sha256[:16]}-{machine_key()}-{tvm.__version__}.json"
+    return cache_dir() / VERDICTS / f"{db_sha256[:16]}-{machine_key()}-{tvm.__version__}-{defaults_key()}.json"
 
 
 def verdicts_here(db_sha256: str) -> dict | None:
@@ -77,7 +78,7 @@ def _timer(func, target):
     import tvm
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    rt = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+    rt = tvm.compile(prefetch.inject(tvm.IRModule({"main": func.with_attr("global_symbol", "main")})), target=target)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     args = []

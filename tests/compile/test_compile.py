@@ -54,6 +54,20 @@ def test_metadata(compiled):
     assert sorted(p.name for p in path.iterdir()) == ["metadata.json", "model.so"]
 
 
+def test_wide_layers_prefetch_their_weights(compiled):
+    """alpha 1.0 has pointwise layers of >= 1 MB of weights: the artifact's kernels prefetch the
+    next weight panel (mntvm.templates.prefetch) and still match ONNX Runtime (above); alpha 0.25
+    has none (at most 256 KB)."""
+    import subprocess
+
+    def prefetches(path):
+        dis = subprocess.run(["objdump", "-d", str(path / "model.so")], capture_output=True, text=True, check=True)
+        return dis.stdout.count("prefetcht1")
+
+    assert prefetches(compiled[(1.0, 96)][1]) > 0
+    assert prefetches(compiled[(0.25, 96)][1]) == 0
+
+
 def test_weights_file_and_batch(tmp_path):
     cfg = MobileNetConfig(alpha=0.25, resolution=64, num_classes=10, batch=2, activation="relu")
     w = W.random_weights(cfg, 11)

@@ -1,0 +1,137 @@
+"""The fused template's weight prefetch (mntvm.templates.prefetch): only on layers whose pointwise
+weights stream from L3, every prefetched address inside the weights, the next panel covered, and
+the results unchanged (numpy)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tvm  # noqa: E402  (a hard requirement: never skip)
+from tvm import sym, te, tirx  # noqa: E402
+from tvm.s_tir import SBlockRealize  # noqa: E402
+
+from mntvm.templates import cpu, prefetch  # noqa: E402
+from mntvm.templates.compute import dw_pointwise_te  # noqa: E402
+from mntvm.templates.defaults import default_schedule  # noqa: E402
+
+V = 16
+TARGET = tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(), "num-cores": 2})
+
+
+def _fused(c, o_c, h):
+    """The fused dw+pw task at the AVX-512 defaults, and its tensors' shapes."""
+    data = te.placeholder((1, c // V, h * h, V), name="data")
+    wd = te.placeholder((c // V, 3, 3, V), name="wd")
+    bd = te.placeholder((c // V, V), name="bd")
+    wp = te.placeholder((o_c // V, c // V, V, V), name="wp")
+    bp = te.placeholder((o_c // V, V), name="bp")
+    out = dw_pointwise_te(data, wd, bd, ("relu",), h, h, 1, (1, 1, 1, 1), wp, bp, ("clip", 0.0, 6.0))
+    mod = tvm.IRModule({"main": te.create_prim_func([data, wd, bd, wp, bp, out])})
+    return default_schedule(mod, TARGET, 512).mod
+
+
+def _prefetches(stmt, loops=()):
+    """(index expressions of each prefetched weight element, the loops around it)."""
+    out = []
+    if isinstance(stmt, tirx.For):
+        return _prefetches(stmt.body, loops + (stmt,))
+    if isinstance(stmt, tirx.SeqStmt):
+        for s in stmt.seq:
+            out += _prefetches(s, loops)
+    elif isinstance(stmt, SBlockRealize):
+        out += _prefetches(stmt.block.body, loops)
+    elif isinstance(stmt, tirx.Evaluate) and isinstance(stmt.value, tvm.ir.Call) and \
+            stmt.value.op.name == "tirx.prefetch":
+        load = stmt.value.args[0].args[0]
+        out.append((load.source, list(load.indices), loops))
+    return out
+
+
+def _marked(stmt, out=None):
+    """Every loop carrying a prefetch mark, by role."""
+    out = {} if out is None else out
+    if isinstance(stmt, tirx.For):
+        role = stmt.annotations.get(prefetch.KEY) if stmt.annotations else None
+        if role is not None:
+            out.setdefault(str(role).split(":")[0], stmt)
+        _marked(stmt.body, out)
+    elif isinstance(stmt, tirx.SeqStmt):
+        for s in stmt.seq:
+            _marked(s, out)
+    elif isinstance(stmt, SBlockRealize):
+        _marked(stmt.block.body, out)
+    return out
+
+
+def _value(expr, env):
+    ana = sym.Analyzer()
+    for var, val in env.items():
+        ana.bind(var, tirx.const(val, "int32"))
+    return int(ana.simplify(expr))
+
+
+def test_heavy_layer_prefetches_the_next_panel_in_bounds():
+    """512 -> 512 channels (1 MB of weights, as MobileNetV1's 14x14 layers): every prefetched
+    index lies inside the weights for every loop value, and the first task's first panel
+    requests exactly the lines of its second panel."""
+    mod = prefetch.inject(_fused(512, 512, 4))
+    found = _prefetches(mod["main"].body)
+    assert found, "no prefetch injected"
+    buf, _, loops = found[0]
+    assert [int(x) for x in buf.shape] == [32, 32, V, V]
+    for _, idx, loops in found:
+        ana = sym.Analyzer()
+        for lp in loops:
+            ana.bind(lp.loop_var, tvm.ir.Range.from_min_extent(lp.min, lp.extent))
+        for i, dim in zip(idx, buf.shape):
+            b = ana.const_int_bound(i)
+            assert 0 <= b.min_value and b.max_value < int(dim), (idx, b)
+    roles = _marked(mod["main"].body)
+    assert sorted(roles) == ["ib", "ob0", "ob1", "p1", "task"]
+    p1, ib, ob0 = roles["p1"], roles["ib"], roles["ob0"]
+    assert int(ob0.extent) > 1
+    ot = int(roles["ob1"].extent)  # the panel width: channel vectors of the register tile
+    lines = set()
+    for p in range(int(p1.extent)):
+        for i in range(int(ib.extent)):
+            env = {roles["task"].loop_var: 0, ob0.loop_var: 0, p1.loop_var: p, ib.loop_var: i}
+            for _, idx, _ in found:
+                lines.add(tuple(_value(e, env) for e in idx))
+    want = {(ob, i, vi, 0) for ob in range(ot, 2 * ot) for i in range(32) for vi in range(V)}
+    assert lines == want
+
+
+def test_light_layer_is_left_alone():
+    """256 -> 256 channels (0.25 MB, stays in L2): no marks, the module comes back unchanged."""
+    mod = _fused(256, 256, 4)
+    assert prefetch.KEY not in mod.script()
+    assert prefetch.inject(mod)["main"].same_as(mod["main"])
+
+
+@pytest.mark.parametrize("threshold", [None, 0])
+def test_prefetching_kernels_compute_the_same(monkeypatch, threshold):
+    """Built with the prefetches (1 MB layer; with the threshold at 0 also a 64 KB one whose
+    output-channel groups differ), the fused kernel still equals numpy, and the machine code
+    holds prefetch instructions."""
+    if threshold is not None:
+        monkeypatch.setattr(cpu, "PREFETCH_WEIGHTS", threshold)
+    rng = np.random.RandomState(3)
+    for c, o_c, h in ([(512, 512, 4)] + ([(64, 256, 6)] if threshold == 0 else [])):
+        mod = prefetch.inject(_fused(c, o_c, h))
+        rt = tvm.compile(mod, target=TARGET).mod
+        asm = rt.inspect_source("s")
+        assert "prefetch" in asm
+        x = rng.randn(1, c // V, h * h, V).astype("float32")
+        w1 = rng.randn(c // V, 3, 3, V).astype("float32")
+        b1 = rng.randn(c // V, V).astype("float32")
+        w2 = (rng.randn(o_c // V, c // V, V, V) / np.sqrt(c)).astype("float32")
+        b2 = rng.randn(o_c // V, V).astype("float32")
+        args = [tvm.runtime.tensor(a) for a in (x, w1, b1, w2, b2, np.zeros((1, o_c // V, h * h, V), "float32"))]
+        rt["main"](*args)
+        # numpy: depthwise 3x3 pad 1 (+bias, ReLU) per channel block, then 1x1 (+bias, ReLU6)
+        xi = x[0].reshape(c // V, h, h, V)
+        xp = np.pad(xi, ((0, 0), (1, 1), (1, 1), (0, 0))).astype(np.float64)
+        mid = sum(xp[:, i:i + h, j:j + h, :] * w1[:, None, None, i, j, :] for i in range(3) for j in range(3))
+        mid = np.maximum(mid + b1[:, None, None, :], 0).reshape(c // V, h * h, V)
+        ref = np.clip(np.einsum("bpi,obiv->opv", mid, w2) + b2[:, None, :], 0, 6)
+        np.testing.assert_allclose(args[-1].numpy()[0], ref, atol=1e-4, rtol=1e-5)
