@@ -35,6 +35,7 @@ from tvm import relax  # noqa: E402
 
 from mntvm.core.threads import set_threads  # noqa: E402
 from mntvm.targets.profiles import get_profile  # noqa: E402
+from mntvm.templates import prefetch  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules  # noqa: E402
 from mntvm.templates.lowering import lower  # noqa: E402
 from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_DWPW, RULE_PW, RULE_STEM,  # noqa: E402
@@ -89,7 +90,7 @@ def kernel_calls(mod: tvm.IRModule):
 
 
 def time_kernel(func, target, dev, number=10, repeat=7):
-    rt = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target).mod
+    rt = tvm.compile(prefetch.inject(tvm.IRModule({"main": func.with_attr("global_symbol", "main")})), target=target).mod
     args = []
     for p in func.params:
         b = p
@@ -268,7 +269,7 @@ def main(argv=None):
         print("peak GFLOP/s:", {t: round(p, 1) if p else None for t, p in peaks.items()})
 
     # whole network
-    ex = tvm.compile(sched, target=target)
+    ex = tvm.compile(prefetch.inject(sched), target=target)
     vm = relax.VirtualMachine(ex, dev)
     x = np.random.RandomState(1).rand(*cfg.input_shape).astype("float32")
     xt = tvm.runtime.tensor(x, dev)
