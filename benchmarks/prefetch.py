@@ -1,0 +1,104 @@
+"""What the fused kernel's weight prefetch buys (mntvm/templates/prefetch.py): one run, one process.
+
+Two builds of MobileNetV1 for this machine's ``x86`` profile at the template defaults
+(``--schedules none``), timed in interleaved rounds with the same weights and input:
+
+- ``prefetch``: as ``mntvm compile`` builds it (layers with >= 1 MB of pointwise weights prefetch
+  the next weight panel);
+- ``no-prefetch``: the same templates with the prefetch threshold set out of reach.
+
+    python benchmarks/prefetch.py [--alpha 1.0] [--resolution 224] [--threads 1] [--json]
+
+Prints median and p90 per build, the ratio prefetch / no-prefetch, the prefetch instructions in
+each library, and each build's max |diff| against the numpy float64 reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _prefetch_instructions(lib: Path) -> int | None:
+    try:
+        dis = subprocess.run(["objdump", "-d", str(lib)], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sum(line.split("\t")[-1].startswith(("prefetch", "prfm", "pld")) for line in dis.splitlines()
+               if "\t" in line)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--per-round", type=int, default=5)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args(argv)
+
+    from mntvm.compile.artifact import deterministic_input, load_artifact
+    from mntvm.compile.build import compile_model
+    from mntvm.core.threads import set_threads
+    from mntvm.model import reference
+    from mntvm.model import weights as W
+    from mntvm.model.network import MobileNetConfig
+    from mntvm.templates import cpu
+
+    cfg = MobileNetConfig(alpha=a.alpha, resolution=a.resolution)
+    set_threads(a.threads)
+    w = W.random_weights(cfg, 0)
+    x = deterministic_input(cfg.input_shape)
+    ref = reference.forward(cfg, w, x)
+    runners, info = {}, {}
+    threshold = cpu.PREFETCH_WEIGHTS
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, limit in (("prefetch", threshold), ("no-prefetch", 1 << 62)):
+            cpu.PREFETCH_WEIGHTS = limit
+            try:
+                out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
+            finally:
+                cpu.PREFETCH_WEIGHTS = threshold
+            art = load_artifact(out)
+            info[name] = {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")}
+            avm = art.load_vm()
+            runners[name] = (lambda art=art, avm=avm: art.run(x, avm))
+        diffs = {k: float(np.abs(f() - ref).max()) for k, f in runners.items()}  # also warms up
+        times = {k: [] for k in runners}
+        for r in range(a.rounds):
+            for k in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
+                runners[k]()  # untimed: the other build's threads may still be spinning
+                for _ in range(a.per_round):
+                    t = time.perf_counter()
+                    runners[k]()
+                    times[k].append(1e3 * (time.perf_counter() - t))
+
+    base = float(np.median(times["no-prefetch"]))
+    rows = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
+                "vs_no_prefetch": float(np.median(v)) / base, "max_abs_diff": diffs[k], **info[k]}
+            for k, v in times.items()}
+    if a.json:
+        print(json.dumps({"model": cfg.tag, "threads": a.threads, "threshold_bytes": threshold, "builds": rows},
+                         indent=1))
+        return 0
+    print(f"MobileNetV1 {a.alpha}/{a.resolution}, {a.threads} thread(s), x86 profile, template defaults; "
+          f"prefetch on layers with >= {threshold / 2**20:g} MB of pointwise weights")
+    print(f"{'build':12s} {'median ms':>10s} {'p90 ms':>9s} {'x no-pf':>8s} {'max|diff|':>10s} {'prefetches':>11s}")
+    for k, r in rows.items():
+        n = r["prefetch_instructions"]
+        print(f"{k:12s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['vs_no_prefetch']:8.3f} "
+              f"{r['max_abs_diff']:10.1e} {'?' if n is None else n:>11}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
