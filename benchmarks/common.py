@@ -22,3 +22,20 @@ def thread_counts(text: str) -> list[int]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {text!r}")
     return counts
+
+
+def model_and_reference(alpha: float, resolution: int, threads: int):
+    """For the single-build benchmarks (schedules_effect.py, prefetch.py): ``threads`` set for
+    TVM, and ``(cfg, weights, x, ref)``: MobileNetV1 alpha/resolution, its random weights (seed 0),
+    the deterministic input and the numpy float64 reference output."""
+    from mntvm.compile.artifact import deterministic_input
+    from mntvm.core.threads import set_threads
+    from mntvm.model import reference
+    from mntvm.model import weights as W
+    from mntvm.model.network import MobileNetConfig
+
+    cfg = MobileNetConfig(alpha=alpha, resolution=resolution)
+    set_threads(threads)
+    w = W.random_weights(cfg, 0)
+    x = deterministic_input(cfg.input_shape)
+    return cfg, w, x, reference.forward(cfg, w, x)

@@ -46,19 +46,12 @@ def main(argv=None) -> int:
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
-    from mntvm.compile.artifact import deterministic_input, load_artifact
+    from benchmarks.common import model_and_reference
+    from mntvm.compile.artifact import load_artifact
     from mntvm.compile.build import compile_model
-    from mntvm.core.threads import set_threads
-    from mntvm.model import reference
-    from mntvm.model import weights as W
-    from mntvm.model.network import MobileNetConfig
     from mntvm.templates import cpu
 
-    cfg = MobileNetConfig(alpha=a.alpha, resolution=a.resolution)
-    set_threads(a.threads)
-    w = W.random_weights(cfg, 0)
-    x = deterministic_input(cfg.input_shape)
-    ref = reference.forward(cfg, w, x)
+    cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     runners, info = {}, {}
     threshold = cpu.PREFETCH_WEIGHTS
     with tempfile.TemporaryDirectory() as tmp:

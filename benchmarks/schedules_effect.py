@@ -41,20 +41,13 @@ def main(argv=None) -> int:
     import tvm
     from tvm import relax
 
-    from mntvm.model import reference
-    from mntvm.model import weights as W
-    from mntvm.compile.artifact import deterministic_input, load_artifact
-    from mntvm.core.threads import set_threads
+    from benchmarks.common import model_and_reference
+    from mntvm.compile.artifact import load_artifact
     from mntvm.compile.build import compile_model
     from mntvm.model.inference import inference_module
-    from mntvm.model.network import MobileNetConfig
     from mntvm.targets.profiles import get_profile
 
-    cfg = MobileNetConfig(alpha=a.alpha, resolution=a.resolution)
-    set_threads(a.threads)
-    w = W.random_weights(cfg, 0)
-    x = deterministic_input(cfg.input_shape)
-    ref = reference.forward(cfg, w, x)
+    cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     profile = get_profile("x86")
     dev = tvm.cpu()
     runners, info = {}, {}

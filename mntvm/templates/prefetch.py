@@ -41,39 +41,37 @@ def _role(loop: For) -> str | None:
     return None if v is None else str(v)
 
 
-def _find(stmt, role: str):
-    """The first loop with annotation ``role`` under ``stmt`` (depth first), or None."""
+def _first(stmt, pick):
+    """The first ``pick(node)`` that is not None over the loops and blocks under ``stmt``, depth first."""
+    got = pick(stmt)
+    if got is not None:
+        return got
     if isinstance(stmt, For):
-        if _role(stmt) == role:
-            return stmt
-        return _find(stmt.body, role)
+        return _first(stmt.body, pick)
     if isinstance(stmt, SeqStmt):
         for s in stmt.seq:
-            f = _find(s, role)
-            if f is not None:
-                return f
+            got = _first(s, pick)
+            if got is not None:
+                return got
         return None
     if isinstance(stmt, SBlockRealize):
-        return _find(stmt.block.body, role)
+        return _first(stmt.block.body, pick)
     return None
+
+
+def _find(stmt, role: str):
+    """The first loop with annotation ``role`` under ``stmt``, or None."""
+    return _first(stmt, lambda s: s if isinstance(s, For) and _role(s) == role else None)
 
 
 def _buffer(stmt, name: str):
     """The buffer called ``name`` that a block under ``stmt`` reads, or None."""
-    if isinstance(stmt, For):
-        return _buffer(stmt.body, name)
-    if isinstance(stmt, SeqStmt):
-        for s in stmt.seq:
-            b = _buffer(s, name)
-            if b is not None:
-                return b
+    def reads(s):
+        if isinstance(s, SBlockRealize):
+            return next((r.source for r in s.block.reads if r.source.name == name), None)
         return None
-    if isinstance(stmt, SBlockRealize):
-        for r in stmt.block.reads:
-            if r.source.name == name:
-                return r.source
-        return _buffer(stmt.block.body, name)
-    return None
+
+    return _first(stmt, reads)
 
 
 def _prefetches(weight, loops: dict, ib_loop: For) -> list:
