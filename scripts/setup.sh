@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PKGS=(
   g++-aarch64-linux-gnu      # aarch64 cross linker (ARM64 boards)
   g++-arm-linux-gnueabihf    # armv7 hard-float cross linker
-  binutils                   # readelf (artifact checks)
+  binutils                   # readelf, objdump (artifact checks: prefetch instructions in the model)
   debootstrap                # arm64 userland for the emulated board
   qemu-user-static           # runs it on x86
   chromium                   # headless screenshots of sweep reports
