@@ -14,6 +14,8 @@ The knob values come from the target's family: :mod:`.x86` / :mod:`.arm` on CPUs
 """
 from __future__ import annotations
 
+import functools
+
 import tvm
 from tvm import tirx
 from tvm.s_tir import Schedule
@@ -143,9 +145,11 @@ def apply_sampled_schedules(mod: tvm.IRModule, target, seed: int) -> tvm.IRModul
     return mod
 
 
+@functools.lru_cache(maxsize=None)
 def defaults_key() -> str:
     """A hash of the template sources (this package's ``.py`` files): what the defaults are made
-    of. A check's verdict (log vs defaults) holds only for the defaults it was measured against."""
+    of. A check's verdict (log vs defaults) holds only for the defaults it was measured against.
+    Read once per process (every verdict lookup asks for it)."""
     import hashlib
     from pathlib import Path
 

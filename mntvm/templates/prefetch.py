@@ -104,11 +104,16 @@ def _prefetches(weight, loops: dict, ib_loop: For) -> list:
     return calls
 
 
+def _with_body(loop: For, body) -> For:
+    return For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, loop.annotations,
+               loop.step)
+
+
 def _rewrite(stmt, loops: dict):
     if isinstance(stmt, For):
         role = _role(stmt)
         inner = dict(loops)
-        if role in ("task", "ob0", "p1", "ob1"):
+        if role in ("task", "ob0", "p1"):
             inner[role] = stmt
         if role is not None and role.startswith("ib:") and all(k in loops for k in ("task", "ob0", "p1")):
             weight = _buffer(stmt.body, role[3:])
@@ -116,14 +121,10 @@ def _rewrite(stmt, loops: dict):
             if weight is not None and ob1 is not None:
                 calls = _prefetches(weight, {**loops, "ob1": ob1}, stmt)
                 if calls:
-                    body = SeqStmt(calls + [stmt.body])
-                    return For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding,
-                               stmt.annotations)
+                    return _with_body(stmt, SeqStmt(calls + [stmt.body]))
             return stmt
         body = _rewrite(stmt.body, inner)
-        if body.same_as(stmt.body):
-            return stmt
-        return For(stmt.loop_var, stmt.min, stmt.extent, stmt.kind, body, stmt.thread_binding, stmt.annotations)
+        return stmt if body.same_as(stmt.body) else _with_body(stmt, body)
     if isinstance(stmt, SeqStmt):
         seq = [_rewrite(s, loops) for s in stmt.seq]
         if all(a.same_as(b) for a, b in zip(seq, stmt.seq)):
