@@ -4,10 +4,15 @@ The timings come from :func:`mntvm.remote.vm_profile.profile_vm` (run here or on
 :func:`mntvm.bench.benchmark` with ``per_layer``); the layers and their mult-adds from
 :func:`mntvm.model.cost.cost_report`.
 
-Public entries: :func:`per_layer_report`, :func:`format_per_layer`, :func:`plot_per_layer`.
+ONNX Runtime's own per-node profile of the same model maps onto the same layers with
+:func:`ort_per_layer` (``benchmarks/layers_in_network.py`` puts the two side by side).
+
+Public entries: :func:`per_layer_report`, :func:`format_per_layer`, :func:`plot_per_layer`,
+:func:`ort_per_layer`.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +132,35 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
         "pointwise_peak_gflops": pointwise_peak,
         "dtype": dtype,
     }
+
+
+# our ONNX export names each node after its layer (mntvm.export.onnx); ORT keeps the first node's name
+# for what it fuses and adds suffixes ("pw3_act_nchwc": pw3's Conv + its Clip in NCHWc layout)
+_ORT_NODE = re.compile(r"(stem|dw\d+|pw\d+|pool|fc|softmax)(?=_|$)")
+ORT_OTHER = "other"  # the nodes of no layer: layout changes (ReorderInput/Output), flatten
+
+
+def ort_per_layer(events: list, layers: list[str]) -> dict:
+    """ONNX Runtime's per-node times (the JSON events ``SessionOptions.enable_profiling`` writes)
+    for a model from :func:`mntvm.export.export_onnx`, summed onto ``layers`` (the names of
+    :func:`per_layer_report`'s layers: ``stem``, ``dw1+pw1`` or ``dw1`` and ``pw1``, ``pool``,
+    ``fc``, ``softmax``; others, such as ``input``, get no node). Each node's time is its median over the profiled runs; nodes of no layer
+    go to :data:`ORT_OTHER`. Returns ``{"layers": {layer: ms}, "runs": runs profiled}``; a layer of
+    ``layers`` that no node maps to is an error (the export's names and these no longer agree)."""
+    part_of = {part: name for name in layers for part in name.split("+")}
+    per_node: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            per_node.setdefault(e["name"][:-len("_kernel_time")], []).append(e["dur"] / 1e3)
+    out: dict[str, float] = {}
+    for node, durs in per_node.items():
+        m = _ORT_NODE.match(node)
+        layer = part_of.get(m.group(1), ORT_OTHER) if m else ORT_OTHER
+        out[layer] = out.get(layer, 0.0) + float(np.median(durs))
+    missing = [name for name in layers if _ORT_NODE.fullmatch(name.split("+")[0]) and name not in out]
+    if missing:
+        raise MntvmError(f"ONNX Runtime's profile has no node for layer(s) {', '.join(missing)}")
+    return {"layers": out, "runs": max((len(d) for d in per_node.values()), default=0)}
 
 
 def _kernel(idx, name, layer, main, kind, mean_s, total_s, madds, shapes) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from mntvm.bench.per_layer import per_layer_report
+from mntvm.core.errors import MntvmError
 from mntvm.model.cost import cost_report
 from mntvm.model.network import MobileNetConfig
 
@@ -54,3 +55,65 @@ def test_unmapped_when_the_counts_do_not_match():
     p["calls"] = [c for c in p["calls"] if c[0] != "mntvm_dwpw3"]  # one fused kernel missing
     r = per_layer_report(p, CFG)
     assert not r["mapped_to_layers"] and r["layers"] == []
+
+
+def _ort_events(names_durs_us: dict, runs: int) -> list:
+    """ONNX Runtime profile events as its JSON holds them: per run, one ``<node>_kernel_time`` event
+    per node (category ``Node``), plus session events."""
+    ev = [{"cat": "Session", "name": "model_loading_uri", "dur": 999}]
+    for r in range(runs):
+        ev.append({"cat": "Session", "name": "model_run", "dur": 5000})
+        for node, durs in names_durs_us.items():
+            ev.append({"cat": "Node", "name": f"{node}_fence_before", "dur": 0})
+            ev.append({"cat": "Node", "name": f"{node}_kernel_time", "dur": durs[r]})
+    return ev
+
+
+def test_ort_per_layer_maps_nodes_onto_our_layers():
+    from mntvm.bench.per_layer import ORT_OTHER, ort_per_layer
+
+    nodes = {"stem_act_nchwc": [100, 300, 200], "ReorderInput": [5, 5, 5],
+             "dw1_act_nchwc": [10, 10, 40], "pw1_act_nchwc": [50, 70, 60],
+             "dw2_act": [1, 1, 1], "pw2": [2, 2, 2],
+             "pool_nchwc": [3, 3, 3], "ReorderOutput": [4, 4, 4], "flatten": [1, 1, 1],
+             "fc": [80, 80, 800], "softmax": [2, 2, 2]}
+    layers = ["input", "stem", "dw1+pw1", "dw2+pw2", "pool", "fc", "softmax"]
+    r = ort_per_layer(_ort_events(nodes, 3), layers)
+    got = r["layers"]
+    assert r["runs"] == 3
+    # per node the median over runs (not the mean: fc's 800 us outlier), fused layers summed
+    assert got["stem"] == pytest.approx(0.2) and got["fc"] == pytest.approx(0.08)
+    assert got["dw1+pw1"] == pytest.approx(0.01 + 0.06) and got["dw2+pw2"] == pytest.approx(0.003)
+    assert got[ORT_OTHER] == pytest.approx(0.005 + 0.004 + 0.001)
+    assert "input" not in got and "dw1" not in got
+    # unfused layer names get their node alone; a layer no node maps to is refused by name
+    assert ort_per_layer(_ort_events(nodes, 3), ["dw1", "pw1"])["layers"]["pw1"] == pytest.approx(0.06)
+    with pytest.raises(MntvmError, match=r"no node for layer\(s\) dw3\+pw3$"):
+        ort_per_layer(_ort_events(nodes, 3), layers + ["dw3+pw3"])
+
+
+def test_layers_in_network_script(tmp_path):
+    """benchmarks/layers_in_network.py, tiny: every layer timed on both sides, ours equal to what our
+    profiler's own report gives, ORT's nodes all accounted for."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, str(root / "benchmarks" / "layers_in_network.py"), "--alpha", "0.25",
+                        "--resolution", "64", "--threads", "1", "--rounds", "2", "--per-round", "3",
+                        "--schedules", "none", "--json"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout.splitlines()[-1])
+    t = r["threads"]["1"]
+    rows = {row["layer"]: row for row in t["layers"]}
+    cost = cost_report(MobileNetConfig(alpha=0.25, resolution=64))
+    assert ["stem"] + [f"dw{i}+pw{i}" for i in range(1, 14)] + ["pool", "fc", "softmax"] == \
+        [n for n in rows if n not in ("input", "other")]
+    for name, row in rows.items():
+        if name != "other":
+            assert row["ours_ms"] > 0 and row["ort_ms"] > 0 and row["ratio"] == pytest.approx(
+                row["ours_ms"] / row["ort_ms"]), name
+    assert sum(row["madds"] for row in rows.values()) == cost["total_madds"]
+    assert t["ours_layers_ms"] == pytest.approx(sum(row["ours_ms"] for row in rows.values()))
