@@ -9,15 +9,26 @@ used on boards through RPC, where our evaluator cannot run) made weight streamin
 like the bottleneck it is not. GPU kernels: TVM's default timing (back-to-back launches; weights
 stay in the L2, as between a network's inferences).
 
-Public entries: :func:`runner`; :func:`network_like_evaluator`, :func:`evict_private_caches`,
-:func:`alloc_args_remote` (the runner's hooks).
+Locally, a candidate is also timed against a reference: the task's template defaults, published by
+tune before the task's search (:func:`publish_reference`). Each repeat runs both, in alternating
+order, and the cost recorded is ``candidate / reference`` x the reference's own time, measured once
+when it was published. On a shared machine whose speed drifts by 10-40 % between minutes, raw
+timings taken minutes apart rank candidates by the minute they ran in; ratios taken side by side
+do not drift with it.
+
+Public entries: :func:`runner`, :func:`publish_reference`, :func:`reference_base`; :func:`network_like_evaluator`,
+:func:`evict_private_caches`, :func:`alloc_args_remote` (the runner's hooks).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import uuid
+from pathlib import Path
 from typing import Iterator
 
+from mntvm.core.atomic import write_text
 from mntvm.core.threads import set_threads
 from mntvm.remote.rpc import open_session, parse_addr
 
@@ -49,19 +60,99 @@ def evict_private_caches(*args) -> None:
         args[0].numpy()
 
 
+REFERENCE = "reference.json"  # in the runner's reference folder: the kernel candidates are timed against
+BASE_RUNS = 15  # timings of a new reference alone, whose median scales the ratios back to seconds
+_REF: dict = {}  # in the runner's worker process: its reference folder, and the reference loaded from it
+
+
+def _signature(args) -> list:
+    return [[str(a.dtype), [int(d) for d in a.shape]] for a in args]
+
+
+def publish_reference(folder: str | Path, lib: str | Path | None, args_info=None) -> None:
+    """Tell the local runner (started with this ``folder``, :func:`runner`) which kernel the
+    candidates of the next task are timed against: ``lib`` (an exported library whose ``main`` takes
+    ``args_info``'s arguments, MetaSchedule ``ArgInfo``s), or none (``lib=None``: raw timings).
+    Written atomically; the worker reads it at each measurement and times a new reference's
+    :data:`BASE_RUNS` runs alone before its first ratio."""
+    path = Path(folder) / REFERENCE
+    if lib is None:
+        path.unlink(missing_ok=True)
+        return
+    write_text(path, json.dumps({"id": uuid.uuid4().hex, "lib": str(lib), "args": _signature(args_info)}))
+
+
+def _reference(device, args) -> dict | None:
+    """The published reference for a candidate with arguments ``args`` (None: no folder, nothing
+    published, or published for other arguments), loaded and its base time measured on first use."""
+    import numpy as np
+    import tvm
+
+    folder = _REF.get("folder")
+    if not folder:
+        return None
+    try:
+        spec = json.loads((Path(folder) / REFERENCE).read_text())
+    except (OSError, ValueError):
+        return None
+    if spec.get("args") != _signature(args):
+        return None
+    if _REF.get("id") != spec["id"]:
+        f = tvm.runtime.load_module(spec["lib"]).time_evaluator(
+            "main", device, number=1, repeat=1, min_repeat_ms=0, f_preproc="mntvm.evict_private_caches")
+        f(*args)  # warm: code, workspace pool
+        base = float(np.median([f(*args).results[0] for _ in range(BASE_RUNS)]))
+        _REF.update(id=spec["id"], f=f, base=base)
+        write_text(Path(folder) / f"{spec['id']}.base", json.dumps({"base_s": base}))  # for reference_base
+    return _REF
+
+
+def reference_base(folder: str | Path) -> float | None:
+    """Seconds the runner measured for the reference now published in ``folder`` (the scale of the
+    costs it records), or None when it has not timed it (no candidate measured against it yet)."""
+    try:
+        rid = json.loads((Path(folder) / REFERENCE).read_text())["id"]
+        return float(json.loads((Path(folder) / f"{rid}.base").read_text())["base_s"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _init_worker(threads: int, folder: str | None) -> None:
+    """The local runner's worker initializer: its thread pool, and where references are published."""
+    set_threads(threads)
+    _REF.clear()
+    _REF["folder"] = folder
+
+
 def network_like_evaluator(rt_mod, device, evaluator_config, repeated_args):
     """LocalRunner f_run_evaluator: each repeat starts with private caches cold, L3 warm, input
-    warm (:func:`evict_private_caches`), as a layer finds them inside the network."""
+    warm (:func:`evict_private_caches`), as a layer finds them inside the network. With a published
+    reference (:func:`publish_reference`) each repeat times the candidate and the reference in
+    alternating order, and its cost is their ratio x the reference's base time."""
     import tvm
 
     tvm.register_global_func("mntvm.evict_private_caches", evict_private_caches, override=True)
-    f = rt_mod.time_evaluator(rt_mod.entry_name, device, number=evaluator_config.number,
-                              repeat=evaluator_config.repeat, min_repeat_ms=evaluator_config.min_repeat_ms,
+    ref = _reference(device, repeated_args[0]) if repeated_args else None
+    if ref is None:
+        f = rt_mod.time_evaluator(rt_mod.entry_name, device, number=evaluator_config.number,
+                                  repeat=evaluator_config.repeat, min_repeat_ms=evaluator_config.min_repeat_ms,
+                                  f_preproc="mntvm.evict_private_caches")
+        costs = []
+        for args in repeated_args:
+            device.sync()
+            costs += [float(c) for c in f(*args).results]
+        return costs
+    f = rt_mod.time_evaluator(rt_mod.entry_name, device, number=1, repeat=1, min_repeat_ms=0,
                               f_preproc="mntvm.evict_private_caches")
     costs = []
     for args in repeated_args:
         device.sync()
-        costs += [float(c) for c in f(*args).results]
+        for i in range(evaluator_config.repeat):
+            if i % 2 == 0:
+                c, r = f(*args).results[0], ref["f"](*args).results[0]
+            else:
+                r, c = ref["f"](*args).results[0], f(*args).results[0]
+            costs.append(float(c) / float(r) * ref["base"])
     return costs
 
 
@@ -85,7 +176,7 @@ def alloc_args_remote(session, device, args_info, alloc_repeat):
     return repeated
 
 
-def _make_runner(tracker: str | None, key: str | None, threads: int, gpu: bool):
+def _make_runner(tracker: str | None, key: str | None, threads: int, gpu: bool, reference: str | None):
     from tvm.s_tir import meta_schedule as ms
 
     cfg = ms.runner.EvaluatorConfig(number=1 if not gpu else 10, repeat=10, min_repeat_ms=0,
@@ -97,7 +188,7 @@ def _make_runner(tracker: str | None, key: str | None, threads: int, gpu: bool):
         # assuming SMT: 1 thread on a 2-core VM)
         return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60,
                                      f_run_evaluator=network_like_evaluator,
-                                     initializer=functools.partial(set_threads, threads))
+                                     initializer=functools.partial(_init_worker, threads, reference))
     host, port = parse_addr(tracker)
     open_session(tracker, key, wait_s=30).remote  # fail fast: unreachable tracker / no board
     return ms.runner.RPCRunner(
@@ -107,11 +198,13 @@ def _make_runner(tracker: str | None, key: str | None, threads: int, gpu: bool):
 
 
 @contextlib.contextmanager
-def runner(tracker: str | None, key: str | None, threads: int = 1, gpu: bool = False) -> Iterator:
+def runner(tracker: str | None, key: str | None, threads: int = 1, gpu: bool = False,
+           reference: str | Path | None = None) -> Iterator:
     """The MetaSchedule runner, for a ``with`` block: local (CPU: :func:`network_like_evaluator`
-    on ``threads`` threads; GPU: TVM's timing), or the board that ``tracker`` hands out for ``key``
-    (checked reachable at once). Its worker processes end with the block."""
-    r = _make_runner(tracker, key, threads, gpu)
+    on ``threads`` threads, against the references published in the folder ``reference``, if
+    given; GPU: TVM's timing), or the board that ``tracker`` hands out for ``key`` (checked
+    reachable at once). Its worker processes end with the block."""
+    r = _make_runner(tracker, key, threads, gpu, str(reference) if reference else None)
     try:
         yield r
     finally:

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 
 def format_tune(r: dict) -> str:
-    """Per task: rule, trials, best time; then trials run, seconds and the database folder."""
+    """Per task: rule, trials, best time (and the defaults' time it is scaled by, when candidates
+    were timed against them); then trials run, seconds and the database folder."""
     lines = []
     for name, t in r["tasks"].items():
         best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
-        lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}")
+        d = t.get("defaults_ms")
+        lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}"
+                     + (f"  (defaults {d:.4f} ms; each candidate timed side by side with them)" if d else ""))
     lines.append(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
                  + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
     c = r.get("check")

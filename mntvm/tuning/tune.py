@@ -43,6 +43,7 @@ from mntvm.templates.registry import (RULE_DENSE, RULE_DENSE8, RULE_DW, RULE_DW8
 from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_db, db_name, open_schedules, task_mod,
                                    task_rule, write_meta)
 from mntvm.tuning.lock import db_lock
+from mntvm.tuning.measure import publish_reference, reference_base
 from mntvm.tuning.measure import runner as measuring
 from mntvm.tuning.space import ms_builder, tune_space
 from mntvm.tuning.verify import apply_checked
@@ -274,12 +275,13 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise MntvmError(f"cannot write {path}: {e.strerror or e}") from None
-    with db_lock(path):
-        with measuring(tracker, key, threads or 1, gpu=profile.is_gpu) as runner:
+    local_cpu = not tracker and not profile.is_gpu
+    with db_lock(path), tempfile.TemporaryDirectory(prefix="mntvm-ref-") as ref:
+        with measuring(tracker, key, threads or 1, gpu=profile.is_gpu, reference=ref if local_cpu else None) as runner:
             sdb = _open_or_create(path, profile, force)
             db = sdb.database()
             mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db),
-                           start.database() if start is not None else None)
+                           start.database() if start is not None else None, ref if local_cpu else None)
         meta = sdb.meta
         meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
         if not tracker and profile.detected.get("mcpu"):  # measured here: what compile picks stand-ins by
@@ -313,13 +315,32 @@ def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping) -> dict | 
     return {"log": kept, "defaults": c["reverted"], "measured": c["measured"], "seconds": c["seconds"]}
 
 
+def _publish_defaults(folder: str, name: str, mod, sch, target) -> None:
+    """The task's template defaults (``sch``), built and published as the reference its candidates
+    are timed against (:func:`mntvm.tuning.measure.publish_reference`); none if it does not build."""
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    from mntvm.templates import prefetch
+
+    lib = Path(folder) / f"{name}.so"
+    try:
+        tvm.compile(prefetch.inject(sch.mod), target=target).mod.export_library(str(lib))
+    except Exception as e:  # noqa: BLE001 - the seed reports it; the search times raw
+        sys.stderr.write(f"tune: {name}: no reference to time candidates against ({one_line(e)})\n")
+        publish_reference(folder, None)
+        return
+    publish_reference(folder, lib, ArgInfo.from_prim_func(mod["main"]))
+
+
 def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,
-            check, start_db=None) -> dict:
+            check, start_db=None, reference: str | None = None) -> dict:
     """Search each task's knobs until it has ``trials`` records in ``db`` or its space runs out;
     fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}.
     ``check()`` runs after each commit (:class:`_LogCheck`); ``start_db``: the MetaSchedule database
     of the log named in ``summary["started_from"]``, whose best record for a new task is measured
-    and committed right after the defaults' (:func:`tune_funcs`)."""
+    and committed right after the defaults' (:func:`tune_funcs`). ``reference``: the local runner's
+    reference folder, where each task's template defaults are published before its measurements."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -355,6 +376,8 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                     summary["skipped"].append(name)
                     continue
                 before = _count(db, mod)
+                if reference is not None:
+                    _publish_defaults(reference, name, mod, schedule(mod), ttarget)
                 if before == 0 and _seed(db, mod, ttarget, builder, runner, schedule(mod), "the default knobs"):
                     check()
                     left -= 1
@@ -385,6 +408,9 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                 show(name, mod)
                 summary["tasks"][name] = {"rule": task_rule(funcs[name]), "trials": _count(db, mod),
                                           "best_ms": _best_ms(db, mod)}
+                if reference is not None:  # the scale of this task's costs: its defaults, timed by the runner
+                    base = reference_base(reference)
+                    summary["tasks"][name]["defaults_ms"] = None if base is None else 1e3 * base
     finally:
         builder.close()
     summary["trials_run"] = measured()

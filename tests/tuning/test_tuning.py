@@ -46,6 +46,10 @@ def test_tiny_tuning_writes_a_database(tuned, tmp_path):
     # "pw" selects the pointwise convs, which on CPUs run fused with the depthwise before them
     assert {t["rule"] for t in summary["tasks"].values()} == {"mntvm_dwpw", "mntvm_dense"}
     assert all(t["trials"] >= 3 and t["best_ms"] > 0 for t in summary["tasks"].values())
+    # measured here: each task's candidates were timed side by side with its template defaults,
+    # which the runner loaded and timed (the scale of the recorded costs)
+    for name, t in summary["tasks"].items():
+        assert t["defaults_ms"] > 0, name
     assert (out / RECORDS).stat().st_size > 0 and (out / "mntvm-db.json").is_file()
     # the finished log was checked here against the defaults, as compile will (same verdicts)
     c = summary["check"]
