@@ -98,10 +98,13 @@ def _reference(device, args) -> dict | None:
     if spec.get("args") != _signature(args):
         return None
     if _REF.get("id") != spec["id"]:
-        f = tvm.runtime.load_module(spec["lib"]).time_evaluator(
-            "main", device, number=1, repeat=1, min_repeat_ms=0, f_preproc="mntvm.evict_private_caches")
-        f(*args)  # warm: code, workspace pool
-        base = float(np.median([f(*args).results[0] for _ in range(BASE_RUNS)]))
+        try:
+            f = tvm.runtime.load_module(spec["lib"]).time_evaluator(
+                "main", device, number=1, repeat=1, min_repeat_ms=0, f_preproc="mntvm.evict_private_caches")
+            f(*args)  # warm: code, workspace pool
+            base = float(np.median([f(*args).results[0] for _ in range(BASE_RUNS)]))
+        except Exception:  # noqa: BLE001 - a reference that does not load or run: the candidate is timed raw
+            return None
         _REF.update(id=spec["id"], f=f, base=base)
         write_text(Path(folder) / f"{spec['id']}.base", json.dumps({"base_s": base}))  # for reference_base
     return _REF

@@ -78,13 +78,16 @@ def test_candidates_are_timed_against_the_published_defaults(kernels, tmp_path):
 
 
 def test_raw_timings_without_a_reference_for_the_task(kernels, tmp_path):
-    """No reference published, or one published for another task's arguments: the candidate's own
-    times, as before (the search still runs; only drift is not taken out)."""
+    """No reference published, one published for another task's arguments, or one that does not
+    load: the candidate's own times, as before (the search still runs; only drift is not taken out)."""
     libs, infos, args = kernels
     measure._init_worker(1, str(tmp_path))
     try:
         assert measure._reference(None, args) is None  # nothing published yet
         measure.publish_reference(tmp_path, libs["defaults"], infos[:-1])  # another signature
+        assert measure._reference(None, args) is None and "id" not in measure._REF
+        (tmp_path / "broken.so").write_bytes(b"not a library")
+        measure.publish_reference(tmp_path, tmp_path / "broken.so", infos)  # does not load
         assert measure._reference(None, args) is None and "id" not in measure._REF
         measure.publish_reference(tmp_path, libs["defaults"], infos)
         measure.publish_reference(tmp_path, None)  # withdrawn
