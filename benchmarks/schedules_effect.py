@@ -5,9 +5,10 @@ Three builds of MobileNetV1 for this machine's ``x86`` profile, timed in interle
 - ``tvm-default``: ``tvm.compile`` of our Relax module with TVM's own default pipeline (no
   schedules at all: what TVM 0.27 gives without templates or tuning);
 - ``templates``: ``mntvm compile --schedules none`` (our templates at their default knobs);
-- ``shipped``: ``mntvm compile`` (templates + the log shipped in ``schedules/``).
+- ``shipped``: ``mntvm compile`` (templates + the log shipped in ``schedules/``);
+- ``log``, with ``--log DIR``: ``mntvm compile --schedules DIR`` (e.g. a log ``mntvm tune`` just wrote).
 
-    python benchmarks/schedules_effect.py [--alpha 1.0] [--resolution 224] [--threads 2] [--json]
+    python benchmarks/schedules_effect.py [--alpha 1.0] [--resolution 224] [--threads 2] [--log DIR] [--json]
 
 Prints median and p90 per build, the ratio to the shipped build, and each build's max |diff|
 against the numpy float64 reference.
@@ -35,6 +36,7 @@ def main(argv=None) -> int:
     ap.add_argument("--per-round", type=int, default=5)
     ap.add_argument("--default-runs", type=int, default=5,
                     help="runs of TVM's unscheduled build (slow; 0: leave that build out)")
+    ap.add_argument("--log", help="also a build from this tuned database folder")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
@@ -61,7 +63,8 @@ def main(argv=None) -> int:
         runners["tvm-default"] = lambda: vm["main"](xd).numpy()
 
     with tempfile.TemporaryDirectory() as tmp:
-        for name, sched in (("templates", "none"), ("shipped", "default")):
+        builds = [("templates", "none"), ("shipped", "default")] + ([("log", a.log)] if a.log else [])
+        for name, sched in builds:
             out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules=sched)
             art = load_artifact(out)
             meta = art.metadata["schedules"]
