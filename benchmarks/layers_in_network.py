@@ -129,8 +129,9 @@ def _worker(spec: dict) -> dict:
 
 
 def format_table(r: dict) -> str:
-    lines = [f"{r['model']}, schedules: {r['schedules']} ({r['tasks_from_log']} tasks from the log); per layer inside the network, ours (VM instrument) "
-             f"vs ONNX Runtime (its profiler), {r['rounds']} interleaved rounds of {r['per_round']}"]
+    lines = [f"{r['model']}, schedules: {r['schedules']} ({r['tasks_from_log']} tasks from the log); per layer "
+             f"inside the network, ours (VM instrument) vs ONNX Runtime (its profiler), {r['rounds']} interleaved "
+             f"rounds of {r['per_round']}"]
     for n, t in r["threads"].items():
         pk = t["peak_gflops"]
         lines.append(f"\n{n} thread(s); FMA peak measured now: {f'{pk:.0f} GFLOP/s' if pk else 'n/a'}")

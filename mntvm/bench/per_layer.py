@@ -144,9 +144,10 @@ def ort_per_layer(events: list, layers: list[str]) -> dict:
     """ONNX Runtime's per-node times (the JSON events ``SessionOptions.enable_profiling`` writes)
     for a model from :func:`mntvm.export.export_onnx`, summed onto ``layers`` (the names of
     :func:`per_layer_report`'s layers: ``stem``, ``dw1+pw1`` or ``dw1`` and ``pw1``, ``pool``,
-    ``fc``, ``softmax``; others, such as ``input``, get no node). Each node's time is its median over the profiled runs; nodes of no layer
-    go to :data:`ORT_OTHER`. Returns ``{"layers": {layer: ms}, "runs": runs profiled}``; a layer of
-    ``layers`` that no node maps to is an error (the export's names and these no longer agree)."""
+    ``fc``, ``softmax``; others, such as ``input``, get no node). Each node's time is its median
+    over the profiled runs; nodes of no layer go to :data:`ORT_OTHER`. Returns ``{"layers":
+    {layer: ms}, "runs": runs profiled}``; a layer of ``layers`` that no node maps to is an error
+    (the export's names and these no longer agree)."""
     part_of = {part: name for name in layers for part in name.split("+")}
     per_node: dict[str, list[float]] = {}
     for e in events:

@@ -376,9 +376,10 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                     summary["skipped"].append(name)
                     continue
                 before = _count(db, mod)
+                defaults = schedule(mod)
                 if reference is not None:
-                    _publish_defaults(reference, name, mod, schedule(mod), ttarget)
-                if before == 0 and _seed(db, mod, ttarget, builder, runner, schedule(mod), "the default knobs"):
+                    _publish_defaults(reference, name, mod, defaults, ttarget)
+                if before == 0 and _seed(db, mod, ttarget, builder, runner, defaults, "the default knobs"):
                     check()
                     left -= 1
                     show(name, mod)
