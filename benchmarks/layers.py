@@ -90,7 +90,7 @@ def kernel_calls(mod: tvm.IRModule):
 
 
 def time_kernel(func, target, dev, number=10, repeat=7):
-    rt = tvm.compile(prefetch.inject(tvm.IRModule({"main": func.with_attr("global_symbol", "main")})), target=target).mod
+    rt = prefetch.compile_cpu(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target).mod
     args = []
     for p in func.params:
         b = p
@@ -269,7 +269,7 @@ def main(argv=None):
         print("peak GFLOP/s:", {t: round(p, 1) if p else None for t, p in peaks.items()})
 
     # whole network
-    ex = tvm.compile(prefetch.inject(sched), target=target)
+    ex = prefetch.compile_cpu(sched, target)
     vm = relax.VirtualMachine(ex, dev)
     x = np.random.RandomState(1).rand(*cfg.input_shape).astype("float32")
     xt = tvm.runtime.tensor(x, dev)

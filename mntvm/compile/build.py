@@ -49,8 +49,6 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
     When the profile is this machine's CPU and ``check_log``, each tuned task is timed against
     its template defaults here (:func:`mntvm.tuning.verify.apply_checked`) and the faster one kept.
     """
-    import tvm
-
     target = profile.tvm_target()
     int8 = isinstance(weights, QuantizedNet)
     if int8:
@@ -73,7 +71,7 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
         ex, info["rules"] = compile_gpu(apply_default_schedules(mod, target), target)
         return ex, info
     mod = apply_default_schedules(mod, target, profile.vector_bits)
-    return tvm.compile(prefetch.inject(mod), target=target), info
+    return prefetch.compile_cpu(mod, target), info
 
 
 def compile_model(

@@ -5,7 +5,8 @@ pushed them out of L2 since the last inference. With the fused template's loop o
 ``ob0`` weight panels of ``o_t`` output-channel vectors, each reused over ``p1`` position tiles)
 only the first position tile of a panel reads it from L3; the others hit L2. So the core streams
 a panel, then computes with no memory traffic, then streams the next one. The schedule marks
-its loops (:func:`mark`) and :func:`inject` (a PrimFunc pass, run before ``tvm.compile``) adds
+its loops (:func:`mark`) and :func:`inject` (a PrimFunc pass, run before ``tvm.compile`` by
+:func:`compile_cpu`) adds
 to each iteration of the reduction over input-channel blocks a few ``prefetcht1`` of the *next*
 panel, spread so that the whole panel is requested over the current one's position tiles.
 
@@ -152,3 +153,11 @@ def _pass(func, _mod, _ctx):
 def inject(mod: tvm.IRModule) -> tvm.IRModule:
     """``mod`` with the prefetches of every marked PrimFunc added (unmarked ones unchanged)."""
     return _pass(mod)
+
+
+def compile_cpu(mod: tvm.IRModule, target):
+    """``tvm.compile`` of a module holding our CPU kernels, after :func:`inject`: the one way they
+    are compiled (the network, tuning's candidates and references, the log check, the benchmarks),
+    so that none of them loses its prefetch. TVM 0.27's ``tvm.compile`` takes only a registered
+    TIR pipeline name, and registering one would be a global side effect."""
+    return tvm.compile(inject(mod), target=target)

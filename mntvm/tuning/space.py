@@ -24,7 +24,7 @@ def _ms_build(mod, target, _params):
     if target.kind.name == "cuda":
         with nvcc_compile_mode(), target:  # nvcc for the target's arch, where a CUDA runtime is loaded
             return tvm.compile(mod, target=target).mod
-    return tvm.compile(prefetch.inject(mod), target=target).mod
+    return prefetch.compile_cpu(mod, target).mod
 
 
 def _ms_export(cross_compiler, cuda_target, mod) -> str:

@@ -318,14 +318,13 @@ def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping) -> dict | 
 def _publish_defaults(folder: str, name: str, mod, sch, target) -> None:
     """The task's template defaults (``sch``), built and published as the reference its candidates
     are timed against (:func:`mntvm.tuning.measure.publish_reference`); none if it does not build."""
-    import tvm
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     from mntvm.templates import prefetch
 
     lib = Path(folder) / f"{name}.so"
     try:
-        tvm.compile(prefetch.inject(sch.mod), target=target).mod.export_library(str(lib))
+        prefetch.compile_cpu(sch.mod, target).mod.export_library(str(lib))
     except Exception as e:  # noqa: BLE001 - the seed reports it; the search times raw
         sys.stderr.write(f"tune: {name}: no reference to time candidates against ({one_line(e)})\n")
         publish_reference(folder, None)

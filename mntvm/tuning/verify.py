@@ -78,7 +78,7 @@ def _timer(func, target):
     import tvm
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    rt = tvm.compile(prefetch.inject(tvm.IRModule({"main": func.with_attr("global_symbol", "main")})), target=target)
+    rt = prefetch.compile_cpu(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target)
     dev = tvm.cpu()
     rng = np.random.default_rng(0)
     args = []

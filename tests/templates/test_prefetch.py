@@ -135,3 +135,30 @@ def test_prefetching_kernels_compute_the_same(monkeypatch, threshold):
         mid = np.maximum(mid + b1[:, None, None, :], 0).reshape(c // V, h * h, V)
         ref = np.clip(np.einsum("bpi,obiv->opv", mid, w2) + b2[:, None, :], 0, 6)
         np.testing.assert_allclose(args[-1].numpy()[0], ref, atol=1e-4, rtol=1e-5)
+
+
+# every tvm.compile in the package and the benchmarks that is not of our CPU kernels (these go through
+# prefetch.compile_cpu, which adds the prefetch): file -> the calls, as written
+NOT_OUR_CPU_KERNELS = {
+    "mntvm/templates/prefetch.py": ["return tvm.compile(inject(mod), target=target)"],  # compile_cpu itself
+    "mntvm/templates/gpu.py": ["ex = tvm.compile(mod, target=target, relax_pipeline=None)"],  # GPU kernels
+    "mntvm/tuning/space.py": ["return tvm.compile(mod, target=target).mod"],  # CUDA candidates
+    "mntvm/tuning/measure.py": ['_EVICT["f"] = tvm.compile(sch.mod, target="llvm")["main"]'],  # cache eviction
+    "mntvm/templates/lowering.py": ["ex = tvm.compile(mod, target=target)"],  # a docstring's example
+    "benchmarks/schedules_effect.py": ["ex = tvm.compile(inference_module(cfg, w), target=profile.tvm_target())"],
+}
+
+
+def test_our_cpu_kernels_are_compiled_only_through_compile_cpu():
+    """A new place that compiles our kernels with a bare ``tvm.compile`` would build them without
+    their prefetch and nobody would notice but a benchmark: every ``tvm.compile(`` in mntvm/ and
+    benchmarks/ is either prefetch.compile_cpu's own or one listed above as not ours."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    found = {}
+    for path in sorted([*root.glob("mntvm/**/*.py"), *root.glob("benchmarks/*.py")]):
+        calls = [line.split("#")[0].strip() for line in path.read_text().splitlines() if "tvm.compile(" in line]
+        if calls:
+            found[str(path.relative_to(root))] = calls
+    assert found == NOT_OUR_CPU_KERNELS

@@ -31,7 +31,7 @@ def kernels(tmp_path_factory):
     d = tmp_path_factory.mktemp("kernels")
     libs = {"defaults": d / "defaults.so", "naive": d / "naive.so"}
     sch = default_schedule(mod, target, profile.vector_bits)
-    tvm.compile(prefetch.inject(sch.mod), target=target).mod.export_library(str(libs["defaults"]))
+    prefetch.compile_cpu(sch.mod, target).mod.export_library(str(libs["defaults"]))
     tvm.compile(mod, target=target).mod.export_library(str(libs["naive"]))
     infos = ArgInfo.from_prim_func(mod["main"])
     rng = np.random.default_rng(0)
