@@ -10,7 +10,7 @@ def format_tune(r: dict) -> str:
         best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
         d = t.get("defaults_ms")
         lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}"
-                     + (f"  (defaults {d:.4f} ms; each candidate timed side by side with them)" if d else ""))
+                     + (f"  (candidates timed side by side with the defaults, which ran {d:.4f} ms alone)" if d else ""))
     lines.append(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
                  + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
     c = r.get("check")
