@@ -169,20 +169,27 @@ def _start_record(sdb, mod):
         return None
 
 
-def _seed(db, mod, target, builder, runner, sch, what: str) -> bool:
-    """Measure ``sch`` (a schedule of ``mod``) here and commit it to ``db``: the search starts from
-    the database's best (MetaSchedule's initial population takes it); seeded with the template
-    defaults, the log can never pick something slower than what compile does without it. False
-    (and a line on stderr) when it cannot be built or measured."""
+def _build(builder, sch, target):
+    """``sch`` built as the search builds its candidates: ``(library path, None)`` or ``(None, error)``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
+    return (None, built.error_msg) if built.error_msg else (built.artifact_path, None)
+
+
+def _seed(db, mod, target, runner, sch, built, what: str) -> bool:
+    """Measure ``sch`` (a schedule of ``mod``, ``built`` by :func:`_build`) here and commit it to
+    ``db``: the search starts from the database's best (MetaSchedule's initial population takes it);
+    seeded with the template defaults, the log can never pick something slower than what compile
+    does without it. False (and a line on stderr) when it cannot be built or measured."""
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    built = builder.build([ms.builder.BuilderInput(sch.mod, target)])[0]
-    err = built.error_msg
+    lib, err = built
     if not err:
         args = ArgInfo.from_prim_func(mod["main"])
         device = "cuda" if target.kind.name == "cuda" else "cpu"
-        ran = runner.run([ms.runner.RunnerInput(built.artifact_path, device, args)])[0].result()
+        ran = runner.run([ms.runner.RunnerInput(lib, device, args)])[0].result()
         err = ran.error_msg or (None if ran.run_secs else "no timings")
     if err:  # the search still runs, from random knobs
         sys.stderr.write(f"tune: could not measure {what} ({one_line(RuntimeError(err))})\n")
@@ -315,21 +322,19 @@ def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping) -> dict | 
     return {"log": kept, "defaults": c["reverted"], "measured": c["measured"], "seconds": c["seconds"]}
 
 
-def _publish_defaults(folder: str, name: str, mod, sch, target) -> None:
-    """The task's template defaults (``sch``), built and published as the reference its candidates
-    are timed against (:func:`mntvm.tuning.measure.publish_reference`); none if it does not build."""
+def _publish_defaults(folder: str, name: str, mod, built) -> None:
+    """The task's template defaults, ``built`` by :func:`_build` (the build its seed is measured
+    from), copied into ``folder`` and published as the reference its candidates are timed against
+    (:func:`mntvm.tuning.measure.publish_reference`); none if they did not build."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from mntvm.templates import prefetch
-
-    lib = Path(folder) / f"{name}.so"
-    try:
-        prefetch.compile_cpu(sch.mod, target).mod.export_library(str(lib))
-    except Exception as e:  # noqa: BLE001 - the seed reports it; the search times raw
-        sys.stderr.write(f"tune: {name}: no reference to time candidates against ({one_line(e)})\n")
+    lib, err = built
+    if err:
         publish_reference(folder, None)
         return
-    publish_reference(folder, lib, ArgInfo.from_prim_func(mod["main"]))
+    ref = Path(folder) / f"{name}.so"
+    shutil.copyfile(lib, ref)  # the runner deletes the build once it has measured it
+    publish_reference(folder, ref, ArgInfo.from_prim_func(mod["main"]))
 
 
 def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,
@@ -376,16 +381,17 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                     continue
                 before = _count(db, mod)
                 defaults = schedule(mod)
+                built = _build(builder, defaults, ttarget) if before == 0 or reference is not None else None
                 if reference is not None:
-                    _publish_defaults(reference, name, mod, defaults, ttarget)
-                if before == 0 and _seed(db, mod, ttarget, builder, runner, defaults, "the default knobs"):
+                    _publish_defaults(reference, name, mod, built)
+                if before == 0 and _seed(db, mod, ttarget, runner, defaults, built, "the default knobs"):
                     check()
                     left -= 1
                     show(name, mod)
                 if before == 0 and left > 0 and start_db is not None:
                     sch = _start_record(start_db, mod)
                     what = f"{summary['started_from']['database']}'s record"
-                    if sch is not None and _seed(db, mod, ttarget, builder, runner, sch, what):
+                    if sch is not None and _seed(db, mod, ttarget, runner, sch, _build(builder, sch, ttarget), what):
                         check()
                         left -= 1
                         summary["started_from"]["tasks"].append(name)
