@@ -1,14 +1,30 @@
-"""What the peer benchmarks (vs_peers.py, int8.py, variants.py) share: their timing options."""
+"""What the benchmarks share: their model and timing options, and the single-build ones' model and reference."""
 from __future__ import annotations
 
 import argparse
 
 
-def timing_options(p: argparse.ArgumentParser, rounds: int = 20) -> None:
-    """``--threads 1,2 --rounds N --per-round 5 --schedules default|none|DIR --json``."""
-    p.add_argument("--threads", type=thread_counts, default="1,2", help="comma-separated thread counts")
+def model_options(p: argparse.ArgumentParser) -> None:
+    """``--alpha 1.0 --resolution 224``: the one MobileNetV1 variant a benchmark builds."""
+    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--resolution", type=int, default=224)
+
+
+def single_build_options(p: argparse.ArgumentParser, threads: int, rounds: int) -> None:
+    """For the benchmarks that time builds of one variant against each other in one process
+    (prefetch.py, schedules_effect.py): the model, ``--threads N --rounds R --per-round 5 --json``."""
+    model_options(p)
+    p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--rounds", type=int, default=rounds)
     p.add_argument("--per-round", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+
+
+def timing_options(p: argparse.ArgumentParser, rounds: int = 20, per_round: int = 5) -> None:
+    """``--threads 1,2 --rounds N --per-round M --schedules default|none|DIR --json``."""
+    p.add_argument("--threads", type=thread_counts, default="1,2", help="comma-separated thread counts")
+    p.add_argument("--rounds", type=int, default=rounds)
+    p.add_argument("--per-round", type=int, default=per_round)
     p.add_argument("--schedules", default="default", help="default (shipped), none (template defaults) or a folder")
     p.add_argument("--json", action="store_true")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import timing_options  # noqa: E402
+from benchmarks.common import model_options, timing_options  # noqa: E402
 from mntvm import MntvmError  # noqa: E402
 from mntvm.bench import compare  # noqa: E402
 from mntvm.compile import compile_model  # noqa: E402
@@ -42,8 +42,7 @@ def _load() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--resolution", type=int, default=224)
+    model_options(p)
     timing_options(p)
     a = p.parse_args(argv)
     counts = a.threads

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
+from benchmarks.common import model_options  # noqa: E402
 from mntvm.core.threads import set_threads  # noqa: E402
 from mntvm.targets.profiles import get_profile  # noqa: E402
 from mntvm.templates import prefetch  # noqa: E402
@@ -175,8 +176,7 @@ def build_network(cfg, profile, seed=0, fuse_dw=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--alpha", type=float, default=1.0)
-    ap.add_argument("--resolution", type=int, default=224)
+    model_options(ap)
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--target", default="x86", help="target profile (default: x86, this machine)")
     ap.add_argument("--mcpu", default=None, help="the CPU to generate code for (default: the profile's)")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,13 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import thread_counts  # noqa: E402
+from benchmarks.common import model_options, timing_options  # noqa: E402
 from mntvm import MntvmError  # noqa: E402
 
 
 def run(alpha: float, resolution: int, threads: list[int], rounds: int, per_round: int, schedules: str) -> dict:
-    """Compile and export here, then time each thread count in a fresh process (TVM's thread pool does
-    not re-pin cleanly when resized in-process; :func:`mntvm.bench.compare` does the same)."""
+    """Compile and export here, then time each thread count in a fresh process
+    (:func:`mntvm.bench.comparison.run_in_fresh_process`, as :func:`mntvm.bench.compare` does)."""
+    from mntvm.bench.comparison import run_in_fresh_process
     from mntvm.compile import compile_model, load_artifact
     from mntvm.export.onnx import export_onnx
     from mntvm.model import MobileNetConfig
@@ -53,13 +53,8 @@ def run(alpha: float, resolution: int, threads: list[int], rounds: int, per_roun
         spec = {"artifact": str(art), "onnx": str(export_onnx(cfg, w, Path(tmp) / "model.onnx")),
                 "alpha": alpha, "resolution": resolution, "rounds": rounds, "per_round": per_round, "tmp": tmp}
         for n in threads:
-            env = {**os.environ, "TVM_NUM_THREADS": str(n), "OMP_NUM_THREADS": str(n)}
-            p = subprocess.run([sys.executable, __file__, "--worker", json.dumps({**spec, "threads": n})],
-                               capture_output=True, text=True, env=env, timeout=1800)
-            if p.returncode != 0:
-                tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
-                raise MntvmError(f"the profiling process at {n} thread(s) failed (exit {p.returncode}): {tail}")
-            out["threads"][str(n)] = json.loads(p.stdout.splitlines()[-1])
+            out["threads"][str(n)] = run_in_fresh_process([__file__, "--worker"], {**spec, "threads": n}, 1800,
+                                                          "profiling")
     return out
 
 
@@ -69,6 +64,7 @@ def _worker(spec: dict) -> dict:
     import tvm
 
     from mntvm.bench import measure_peak, per_layer_report
+    from mntvm.bench.peers import ort_session_options
     from mntvm.bench.per_layer import ort_per_layer
     from mntvm.compile import load_artifact
     from mntvm.compile.artifact import deterministic_input
@@ -83,8 +79,7 @@ def _worker(spec: dict) -> dict:
     x = deterministic_input(cfg.input_shape)
     vm = art.load_vm()
     xin = tvm.runtime.tensor(x)
-    so = ort.SessionOptions()
-    so.intra_op_num_threads, so.inter_op_num_threads = n, 1
+    so = ort_session_options(n)
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(spec["tmp"], f"ort{n}")
     sess = ort.InferenceSession(spec["onnx"], so, providers=["CPUExecutionProvider"])
@@ -152,13 +147,8 @@ def format_table(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--resolution", type=int, default=224)
-    p.add_argument("--threads", type=thread_counts, default="1,2", help="comma-separated thread counts")
-    p.add_argument("--rounds", type=int, default=8)
-    p.add_argument("--per-round", type=int, default=20)
-    p.add_argument("--schedules", default="default", help="default (shipped), none (template defaults) or a folder")
-    p.add_argument("--json", action="store_true")
+    model_options(p)
+    timing_options(p, rounds=8, per_round=20)
     p.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one thread count, in a fresh process
     a = p.parse_args(argv)
     if a.worker:

@@ -26,6 +26,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import single_build_options  # noqa: E402
+
 
 def _prefetch_instructions(lib: Path) -> int | None:
     try:
@@ -38,12 +40,7 @@ def _prefetch_instructions(lib: Path) -> int | None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--alpha", type=float, default=1.0)
-    ap.add_argument("--resolution", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--per-round", type=int, default=5)
-    ap.add_argument("--json", action="store_true")
+    single_build_options(ap, threads=1, rounds=20)
     a = ap.parse_args(argv)
 
     from benchmarks.common import model_and_reference

@@ -26,18 +26,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import single_build_options  # noqa: E402
+
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--alpha", type=float, default=1.0)
-    ap.add_argument("--resolution", type=int, default=224)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--per-round", type=int, default=5)
+    single_build_options(ap, threads=2, rounds=15)
     ap.add_argument("--default-runs", type=int, default=5,
                     help="runs of TVM's unscheduled build (slow; 0: leave that build out)")
     ap.add_argument("--log", help="also a build from this tuned database folder")
-    ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
 
     import tvm

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import timing_options  # noqa: E402
+from benchmarks.common import model_options, timing_options  # noqa: E402
 from mntvm import MntvmError  # noqa: E402
 from mntvm.bench import compare, format_compare, measure_peak  # noqa: E402
 from mntvm.compile import compile_model, load_artifact  # noqa: E402
@@ -37,8 +37,7 @@ from mntvm.model.cost import cost_report  # noqa: E402
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--alpha", type=float, default=1.0)
-    p.add_argument("--resolution", type=int, default=224)
+    model_options(p)
     p.add_argument("--peers", default="ort,openvino,tflite",
                    help="ONNX Runtime is always measured; the others when installed")
     timing_options(p)

@@ -165,15 +165,23 @@ def _peer_model(fmt: str, art_path: Path, cfg: MobileNetConfig, weights, dest: P
 
 def _run_worker(spec: dict, timeout_s: float) -> dict:
     """Run the compare worker in a fresh process for one thread count and return its result."""
+    return run_in_fresh_process(["-m", WORKER], spec, timeout_s, "comparison")
+
+
+def run_in_fresh_process(command: list[str], spec: dict, timeout_s: float, what: str) -> dict:
+    """Run ``python <command> <spec as JSON>`` for ``spec["threads"]`` threads in a fresh process (TVM's
+    pool does not re-pin cleanly when resized in-process) and return the JSON object its last line
+    of output holds; its ``error``, a timeout, a signal or a failure are a one-line error naming
+    ``what`` ran."""
     n = spec["threads"]
     root = str(Path(__file__).resolve().parents[2])  # the folder that holds the mntvm package
     env = {**os.environ, "TVM_NUM_THREADS": str(n),
            "PYTHONPATH": os.pathsep.join(x for x in (root, os.environ.get("PYTHONPATH")) if x)}
     try:
-        p = subprocess.run([sys.executable, "-m", WORKER, json.dumps(spec)], capture_output=True, text=True,
+        p = subprocess.run([sys.executable, *command, json.dumps(spec)], capture_output=True, text=True,
                            env=env, timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        raise MntvmError(f"the comparison at {n} thread{'s' * (n != 1)} took longer than {timeout_s:.0f} s") from None
+        raise MntvmError(f"the {what} at {n} thread{'s' * (n != 1)} took longer than {timeout_s:.0f} s") from None
     last = (p.stdout.strip().splitlines() or [""])[-1]
     try:
         r = json.loads(last)
@@ -187,9 +195,9 @@ def _run_worker(spec: dict, timeout_s: float) -> dict:
         sig = signal.Signals(-p.returncode).name
         hint = (": the artifact may use instructions this CPU lacks (compile it with --target x86)"
                 if sig == "SIGILL" else "")
-        raise MntvmError(f"the comparison process at {n} thread{'s' * (n != 1)} died of {sig}{hint}")
+        raise MntvmError(f"the {what} process at {n} thread{'s' * (n != 1)} died of {sig}{hint}")
     err = [ln for ln in p.stderr.strip().splitlines() if ln.strip()]
-    raise MntvmError(f"the comparison process at {n} thread{'s' * (n != 1)} failed (exit {p.returncode}): "
+    raise MntvmError(f"the {what} process at {n} thread{'s' * (n != 1)} failed (exit {p.returncode}): "
                      f"{err[-1].strip() if err else 'no message'}")
 
 

@@ -29,7 +29,8 @@ class Peer:
     setup: Setup
 
 
-def _setup_ort(path: str, x: np.ndarray, n: int):
+def ort_session_options(n: int):
+    """ONNX Runtime's session options for a peer run on ``n`` threads (what :data:`REFERENCE` uses)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -38,7 +39,13 @@ def _setup_ort(path: str, x: np.ndarray, n: int):
     # QDQ models with int8 (not uint8) activations: without this, ORT's x86 build runs them through
     # float kernels on dequantized values instead of its integer ones (no effect on float models)
     so.add_session_config_entry("session.qdqisint8allowed", "1")
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return so
+
+
+def _setup_ort(path: str, x: np.ndarray, n: int):
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(path, ort_session_options(n), providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x}
     return (lambda: sess.run(None, feed)), (lambda: sess.run(None, feed)[0]), ort.__version__
 
