@@ -55,3 +55,19 @@ def model_and_reference(alpha: float, resolution: int, threads: int):
     w = W.random_weights(cfg, 0)
     x = deterministic_input(cfg.input_shape)
     return cfg, w, x, reference.forward(cfg, w, x)
+
+
+def kernel_calls(mod):
+    """[(name, PrimFunc)] of a lowered module's kernels, in the execution order of main's call_tir bindings."""
+    import tvm
+    from tvm import relax
+
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    out = []
+    for blk in mod["main"].body.blocks:
+        for b in blk.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and v.op.same_as(call_tir):
+                gv = v.args[0]
+                out.append((gv.name_hint, mod[gv]))
+    return out

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tvm  # noqa: E402
 from tvm import relax  # noqa: E402
 
-from benchmarks.common import model_options  # noqa: E402
+from benchmarks.common import kernel_calls, model_options  # noqa: E402
 from mntvm.core.threads import set_threads  # noqa: E402
 from mntvm.targets.profiles import get_profile  # noqa: E402
 from mntvm.templates import prefetch  # noqa: E402
@@ -74,20 +74,6 @@ def _flops_of(func: tvm.tirx.PrimFunc) -> tuple[str, float]:
         nb, k, v = params[1]
         return "fc", 2.0 * out[0] * nb * v * k
     return r.replace("mntvm_", ""), 0.0
-
-
-def kernel_calls(mod: tvm.IRModule):
-    """[(name, PrimFunc)] in execution order of main's call_tir bindings."""
-    main = mod["main"]
-    out = []
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    for blk in main.body.blocks:
-        for b in blk.bindings:
-            v = b.value
-            if isinstance(v, relax.Call) and v.op.same_as(call_tir):
-                gv = v.args[0]
-                out.append((gv.name_hint, mod[gv]))
-    return out
 
 
 def time_kernel(func, target, dev, number=10, repeat=7):
