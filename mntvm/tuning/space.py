@@ -6,9 +6,12 @@ for CUDA).
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib.util
 import json
 import os
+import sys
 import tempfile
 
 import tvm
@@ -91,6 +94,29 @@ def _pooled_builder_class():
             self.pool.shutdown()
 
     return PooledBuilder
+
+
+TVM_INTRINSICS = "tvm.s_tir.tensor_intrin"
+
+
+@contextlib.contextmanager
+def without_tvm_intrinsics():
+    """MetaSchedule's ``TuneContext`` imports :data:`TVM_INTRINSICS`, whose ``__init__`` parses every
+    target's tensor intrinsics (~250 TVMScript functions: 5 s here even with
+    :func:`mntvm.core.tvmscript.install`) before a tuning process measures anything. Our spaces
+    (:func:`tune_space`) tensorize only with our own intrinsics, registered where they are defined,
+    so while this is active that package is an unexecuted stand-in (its submodules still import on
+    demand) and after it, as before: removed, unless the real package had been imported already."""
+    if TVM_INTRINSICS in sys.modules:
+        yield
+        return
+    stub = importlib.util.module_from_spec(importlib.util.find_spec(TVM_INTRINSICS))
+    sys.modules[TVM_INTRINSICS] = stub
+    try:
+        yield
+    finally:
+        if sys.modules.get(TVM_INTRINSICS) is stub:
+            del sys.modules[TVM_INTRINSICS]
 
 
 def tune_space(target=None):

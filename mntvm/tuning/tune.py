@@ -45,7 +45,7 @@ from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_
 from mntvm.tuning.lock import db_lock
 from mntvm.tuning.measure import publish_reference, reference_base
 from mntvm.tuning.measure import runner as measuring
-from mntvm.tuning.space import ms_builder, tune_space
+from mntvm.tuning.space import ms_builder, tune_space, without_tvm_intrinsics
 from mntvm.tuning.verify import apply_checked
 
 MIN_FREE_BYTES = 50 << 20  # free space tune wants on the database's filesystem before it starts
@@ -283,7 +283,7 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
     except OSError as e:
         raise MntvmError(f"cannot write {path}: {e.strerror or e}") from None
     local_cpu = not tracker and not profile.is_gpu
-    with db_lock(path), tempfile.TemporaryDirectory(prefix="mntvm-ref-") as ref:
+    with db_lock(path), tempfile.TemporaryDirectory(prefix="mntvm-ref-") as ref, without_tvm_intrinsics():
         with measuring(tracker, key, threads or 1, gpu=profile.is_gpu, reference=ref if local_cpu else None) as runner:
             sdb = _open_or_create(path, profile, force)
             db = sdb.database()

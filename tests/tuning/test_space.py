@@ -68,3 +68,34 @@ def test_one_build_process_serves_every_batch_and_close_stops_it():
     pool(tvm.runtime.tensor(x), out)
     want = x.mean(axis=2).reshape(n, cb * v)[:, :out_shape[1]].reshape(out_shape)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)
+
+
+
+def test_tuning_contexts_do_not_parse_every_targets_tensor_intrinsics():
+    """MetaSchedule's TuneContext imports ``tvm.s_tir.tensor_intrin`` (every target's intrinsics, CUDA's
+    included: seconds of parsing). Within ``without_tvm_intrinsics`` (which tune uses) nothing of it
+    runs and its submodules import on demand; afterwards the stand-in is gone."""
+    import json
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent("""
+        import json, sys
+        import tvm
+        from tvm.s_tir import meta_schedule as ms
+        from mntvm.tuning.space import TVM_INTRINSICS, tune_space, without_tvm_intrinsics
+        loaded = lambda: sorted(m for m in sys.modules if m.startswith(TVM_INTRINSICS))
+        with without_tvm_intrinsics():
+            ms.TuneContext(target=tvm.target.Target("llvm"), space_generator=tune_space())
+            inside = loaded()
+            import tvm.s_tir.tensor_intrin.x86
+            x86 = loaded()
+        print(json.dumps([inside, x86, loaded()]))
+    """)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    inside, x86, after = json.loads(p.stdout.splitlines()[-1])
+    pkg = "tvm.s_tir.tensor_intrin"
+    assert inside == [pkg] and x86 == [pkg, pkg + ".x86"]
+    assert after == [pkg + ".x86"]  # the stand-in gone: the next import runs the real package
