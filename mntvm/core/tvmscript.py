@@ -5,7 +5,8 @@ TVM's ``@T.prim_func`` calls ``inspect.stack()`` for each function it parses, an
 has imported TVM, ~50-100 ms a function. MetaSchedule's ``TuneContext`` imports
 ``tvm.s_tir.tensor_intrin`` (every target's intrinsics, ~250 functions) on first use, so each
 ``mntvm tune`` paid 24 s (measured: a fresh process, 2026-12-01) before its first trial, and our
-own intrinsics ~1 s on every import.
+own intrinsics ~1 s on every import. (Tune now skips that package altogether:
+:func:`mntvm.tuning.space.without_tvm_intrinsics`.)
 
 :func:`install` gives the parser a ``stack()`` that reads source lines for the three innermost
 frames only, all it looks at (``is_defined_in_class`` reads the caller's caller's line;
