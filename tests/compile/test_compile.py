@@ -39,6 +39,23 @@ def test_matches_onnx_runtime(compiled, alpha, res):
     assert np.argmax(ours) == np.argmax(theirs)
 
 
+def test_run_loads_the_library_once(compiled, monkeypatch):
+    """``Artifact.run`` without a VM of the caller's loads the library on its first call and reuses
+    that VM (a load per call cost more than the inference); another Artifact loads its own."""
+    import tvm
+
+    cfg, path = compiled[(0.25, 96)]
+    loads = []
+    real = tvm.runtime.load_module
+    monkeypatch.setattr(tvm.runtime, "load_module", lambda *a, **k: loads.append(a) or real(*a, **k))
+    art = load_artifact(path)
+    x = np.random.default_rng(1).uniform(-1, 1, cfg.input_shape).astype(np.float32)
+    ys = [art.run(x) for _ in range(3)]
+    assert len(loads) == 1
+    assert all(np.array_equal(ys[0], y) for y in ys[1:])
+    assert np.array_equal(load_artifact(path).run(x), ys[0]) and len(loads) == 2
+
+
 def test_metadata(compiled):
     import tvm
 
