@@ -16,8 +16,8 @@ when it was published. On a shared machine whose speed drifts by 10-40 % between
 timings taken minutes apart rank candidates by the minute they ran in; ratios taken side by side
 do not drift with it.
 
-Public entries: :func:`runner`, :func:`publish_reference`, :func:`reference_base`; :func:`network_like_evaluator`,
-:func:`evict_private_caches`, :func:`alloc_args_remote` (the runner's hooks).
+Public entries: :func:`runner`, :func:`publish_reference`, :func:`reference_base`, :func:`cold_timer`;
+:func:`network_like_evaluator`, :func:`evict_private_caches`, :func:`alloc_args_remote` (the runner's hooks).
 """
 from __future__ import annotations
 
@@ -60,6 +60,16 @@ def evict_private_caches(*args) -> None:
         args[0].numpy()
 
 
+def cold_timer(mod, device, entry: str = "main", number: int = 1, repeat: int = 1, min_repeat_ms: int = 0):
+    """``mod``'s ``entry`` as a ``time_evaluator`` whose every repeat starts as a layer finds its
+    caches inside the network (:func:`evict_private_caches`)."""
+    import tvm
+
+    tvm.register_global_func("mntvm.evict_private_caches", evict_private_caches, override=True)
+    return mod.time_evaluator(entry, device, number=number, repeat=repeat, min_repeat_ms=min_repeat_ms,
+                              f_preproc="mntvm.evict_private_caches")
+
+
 REFERENCE = "reference.json"  # in the runner's reference folder: the kernel candidates are timed against
 BASE_RUNS = 15  # timings of a new reference alone, whose median scales the ratios back to seconds
 _REF: dict = {}  # in the runner's worker process: its reference folder, and the reference loaded from it
@@ -99,8 +109,7 @@ def _reference(device, args) -> dict | None:
         return None
     if _REF.get("id") != spec["id"]:
         try:
-            f = tvm.runtime.load_module(spec["lib"]).time_evaluator(
-                "main", device, number=1, repeat=1, min_repeat_ms=0, f_preproc="mntvm.evict_private_caches")
+            f = cold_timer(tvm.runtime.load_module(spec["lib"]), device)
             f(*args)  # warm: code, workspace pool
             base = float(np.median([f(*args).results[0] for _ in range(BASE_RUNS)]))
         except Exception:  # noqa: BLE001 - a reference that does not load or run: the candidate is timed raw
@@ -132,21 +141,16 @@ def network_like_evaluator(rt_mod, device, evaluator_config, repeated_args):
     warm (:func:`evict_private_caches`), as a layer finds them inside the network. With a published
     reference (:func:`publish_reference`) each repeat times the candidate and the reference in
     alternating order, and its cost is their ratio x the reference's base time."""
-    import tvm
-
-    tvm.register_global_func("mntvm.evict_private_caches", evict_private_caches, override=True)
     ref = _reference(device, repeated_args[0]) if repeated_args else None
     if ref is None:
-        f = rt_mod.time_evaluator(rt_mod.entry_name, device, number=evaluator_config.number,
-                                  repeat=evaluator_config.repeat, min_repeat_ms=evaluator_config.min_repeat_ms,
-                                  f_preproc="mntvm.evict_private_caches")
+        f = cold_timer(rt_mod, device, rt_mod.entry_name, evaluator_config.number, evaluator_config.repeat,
+                       evaluator_config.min_repeat_ms)
         costs = []
         for args in repeated_args:
             device.sync()
             costs += [float(c) for c in f(*args).results]
         return costs
-    f = rt_mod.time_evaluator(rt_mod.entry_name, device, number=1, repeat=1, min_repeat_ms=0,
-                              f_preproc="mntvm.evict_private_caches")
+    f = cold_timer(rt_mod, device, rt_mod.entry_name)
     costs = []
     for args in repeated_args:
         device.sync()

@@ -36,7 +36,7 @@ from mntvm.core.threads import caller_pinned, cores, set_threads
 from mntvm.templates import prefetch
 from mntvm.templates.defaults import apply_default_schedules, defaults_key
 from mntvm.tuning.database import task_mod
-from mntvm.tuning.measure import evict_private_caches
+from mntvm.tuning.measure import cold_timer
 
 MARGIN = 0.03  # the log must be within 3 % of the defaults (timing noise), else the defaults win
 VERDICTS = "log-checks"  # folder under the cache
@@ -86,8 +86,7 @@ def _timer(func, target):
         shape, dt = [int(d) for d in info.shape], str(info.dtype)
         a = (rng.integers(-20, 20, shape) if "int" in dt else rng.standard_normal(shape)).astype(dt)
         args.append(tvm.runtime.tensor(a, dev))
-    tvm.register_global_func("mntvm.evict_private_caches", evict_private_caches, override=True)
-    f = rt.mod.time_evaluator("main", dev, number=1, repeat=5, f_preproc="mntvm.evict_private_caches")
+    f = cold_timer(rt.mod, dev, repeat=5)
     return lambda: [float(r) for r in f(*args).results]
 
 
