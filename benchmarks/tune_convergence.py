@@ -28,8 +28,6 @@ import tempfile
 from collections import Counter
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import kernel_calls, model_options  # noqa: E402
@@ -38,21 +36,24 @@ from mntvm.model.network import MobileNetConfig  # noqa: E402
 from mntvm.targets.profiles import get_profile  # noqa: E402
 from mntvm.templates.lowering import lower  # noqa: E402
 from mntvm.tuning import tune  # noqa: E402
-from mntvm.tuning.database import META, read_logs  # noqa: E402
+from mntvm.tuning.database import load  # noqa: E402
+from mntvm.tuning.manage import record_seconds  # noqa: E402
 
 CHECKPOINTS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
 
 
 def task_costs(folder: Path) -> dict[str, list[float]]:
-    """{task name: [mean run seconds of each record, in the order measured]} of a database folder."""
-    workloads, records, _ = read_logs(folder)
-    names = json.loads((folder / META).read_text())["tasks"]  # {structural hash: ["label/name", ...]}
+    """{task name: [seconds of each record, in the order measured]} of a database folder (failed
+    measurements left out)."""
+    db = load(folder)
+    names = db.meta["tasks"]  # {structural hash: ["label/name", ...]}
     costs: dict[str, list[float]] = {}
-    for _, widx, (_, secs, _, _) in records:
-        if not secs:
+    for _, widx, rec in db.records:
+        secs = record_seconds(rec)
+        if secs == float("inf"):
             continue
-        for name in {label.split("/")[-1] for label in names[workloads[widx][1][0]]}:  # one task, many variants
-            costs.setdefault(name, []).append(float(np.mean(secs)))
+        for name in {label.split("/")[-1] for label in names[db.workloads[widx][1][0]]}:  # one task, many variants
+            costs.setdefault(name, []).append(secs)
     return costs
 
 

@@ -4,7 +4,7 @@ Reading never rewrites a source (a torn last line is only left out in memory); a
 in a temporary folder beside its destination, checked to load in MetaSchedule, then swapped in,
 under the destination's writer lock (:mod:`mntvm.tuning.lock`: never into a folder being tuned).
 
-Public entries: :func:`show`, :func:`merge`, :func:`prune`.
+Public entries: :func:`show`, :func:`merge`, :func:`prune`; :func:`record_seconds` (a record's time).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from mntvm.tuning.verify import verdicts_here
 FAILED_SECS = 1e10  # what MetaSchedule records as the run time of a candidate that failed to build/run
 
 
-def _mean_secs(rec) -> float:
+def record_seconds(rec) -> float:
     """Mean measured seconds of a record; inf for a failed or unmeasured one (MetaSchedule's IsValid)."""
     secs = [float(s) for s in (rec[1] or [])]
     if not secs or all(s >= FAILED_SECS for s in secs):
@@ -66,7 +66,7 @@ def show(path) -> dict:
     tasks = []
     for i, (line, w) in enumerate(db.workloads):
         recs = [rec for _, wi, rec in db.records if wi == i]
-        costs = [_mean_secs(rec) for rec in recs]
+        costs = [record_seconds(rec) for rec in recs]
         best = min(costs, default=float("inf"))
         name = names.get(w[0])
         tasks.append({"workload": i, "hash": w[0],
@@ -151,8 +151,8 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
                 names[h] = sorted(set(names.get(h, [])) | set(n))
             for n, t in (db.meta.get("trials") or {}).items():
                 meta.setdefault("trials", {}).setdefault(n, t)
-    kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi].values(), key=_mean_secs)[:top_k]
-            if _mean_secs(r) < float("inf")]
+    kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi].values(), key=record_seconds)[:top_k]
+            if record_seconds(r) < float("inf")]
     # a workload left with no record (all failed, or dropped) is left out too: the workload log
     # holds each task's whole IRModule, most of a database's size
     used = sorted({wi for wi, _ in kept})

@@ -30,12 +30,12 @@ def _log(folder: Path, costs: list[tuple[str, list[float] | None]], names: dict[
     (folder / WORKLOADS).write_text("".join(json.dumps([h, "mod"]) + "\n" for h in hashes))
     (folder / RECORDS).write_text("".join(json.dumps([hashes.index(h), [[[], []], secs, None, None]]) + "\n"
                                           for h, secs in costs))
-    (folder / META).write_text(json.dumps({"tasks": names}))
+    (folder / META).write_text(json.dumps({"target": {}, "tasks": names}))
     return folder
 
 
 def test_records_read_in_the_order_measured(conv, tmp_path):
-    log = _log(tmp_path / "db", [("h1", [1.0, 1.0]), ("h2", [1.9, 2.1]), ("h1", [0.8, 1.0]), ("h2", None),
+    log = _log(tmp_path / "db", [("h1", [1.0, 1.0]), ("h2", [1.9, 2.1]), ("h1", [0.8, 1.0]), ("h2", None), ("h1", [1e10]),
                                  ("h2", [2.2, 2.2]), ("h1", [0.95, 0.95]), ("h2", [1.8, 1.8])],
                {"h1": ["m_224/a"], "h2": ["m_224/b", "m_128/b"]})
     costs = conv.task_costs(log)
