@@ -9,7 +9,10 @@ Each variant is compiled for this machine (the shipped schedules where they cove
 defaults elsewhere) and handed to :func:`mntvm.bench.compare`: same weights and input exported to
 ONNX, outputs checked to agree, then ours and ONNX Runtime timed in interleaved rounds, one
 process per thread count. Prints per variant and thread count the two medians and the ratio
-ours / ORT (below 1: we are faster), then the worst ratio per thread count. ``--dtype int8``
+ours / ORT (below 1: we are faster), then the worst ratio per thread count. A variant whose
+comparison is implausible (:func:`mntvm.bench.disturbed`: ours or ORT slower on more threads than on
+one, i.e. something else took a core) is compared again, up to ``--retries`` times, and marked with
+how many tries it took and what the first one read; the last try is the one counted. ``--dtype int8``
 builds each variant in int8 (quantized from seeded inputs) and ORT runs the artifact's own QDQ
 model; ``both`` prints the int8 row next to the fp32 one, with ours fp32 / ours int8.
 """
@@ -25,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import timing_options  # noqa: E402
 from mntvm import MntvmError  # noqa: E402
-from mntvm.bench import compare  # noqa: E402
+from mntvm.bench import compare, disturbed  # noqa: E402
 from mntvm.compile import compile_model, load_artifact  # noqa: E402
 from mntvm.model import MobileNetConfig  # noqa: E402
 
@@ -35,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--alphas", default="1.0,0.75,0.5,0.25")
     p.add_argument("--resolutions", default="224,192,160,128")
     p.add_argument("--dtype", default="float32", choices=("float32", "int8", "both"))
+    p.add_argument("--retries", type=int, default=2,
+                   help="compare a variant again when its run was disturbed (default 2; 0: never)")
     timing_options(p, rounds=10)
     a = p.parse_args(argv)
     counts = a.threads
@@ -48,9 +53,9 @@ def main(argv=None) -> int:
                     for dtype in dtypes:
                         art = compile_model(cfg, Path(tmp) / f"{cfg.tag}-{dtype}", schedules=a.schedules, dtype=dtype)
                         sched = load_artifact(art, verify=False).metadata["schedules"]
-                        r = compare(art, peers=("ort",), threads=counts, rounds=a.rounds, per_round=a.per_round)
+                        r, first = compare_settled(art, counts, a.rounds, a.per_round, a.retries)
                         rows.append({"variant": f"{alpha:g}/{res}", "dtype": dtype, "tuned": f"{len(sched.get('tuned', []))}/"
-                                     f"{sched.get('tasks', '-')}", "threads": r["threads"]})
+                                     f"{sched.get('tasks', '-')}", "threads": r["threads"], **first})
                         if not a.json:
                             fp32 = rows[-2] if dtype == "int8" and len(dtypes) == 2 else None
                             print(_row(rows[-1], counts, fp32), flush=True)
@@ -67,7 +72,31 @@ def main(argv=None) -> int:
             print(f"{dtype} {n} thread{'s' * (n != 1)}: worst ours/ORT {worst['threads'][str(n)]['ratio']:.3f} "
                   f"({worst['variant']}); variants <= 0.9: "
                   f"{sum(r['threads'][str(n)]['ratio'] <= 0.9 for r in mine)}/{len(mine)}")
+        again = [r for r in mine if "tries" in r]
+        if again:
+            still = [r["variant"] for r in again if "still_disturbed" in r]
+            print(f"{dtype}: {len(again)} variant(s) compared again after a disturbed run"
+                  + (f"; still disturbed after {a.retries} retries: {', '.join(still)}" if still else ""))
     return 0
+
+
+def compare_settled(art, counts, rounds: int, per_round: int, retries: int) -> tuple[dict, dict]:
+    """:func:`mntvm.bench.compare` against ONNX Runtime, again while :func:`mntvm.bench.disturbed`
+    finds the run implausible, at most ``retries`` more times. Returns the last result and, when it
+    took more than one try, ``{"tries": k, "first": {n: ratio}, "disturbed": reasons of the first}``
+    (also when the last try is still disturbed: ``"still_disturbed"``)."""
+    r = compare(art, peers=("ort",), threads=counts, rounds=rounds, per_round=per_round)
+    why, tries, first = disturbed(r), 1, {}
+    if why:
+        first = {"first": {n: t["ratio"] for n, t in r["threads"].items()}, "disturbed": why}
+    while why and tries <= retries:
+        r = compare(art, peers=("ort",), threads=counts, rounds=rounds, per_round=per_round)
+        why, tries = disturbed(r), tries + 1
+    if first:
+        first["tries"] = tries
+        if why:
+            first["still_disturbed"] = why
+    return r, first
 
 
 def _row(r: dict, counts, fp32: dict | None = None) -> str:
@@ -76,7 +105,11 @@ def _row(r: dict, counts, fp32: dict | None = None) -> str:
                       + (f"  fp32/int8 {fp32['threads'][str(n)]['ours_median_ms'] / r['threads'][str(n)]['ours_median_ms']:.2f}x"
                          if fp32 else "")
                       for n in counts)
-    return f"{r['variant']:>9} {r['dtype']:<7} (tuned {r['tuned']:>5})  {cells}"
+    note = ""
+    if "tries" in r:
+        note = (f"  [{r['tries']} tries; the first read " + ", ".join(f"{n}T {v:.3f}" for n, v in r["first"].items())
+                + f": {r['disturbed'][0]}" + ("; STILL DISTURBED" if "still_disturbed" in r else "") + "]")
+    return f"{r['variant']:>9} {r['dtype']:<7} (tuned {r['tuned']:>5})  {cells}{note}"
 
 
 if __name__ == "__main__":

@@ -4,7 +4,8 @@
 installed; :mod:`mntvm.bench.peers`) interleaved, one process per thread count
 (:mod:`mntvm.bench.comparison_worker`); :func:`format_compare` prints it.
 
-Public entries: :func:`compare`, :func:`format_compare`, :data:`COMPARE_KEYS`, :data:`COMPARE_TOL`.
+Public entries: :func:`compare`, :func:`format_compare`, :func:`disturbed`, :data:`COMPARE_KEYS`,
+:data:`COMPARE_TOL`.
 """
 from __future__ import annotations
 
@@ -201,6 +202,23 @@ def run_in_fresh_process(command: list[str], spec: dict, timeout_s: float, what:
                      f"{err[-1].strip() if err else 'no message'}")
 
 
+def disturbed(r: dict) -> list[str]:
+    """Why :func:`compare`'s result ``r`` cannot be right on an idle machine: ours or ONNX Runtime
+    slower on more threads than on one (both run 1.8-1.9x faster on 2 cores; TFLite+XNNPACK is left
+    out, its 2-thread runs are slower here anyway). On a shared host another process took a core for
+    part of the run: one such 2-thread run read 6.05 ms for ours against 0.55 ms on 1 thread, another
+    6.5 ms for ORT against 2.4. Empty when nothing is implausible."""
+    t = r["threads"]
+    if "1" not in t:
+        return []
+    out = []
+    for n in sorted((k for k in t if k != "1"), key=int):
+        for key, label in (("ours_median_ms", OURS_LABEL), ("ort_median_ms", PEERS[REFERENCE].label)):
+            if t[n][key] > t["1"][key]:
+                out.append(f"{label} took {t[n][key]:.3f} ms on {n} threads, {t['1'][key]:.3f} ms on 1")
+    return out
+
+
 def format_compare(r: dict) -> str:
     """The side-by-side table of :func:`compare`'s result, one row per runtime and thread count."""
     rows = [f"{r['model']} {r.get('dtype', 'float32')} ({r['target']}, schedules {r['schedules']}, {r['tuned_tasks']}/{r['tasks']} tasks "
@@ -217,6 +235,8 @@ def format_compare(r: dict) -> str:
                 continue
             rows.append(f"{'':>7}  {PEERS[p].label:<15} {med:>10.3f} {p90:>10.3f} {ratio:>8.3f} {diff:>10.1e}")
     rows.append("ours/it = our median / its median (< 1: ours is faster); max|diff| = max |its output - ours|")
+    for why in disturbed(r):
+        rows.append(f"disturbed: {why} (something else used a core: run it again)")
     for p, msg in r.get("peer_errors", {}).items():
         rows.append(f"{PEERS[p].label} is installed but failed: {msg}")
     if r.get("not_installed"):
