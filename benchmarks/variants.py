@@ -10,8 +10,8 @@ defaults elsewhere) and handed to :func:`mntvm.bench.compare`: same weights and 
 ONNX, outputs checked to agree, then ours and ONNX Runtime timed in interleaved rounds, one
 process per thread count. Prints per variant and thread count the two medians and the ratio
 ours / ORT (below 1: we are faster), then the worst ratio per thread count. A variant whose
-comparison is implausible (:func:`mntvm.bench.disturbed`: ours or ORT slower on more threads than on
-one, i.e. something else took a core) is compared again, up to ``--retries`` times, and marked with
+comparison is implausible (:func:`mntvm.bench.disturbed`: ours or ORT over 1.5x slower on more
+threads than on one, i.e. something else took a core) is compared again, up to ``--retries`` times, and marked with
 how many tries it took and what the first one read; the last try is the one counted. ``--dtype int8``
 builds each variant in int8 (quantized from seeded inputs) and ORT runs the artifact's own QDQ
 model; ``both`` prints the int8 row next to the fp32 one, with ours fp32 / ours int8.
