@@ -149,6 +149,7 @@ def compare(
             result["versions"].update(r.pop("versions"))
             result["threads"][str(n)] = r
     result["peers"] = [p for p in measured if p not in result["peer_errors"]]
+    result["disturbed"] = disturbed(result)  # for --json readers; the table prints it too
     return result
 
 

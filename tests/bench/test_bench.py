@@ -23,7 +23,7 @@ from mntvm.model import weights as W
 from mntvm.compile.artifact import load_artifact
 from mntvm.core import arch
 from mntvm.core.arch import artifact_arch
-from mntvm.bench import COMPARE_KEYS, RESULT_KEYS, artifact_weights, benchmark, compare, format_compare
+from mntvm.bench import COMPARE_KEYS, RESULT_KEYS, artifact_weights, benchmark, compare, disturbed, format_compare
 from mntvm.compile.build import compile_model
 from mntvm.model.network import MobileNetConfig
 
@@ -276,6 +276,7 @@ def _check_compare(r: dict, counts) -> None:
         assert 0 <= t["max_abs_diff"] <= 1e-5, t["max_abs_diff"]
         for p in r["peers"][1:]:  # optional peers, where installed
             assert t[f"{p}_median_ms"] > 0 and t[f"ratio_{p}"] == t["ours_median_ms"] / t[f"{p}_median_ms"]
+    assert r["disturbed"] == disturbed(r)
 
 
 def test_compare_with_onnxruntime(cmp_art, small_cfg):
@@ -306,8 +307,6 @@ def test_a_run_much_slower_on_two_threads_than_on_one_is_called_disturbed(monkey
     table says so; benchmarks/variants.py compares such a variant again (at most --retries more
     times) and keeps what the first try read."""
     import importlib.util
-
-    from mntvm.bench import disturbed
 
     assert disturbed({"threads": _threads(t1=(10.0, 11.0), t2=(5.4, 6.0))}) == []
     assert disturbed({"threads": _threads(t1=(0.35, 0.61), t2=(0.40, 0.63))}) == []  # 0.25/128: sync costs
