@@ -11,8 +11,9 @@ ONNX, outputs checked to agree, then ours and ONNX Runtime timed in interleaved 
 process per thread count. Prints per variant and thread count the two medians and the ratio
 ours / ORT (below 1: we are faster), then the worst ratio per thread count. A variant whose
 comparison is implausible (:func:`mntvm.bench.disturbed`: ours or ORT over 1.5x slower on more
-threads than on one, i.e. something else took a core) is compared again, up to ``--retries`` times, and marked with
-how many tries it took and what the first one read; the last try is the one counted. ``--dtype int8``
+threads than on one, i.e. something else took a core) is compared again, up to ``--retries``
+times, and marked with how many tries it took and what the first one read; the last try is the
+one counted. ``--dtype int8``
 builds each variant in int8 (quantized from seeded inputs) and ORT runs the artifact's own QDQ
 model; ``both`` prints the int8 row next to the fp32 one, with ours fp32 / ours int8.
 """
@@ -42,6 +43,8 @@ def main(argv=None) -> int:
                    help="compare a variant again when its run was disturbed (default 2; 0: never)")
     timing_options(p, rounds=10)
     a = p.parse_args(argv)
+    if a.retries < 0:
+        p.error(f"--retries must be >= 0 (got {a.retries})")
     counts = a.threads
     dtypes = ["float32", "int8"] if a.dtype == "both" else [a.dtype]
     rows = []

@@ -211,11 +211,11 @@ def disturbed(r: dict) -> list[str]:
     """Why :func:`compare`'s result ``r`` cannot be right on an idle machine: ours or ONNX Runtime
     more than :data:`DISTURBED_FACTOR` times slower on more threads than on one. On 2 idle cores both
     run 1.8-1.9x faster on 1.0/224, while the smallest variant can run a little slower (0.25/128,
-    three tries here: ours 0.350 -> 0.372 ms, ORT 0.613 -> 0.634: their thread synchronization costs
-    about what the second core gives); TFLite+XNNPACK, slower on 2
-    threads here anyway, is left out. On a shared host another process took a core for part of the
-    run: one 2-thread run read 6.05 ms for ours against 0.55 ms on 1 thread, another 6.27 ms for ORT
-    against 2.09. Empty when nothing is implausible."""
+    three tries here: ours 0.350 -> 0.372 ms, ORT 0.613 -> 0.634; synchronizing the threads costs about
+    what the second core gives). TFLite+XNNPACK, slower on 2 threads here anyway, is left out. On a
+    shared host another process took a core for part of the run: one 2-thread run read 6.05 ms for
+    ours against 0.55 ms on 1 thread, another 6.27 ms for ORT against 2.09. Empty when nothing is
+    implausible."""
     t = r["threads"]
     if "1" not in t:
         return []
