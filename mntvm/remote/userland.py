@@ -25,11 +25,10 @@ from mntvm.core.paths import cache_dir
 APT_PACKAGES = ("debootstrap", "qemu-user-static", "g++-aarch64-linux-gnu")
 
 SUITE = "bookworm"  # Python 3.11, matching the cp311 TVM wheels
-TVM_VERSION = "0.27.0.post1"
-TVM_FFI_VERSION = "0.1.14.post1"
-# As pinned in pyproject.toml: under qemu, ml_dtypes 0.7.0's import (it registers numpy ufunc loops)
-# took 18 s of the board's 21 s `import tvm`, paid by every board server and runner it starts.
-ML_DTYPES_VERSION = "0.6.0"
+# The board's Python packages, at the versions installed here (pyproject.toml's pins): its runtime
+# must be the TVM that compiles for it, and ml_dtypes 0.7.0 (the newest, unpinned) took 18 s of the
+# board's 21 s `import tvm` under qemu, paid by every board server and runner it starts.
+PINNED = {"tvm": "apache-tvm", "tvm_ffi": "apache-tvm-ffi", "ml_dtypes": "ml_dtypes"}
 # Bump when the layout of the prepared userland changes: older caches are then rebuilt.
 _LAYOUT = 1
 
@@ -59,9 +58,15 @@ def board_dir(arch: str, cache=None) -> Path:
     return base / f"board-{archs.canonical(arch)}"
 
 
+def pinned_versions() -> dict[str, str]:
+    """{stamp key: version} of :data:`PINNED`, as installed on this host."""
+    from importlib.metadata import version
+
+    return {key: version(dist) for key, dist in PINNED.items()}
+
+
 def _stamp_content(arch: str) -> dict:
-    return {"layout": _LAYOUT, "arch": arch, "suite": SUITE, "tvm": TVM_VERSION,
-            "tvm_ffi": TVM_FFI_VERSION, "ml_dtypes": ML_DTYPES_VERSION}
+    return {"layout": _LAYOUT, "arch": arch, "suite": SUITE, **pinned_versions()}
 
 
 def require_tool(name: str, package: str) -> str:
@@ -208,8 +213,7 @@ def prepare(arch: str = "aarch64", cache=None) -> Path:
               "--no-compile", "--only-binary=:all:", "--platform", spec["pip_platform"],
               "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
               "--target", str(site),
-              f"apache-tvm=={TVM_VERSION}", f"apache-tvm-ffi=={TVM_FFI_VERSION}",
-              "numpy", f"ml_dtypes=={ML_DTYPES_VERSION}", "typing_extensions"],
+              *(f"{PINNED[k]}=={v}" for k, v in pinned_versions().items()), "numpy", "typing_extensions"],
              f"pip install of the {arch} TVM wheels", log)
         # The board only runs compiled code: drop the compiler library (3x faster start-up).
         for lib in (site / "tvm" / "lib").glob("libtvm_compiler*.so"):
