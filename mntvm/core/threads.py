@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 
 from mntvm.core.errors import MntvmError
 
@@ -24,18 +25,30 @@ def check_threads(n: int | None) -> None:
         raise MntvmError(f"threads {n} > the {cores()} cores of this machine")
 
 
-def set_threads(n: int | None) -> None:
-    """Set the TVM runtime's CPU thread-pool size for this process (None: leave as is).
+_POOL = threading.local()  # .sized: this thread's TVM pool was made by set_threads (pools are per thread)
 
-    Sets ``TVM_NUM_THREADS`` too, so worker processes started from here inherit it.
+
+def set_threads(n: int | None) -> None:
+    """Set the TVM runtime's CPU thread-pool size for the calling thread (None: leave as is).
+
+    TVM's pool (one per calling thread) gets its workers when it is made, as many as
+    ``TVM_NUM_THREADS`` says at that moment, and never more: a pool first sized to 1 thread ran
+    every later 2-thread request on 1. So the first call here makes it with this machine's
+    cores, then uses ``n`` of them. Sets ``TVM_NUM_THREADS`` to ``n`` too, so worker processes
+    started from here inherit it.
     """
     if n is None:
         return
     import tvm
 
     check_threads(n)
+    configure = tvm.get_global_func("runtime.config_threadpool")
+    if not getattr(_POOL, "sized", False):
+        os.environ["TVM_NUM_THREADS"] = str(cores())
+        configure(1, n)  # makes the pool (if this thread had none yet) with cores() workers
+        _POOL.sized = True
     os.environ["TVM_NUM_THREADS"] = str(n)
-    tvm.get_global_func("runtime.config_threadpool")(1, n)  # 1 = kBig: pin to big cores
+    configure(1, n)  # 1 = kBig: pin to big cores
 
 
 def _pinned_cpu(task: str) -> int | None:
