@@ -143,7 +143,7 @@ NOT_OUR_CPU_KERNELS = {
     "mntvm/templates/prefetch.py": ["return tvm.compile(inject(mod), target=target)"],  # compile_cpu itself
     "mntvm/templates/gpu.py": ["ex = tvm.compile(mod, target=target, relax_pipeline=None)"],  # GPU kernels
     "mntvm/tuning/space.py": ["return tvm.compile(mod, target=target).mod"],  # CUDA candidates
-    "mntvm/tuning/measure.py": ['_EVICT["f"] = tvm.compile(sch.mod, target="llvm")["main"]'],  # cache eviction
+    "mntvm/tuning/measure.py": ['_EVICT[nt] = (tvm.compile(sch.mod, target="llvm")["main"],'],  # cache eviction
     "mntvm/templates/lowering.py": ["ex = tvm.compile(mod, target=target)"],  # a docstring's example
     "benchmarks/schedules_effect.py": ["ex = tvm.compile(inference_module(cfg, w), target=profile.tvm_target())"],
 }
