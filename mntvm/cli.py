@@ -117,10 +117,19 @@ def cmd_schedules(a) -> None:
         r = T.show(a.path)
         print(json.dumps(r) if a.json else T.format_show(r))
         return
+    from mntvm.sweep import parse_list
+
+    if (a.alphas or a.resolutions or a.targets_dir) and not a.drop_unused:
+        raise MntvmError("--alphas, --resolutions and --targets-dir choose the variants of --drop-unused: add it")
+    grid = {"drop_unused": a.drop_unused, "targets_dir": a.targets_dir}
+    if a.alphas:
+        grid["alphas"] = parse_list(a.alphas, float, "--alphas")
+    if a.resolutions:
+        grid["resolutions"] = parse_list(a.resolutions, int, "--resolutions")
     if a.schedules_cmd == "merge":
-        r = T.merge(a.sources, a.output, top_k=a.top_k, drop_reverted=a.drop_reverted)
+        r = T.merge(a.sources, a.output, top_k=a.top_k, drop_reverted=a.drop_reverted, **grid)
     else:
-        r = T.merge([a.path], a.output or a.path, top_k=a.top_k, drop_reverted=a.drop_reverted)
+        r = T.merge([a.path], a.output or a.path, top_k=a.top_k, drop_reverted=a.drop_reverted, **grid)
     print(T.format_merge(r))
 
 
@@ -271,6 +280,15 @@ DROP_REVERTED_HELP = ("leave out each workload's records that this machine's che
                       "back to the template defaults")
 
 
+def _drop_unused_args(c) -> None:
+    c.add_argument("--drop-unused", action="store_true",
+                   help="leave out each workload's records that no variant (--alphas x --resolutions, float32 and "
+                        "int8) produces for the log's target, e.g. those of a template that has changed since")
+    c.add_argument("--alphas", metavar="LIST", help="the variants' width multipliers (default 1,0.75,0.5,0.25)")
+    c.add_argument("--resolutions", metavar="LIST", help="the variants' resolutions (default 224,192,160,128)")
+    c.add_argument("--targets-dir", help="a folder of your own target profiles (*.toml), for a log tuned for one")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="mntvm", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -344,11 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database folder to write (atomically; may be one of the sources)")
     c.add_argument("--top-k", type=int, default=1, help="records to keep per workload (default 1)")
     c.add_argument("--drop-reverted", action="store_true", help=DROP_REVERTED_HELP)
+    _drop_unused_args(c)
     c = ss.add_parser("prune", help="keep the K fastest records per workload")
     c.add_argument("path", metavar="DIR", help="schedules database folder")
     c.add_argument("--top-k", type=int, required=True, help="records to keep per workload")
     c.add_argument("-o", "--output", metavar="OUT", help="write here (default: DIR, in place, atomically)")
     c.add_argument("--drop-reverted", action="store_true", help=DROP_REVERTED_HELP)
+    _drop_unused_args(c)
     s.set_defaults(func=cmd_schedules)
 
     s = sub.add_parser("run", help="run an artifact here and print the top-k classes")

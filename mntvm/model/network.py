@@ -47,6 +47,9 @@ SEPARABLE_BLOCKS: tuple[tuple[int, int], ...] = (
 STEM_CHANNELS = 32
 ACTIVATIONS = ("relu6", "relu")
 DEFAULT_BN_EPS = 1e-3  # TF-slim / Keras MobileNetV1
+# the variants a user picks from: the paper's width multipliers and input resolutions (Tables 6-7)
+ALPHAS = (1.0, 0.75, 0.5, 0.25)
+RESOLUTIONS = (224, 192, 160, 128)
 
 
 # Bounds that keep every variant compilable on an edge toolchain (the paper uses α ≤ 1 and

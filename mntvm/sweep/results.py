@@ -17,9 +17,9 @@ import threading
 from pathlib import Path
 
 from mntvm.core.errors import MntvmError
+from mntvm.model.network import ALPHAS as DEFAULT_ALPHAS
+from mntvm.model.network import RESOLUTIONS as DEFAULT_RESOLUTIONS
 
-DEFAULT_ALPHAS = (1.0, 0.75, 0.5, 0.25)
-DEFAULT_RESOLUTIONS = (224, 192, 160, 128)
 _TOP1_FILE = Path(__file__).resolve().parent / "data" / "top1.json"
 
 

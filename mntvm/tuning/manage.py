@@ -17,8 +17,9 @@ from pathlib import Path
 
 from mntvm.core.atomic import atomic_dir
 from mntvm.core.errors import MntvmError, one_line
+from mntvm.model.network import ALPHAS, RESOLUTIONS
 from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, check_destination_db, is_database_folder,
-                                   load, log_hash, portable, target_diff, target_essentials, task_rule)
+                                   load, log_hash, portable, target_diff, target_essentials, task_mod, task_rule)
 from mntvm.tuning.lock import db_lock
 from mntvm.tuning.verify import verdicts_here
 
@@ -79,13 +80,17 @@ def show(path) -> dict:
             "tasks": tasks, "records": len(db.records), "checked_here": verdicts is not None}
 
 
-def merge(sources, out, top_k: int = 1, drop_reverted: bool = False) -> dict:
+def merge(sources, out, top_k: int = 1, drop_reverted: bool = False, drop_unused: bool = False,
+          alphas=ALPHAS, resolutions=RESOLUTIONS, targets_dir=None) -> dict:
     """Write the ``top_k`` fastest records per workload over all ``sources`` to ``out``.
 
     ``drop_reverted``: leave out the records of each workload that this machine's check of a
     source (:func:`mntvm.tuning.verify.check_log`, run by tune and compile) sent back to the
     template defaults: a shipped log then holds only schedules that beat (or tie) the defaults
-    where it was tuned. A source this machine has not checked is refused. A workload left with no
+    where it was tuned. A source this machine has not checked is refused. ``drop_unused``: leave
+    out the records of each workload that no variant ``alphas`` x ``resolutions`` produces for the
+    sources' target (:func:`produced_workloads`; ``targets_dir``: where a user's profile of that
+    name is), e.g. the tasks of a template that has since changed. A workload left with no
     record (every one failed, or dropped) is left out of the workload log too.
 
     Sources must be tuned for the same target. ``out`` (which may be one of the sources) is built
@@ -103,8 +108,50 @@ def merge(sources, out, top_k: int = 1, drop_reverted: bool = False) -> dict:
     out = Path(out).resolve() if Path(out).is_symlink() else Path(out)
     check_destination_db(out)  # a file, or a folder of something else, is refused before any work
     # one writer at a time: out (possibly a source, for prune in place) is read and replaced whole
+    unused = {"alphas": list(alphas), "resolutions": list(resolutions), "targets_dir": targets_dir} if drop_unused else None
     with db_lock(out) if out.is_dir() else contextlib.nullcontext():
-        return _merge(sources, out, top_k, drop_reverted)
+        return _merge(sources, out, top_k, drop_reverted, unused)
+
+
+def produced_workloads(target_meta: dict, alphas=ALPHAS, resolutions=RESOLUTIONS, targets_dir=None) -> set[str]:
+    """The workloads (structural hashes, as a log's workload lines key them) that compiling
+    MobileNetV1 at every ``alphas`` x ``resolutions`` (batch 1) produces for the target a log was
+    tuned for (``target_meta``: its ``mntvm-db.json`` ``target``), in float32 and, where the target
+    has an int8 path, int8. The tasks do not depend on the weights or on the quantization, so
+    random ones serve."""
+    import numpy as np
+    import tvm_ffi
+
+    from mntvm.model.network import MobileNetConfig
+    from mntvm.model.quantize import quantize
+    from mntvm.model.weights import random_weights
+    from mntvm.targets.profiles import get_profile
+    from mntvm.templates.lowering import has_templates, lower
+    from mntvm.templates.lowering_int8 import lower_int8
+    from mntvm.templates.registry import tunable_tasks
+
+    tvm_target = target_meta.get("tvm_target") or {}
+    profile = get_profile(str(target_meta.get("name")), targets_dir, mcpu=tvm_target.get("mcpu"),
+                          mattr=tvm_target.get("mattr"))
+    rebuilt = target_essentials(profile.to_metadata()["tvm_target"])
+    if rebuilt != target_essentials(tvm_target):
+        raise MntvmError(f"cannot tell which workloads target '{profile.name}' produces: its profile here is not the "
+                         f"one the log was tuned for ({target_diff(rebuilt, target_essentials(tvm_target))})")
+    if not has_templates(profile):
+        raise MntvmError(f"target '{profile.name}' builds without our templates: no workload of a log applies to it")
+    int8 = profile.int8_activations is not None and not profile.is_gpu
+    out = set()
+    for alpha in alphas:
+        for res in resolutions:
+            cfg = MobileNetConfig(alpha=float(alpha), resolution=int(res))
+            w = random_weights(cfg)
+            mods = [lower(cfg, w, profile)]
+            if int8:
+                calib = np.random.default_rng(0).uniform(-1, 1, (2, *cfg.input_shape[1:])).astype(np.float32)
+                mods.append(lower_int8(quantize(cfg, w, calib, act_dtype=profile.int8_activations), profile))
+            for mod in mods:
+                out |= {str(tvm_ffi.structural_hash(task_mod(f))) for f in tunable_tasks(mod).values()}
+    return out
 
 
 def _reverted(db: LoadedDB) -> set[str]:
@@ -116,7 +163,7 @@ def _reverted(db: LoadedDB) -> set[str]:
     return {h for h, v in verdicts.items() if v.get("keep") == "default"}
 
 
-def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
+def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: dict | None = None) -> dict:
     dbs = [load(s) for s in sources]  # every source parsed and checked before anything is written
     first = dbs[0]
     want = target_essentials(first.meta["target"].get("tvm_target", {}))
@@ -126,15 +173,22 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
             raise MntvmError(f"cannot merge {db.path}: tuned for target '{db.meta['target'].get('name')}', "
                              f"not '{first.meta['target'].get('name')}' like {first.path} "
                              f"({target_diff(want, theirs)})")
+    produced = None if unused is None else produced_workloads(first.meta["target"], unused["alphas"],
+                                                              unused["resolutions"], unused["targets_dir"])
     index: dict[str, int] = {}  # structural hash -> output workload index
     wl_rows: list = []
     per: dict[int, dict] = {}  # output workload index -> {record JSON: record}
     meta = json.loads(json.dumps(first.meta))
     names = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
     dropped: set[str] = set()  # workload hashes whose records were left out (drop_reverted)
+    not_produced: set[str] = set()  # ... because no variant produces them (unused)
     for db in dbs:
         gone = _reverted(db) if drop_reverted else set()
         dropped |= gone
+        if produced is not None:
+            dead = {w[0] for _, w in db.workloads} - produced
+            not_produced |= dead
+            gone = gone | dead
         remap = {}
         for i, (_, w) in enumerate(db.workloads):
             if w[0] not in index:
@@ -167,21 +221,26 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False) -> dict:
                       "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if drop_reverted:
         meta["merged"]["dropped_reverted"] = sorted(dropped)
+    if unused is not None:
+        meta["merged"]["dropped_unused"] = {"alphas": unused["alphas"], "resolutions": unused["resolutions"],
+                                            "workloads": sorted(not_produced)}
     out = _replace_db(out, {WORKLOADS: "".join(json.dumps(w) + "\n" for w in wl_rows),
                             RECORDS: "".join(json.dumps(r) + "\n" for r in kept),
                             META: json.dumps(portable(meta), indent=2, sort_keys=True) + "\n"})
     return {"path": str(out), "sources": [str(db.path) for db in dbs], "top_k": top_k,
             "workloads": len(wl_rows), "workloads_without_records": n_workloads - len(wl_rows),
             "records_in": sum(len(db.records) for db in dbs), "records": len(kept),
-            "dropped_reverted": len(dropped) if drop_reverted else None}
+            "dropped_reverted": len(dropped) if drop_reverted else None,
+            "dropped_unused": len(not_produced) if unused is not None else None}
 
 
-def prune(path, keep: int = 1, out=None, drop_reverted: bool = False) -> int:
+def prune(path, keep: int = 1, out=None, drop_reverted: bool = False, drop_unused: bool = False) -> int:
     """Keep the ``keep`` fastest records per workload of ``path`` (a list of paths is merged), in
-    place or into ``out``, atomically (``drop_reverted``: see :func:`merge`); returns the number
-    of records kept."""
+    place or into ``out``, atomically (``drop_reverted``, ``drop_unused`` for the 16 variants: see
+    :func:`merge`); returns the number of records kept."""
     srcs = list(path) if isinstance(path, (list, tuple)) else [path]
-    return merge(srcs, out if out is not None else srcs[0], top_k=keep, drop_reverted=drop_reverted)["records"]
+    return merge(srcs, out if out is not None else srcs[0], top_k=keep, drop_reverted=drop_reverted,
+                 drop_unused=drop_unused)["records"]
 
 
 def _replace_db(out, files: dict) -> Path:

@@ -62,8 +62,10 @@ def format_show(r: dict) -> str:
 
 
 def format_merge(r: dict) -> str:
-    dropped = r.get("dropped_reverted")
+    dropped, unused = r.get("dropped_reverted"), r.get("dropped_unused")
     return (f"kept {r['records']} of {r['records_in']} records (best {r['top_k']} per workload, "
             f"{r['workloads']} workloads"
             + (f"; left out the records of {dropped} workload(s) that lost to the template defaults in this "
-               f"machine's check" if dropped is not None else "") + f") -> {r['path']}")
+               f"machine's check" if dropped is not None else "")
+            + (f"; left out the records of {unused} workload(s) that no variant produces" if unused is not None else "")
+            + f") -> {r['path']}")

@@ -528,6 +528,36 @@ def test_prune_can_drop_what_lost_to_the_defaults_here(tuned, tmp_path):
     assert not (tmp_path / "q").exists()
 
 
+def test_prune_can_drop_what_no_variant_produces(tuned, tmp_path):
+    """--drop-unused keeps the workloads that compiling the chosen variants (float32 and int8) for the
+    log's target produces, and only those: the fixture's log (0.25/32, pointwise and FC tasks) loses
+    nothing for 0.25/32; for 0.25/64 only the FC survives (it depends on the channels alone), and a
+    0.25/64 build takes the same records from the pruned log as from the whole one."""
+    out, summary = tuned
+    hashes = set(_records(out))
+    p = cli_run("schedules", "prune", str(out), "--top-k", "1", "--drop-unused", "--alphas", "0.25",
+                "--resolutions", "32", "-o", str(tmp_path / "same"))
+    assert set(_records(tmp_path / "same")) == hashes and "left out the records of 0 workload(s)" in p.stdout
+
+    p = cli_run("schedules", "prune", str(out), "--top-k", "1", "--drop-unused", "--alphas", "0.25",
+                "--resolutions", "64", "-o", str(tmp_path / "fc"))
+    fc = {t["hash"] for t in json.loads(cli_run("schedules", "show", str(out), "--json").stdout)["tasks"]
+          if t["name"].endswith("/mntvm_dense")}
+    assert len(fc) == 1 and set(_records(tmp_path / "fc")) == fc
+    assert f"left out the records of {len(hashes) - 1} workload(s) that no variant produces" in p.stdout
+    meta = json.loads((tmp_path / "fc" / META).read_text())["merged"]["dropped_unused"]
+    assert meta == {"alphas": [0.25], "resolutions": [64], "workloads": sorted(hashes - fc)}
+    cfg = MobileNetConfig(alpha=0.25, resolution=64)
+    built = [load_artifact(compile_model(cfg, tmp_path / f"a{i}", schedules=db, check_log=False)).metadata["schedules"]
+             for i, db in enumerate((out, tmp_path / "fc"))]
+    assert built[0]["tuned"] == built[1]["tuned"] == ["mntvm_dense"]
+
+    # the grid without --drop-unused: one line, nothing written
+    p = cli_run("schedules", "prune", str(out), "--top-k", "1", "--alphas", "0.5", "-o", str(tmp_path / "no"),
+                check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "add it" in p.stderr and not (tmp_path / "no").exists()
+
+
 def test_databases_and_their_identity_name_no_absolute_path(tuned, other, tmp_path):
     """What tune, merge and prune write, and the identity compile records of a database, name no
     path of the machine they ran on (sources by folder name, the target file by its name); a
