@@ -45,9 +45,9 @@ from mntvm.tuning.measure import cold_timer
 MARGIN = 0.03  # the log must be within 3 % of the defaults (timing noise), else the defaults win
 # each task's pair is timed in this many rounds, every task once per round, and judged on the round in
 # which the pair ran fastest: on a shared host a kernel runs up to 1.6x slower for seconds at a time
-# (another tenant on the core's other hyperthread, the FMA peak reading 87-218 GFLOP/s), and that
-# does not slow two schedules alike (0.75/224's 14x14 384->384 task, on 1 thread: log / defaults
-# 0.57 / 0.60 ms in such seconds, 0.47 / 0.39 in quiet ones, and 0.39 is what the network sees)
+# (whatever else the host runs; the FMA peak reads 87-218 GFLOP/s here), and that does not slow two
+# schedules alike (0.75/224's 14x14 384->384 task, on 1 thread: log / defaults 0.57 / 0.60 ms in such
+# seconds, 0.47 / 0.39 in quiet ones; the network, interleaved, ran 1.067x slower with the log's)
 ROUNDS = 3
 VERDICTS = "log-checks"  # folder under the cache
 
@@ -113,7 +113,7 @@ def _time_pair(ta, tb, budget_s: float = 0.1) -> tuple[float, float]:
     return float(np.median(ra)), float(np.median(rb))
 
 
-def check_threads_of(profile) -> list[int]:
+def _thread_counts(profile) -> list[int]:
     """The thread counts a log is checked on: 1 and the profile's (at most this machine's cores)."""
     return sorted({1, min(profile.threads, cores())})
 
@@ -121,7 +121,7 @@ def check_threads_of(profile) -> list[int]:
 def check_log(db, low, mod, covered: list[str], profile) -> dict:
     """Per task of ``covered``: keep the log's schedule (``mod[name]``) or the template defaults
     (of ``low[name]``), whichever is faster here on ``profile``'s target, on every thread count of
-    :func:`check_threads_of` (the log only where it is not slower on any). Returns ``{"tasks":
+    :func:`_thread_counts` (the log only where it is not slower on any). Returns ``{"tasks":
     {name: {"log_ms", "default_ms", "keep", "threads"}}, "measured": tasks timed now, "seconds",
     "file"}``: ``log_ms``/``default_ms`` on the profile's thread count, ``threads`` the pair per
     thread count; verdicts are kept per workload in the file of :func:`verdict_path` (read,
@@ -135,7 +135,7 @@ def check_log(db, low, mod, covered: list[str], profile) -> dict:
     path = verdict_path(sha)
     key = {n: str(tvm_ffi.structural_hash(task_mod(low[n]))) for n in covered}  # the workload, not its name
     known = verdicts_here(sha) or {}
-    counts = check_threads_of(profile)
+    counts = _thread_counts(profile)
     t0 = time.perf_counter()
     todo = [n for n in covered if not set(map(str, counts)) <= set(known.get(key[n], {}).get("threads", {}))]
     timers = {name: (_timer(mod[name], target),
