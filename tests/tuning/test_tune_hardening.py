@@ -4,6 +4,7 @@ and while tuning, a broken log line named by file and line wherever a database i
 beyond this machine's cores."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -95,6 +96,9 @@ def test_two_tunes_of_one_folder_never_corrupt_it(tmp_path):
         while not (out / META).exists() and a.poll() is None and time.time() < deadline:
             time.sleep(0.1)
         assert (out / META).exists(), a.communicate()[1] if a.poll() is not None else "no database after 240 s"
+        # a stopped where it is: it cannot finish (and release its lock) between b's refusal and the kill
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(a.pid, signal.SIGSTOP)
         b = subprocess.run(cmd, env=_env(mark), capture_output=True, text=True, timeout=600)
         if b.returncode == 2:  # refused while a tunes, before doing anything
             assert b.stdout == ""
@@ -104,6 +108,8 @@ def test_two_tunes_of_one_folder_never_corrupt_it(tmp_path):
             assert _lock_file(out).read_text().strip() == str(a.pid)  # a dead owner's lock, left behind
         else:  # a was already done: b continued it
             assert b.returncode == 0, b.stderr
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(a.pid, signal.SIGCONT)
             assert a.wait(timeout=600) == 0, a.stderr.read()
     finally:
         if a.poll() is None:
