@@ -32,12 +32,13 @@ from mntvm import MntvmError  # noqa: E402
 from mntvm.bench import compare, disturbed  # noqa: E402
 from mntvm.compile import compile_model, load_artifact  # noqa: E402
 from mntvm.model import MobileNetConfig  # noqa: E402
+from mntvm.model.network import ALPHAS, RESOLUTIONS  # noqa: E402
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--alphas", default="1.0,0.75,0.5,0.25")
-    p.add_argument("--resolutions", default="224,192,160,128")
+    p.add_argument("--alphas", default=",".join(f"{a:g}" for a in ALPHAS))
+    p.add_argument("--resolutions", default=",".join(map(str, RESOLUTIONS)))
     p.add_argument("--dtype", default="float32", choices=("float32", "int8", "both"))
     p.add_argument("--retries", type=int, default=2,
                    help="compare a variant again when its run was disturbed (default 2; 0: never)")

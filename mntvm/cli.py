@@ -33,6 +33,12 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
                    help="calibration inputs to use (default 16; 0: every file in --calibration)")
 
 
+def _grid_args(p: argparse.ArgumentParser) -> None:
+    """The variants: mntvm.model.network's ALPHAS x RESOLUTIONS unless given (not imported here: numpy)."""
+    p.add_argument("--alphas", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)")
+    p.add_argument("--resolutions", help="input resolutions, comma-separated (default 224,192,160,128)")
+
+
 def _targets_dir_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets-dir", help="a folder of your own target profiles (shadows shipped ones)")
 
@@ -284,9 +290,8 @@ def _drop_unused_args(c) -> None:
     c.add_argument("--drop-unused", action="store_true",
                    help="leave out each workload's records that no variant (--alphas x --resolutions, float32 and "
                         "int8) produces for the log's target, e.g. those of a template that has changed since")
-    c.add_argument("--alphas", metavar="LIST", help="the variants' width multipliers (default 1,0.75,0.5,0.25)")
-    c.add_argument("--resolutions", metavar="LIST", help="the variants' resolutions (default 224,192,160,128)")
-    c.add_argument("--targets-dir", help="a folder of your own target profiles (*.toml), for a log tuned for one")
+    _grid_args(c)
+    _targets_dir_arg(c)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -447,8 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sweep", help="alpha x resolution sweep: latency vs cost and top-1, over every board under a key")
     _target_args(s, required=True)
-    s.add_argument("--alphas", help="width multipliers, comma-separated (default 1.0,0.75,0.5,0.25)")
-    s.add_argument("--resolutions", help="input resolutions, comma-separated (default 224,192,160,128)")
+    _grid_args(s)
     s.add_argument("--dtype", choices=("float32", "int8"), default="float32",
                    help="build every variant in float32 (default) or int8 (quantized from seeded inputs)")
     s.add_argument("--tracker", help="HOST:PORT of the RPC tracker (default: run here)")
