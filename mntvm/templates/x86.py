@@ -23,7 +23,12 @@ def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
         first = [(4, 4)] if ib <= 2 else []
         return pointwise_tiles(ob, p, first + [(2, 8), (2, 7), (4, 5), (2, 5), (4, 6), (4, 4), (3, 8), (3, 7), (1, 8),
                                                (1, 7), (2, 4), (1, 5), (1, 4), (1, 2), (1, 1)])
-    return pointwise_tiles(ob, p, [(2, 6), (2, 5), (2, 7), (2, 4), (1, 8), (1, 7), (1, 4), (1, 2), (1, 1)])
+    # AVX2 (16 ymm), measured on Zen 2, 1 thread, GFLOP/s at a 93 GFLOP/s FMA-loop peak: 12 accumulators
+    # run at 97-102 (4x3, 3x4 and 2x6, each in the loop order that fits: cpu.inner_positions_outside),
+    # 10 at 94-101 (2x5), 8 at 70-80 (4x2, 2x4: FMA latency), 7 at 64-66 (1x7, the 7x7 layers); 2x7
+    # spills (46-54, the old default on every 224 / 112 map) and 1x14 too (64-73).
+    return pointwise_tiles(ob, p, [(4, 3), (3, 4), (2, 6), (2, 5), (4, 2), (2, 4), (1, 7), (1, 8), (1, 4), (1, 2),
+                                   (1, 1)])
 
 
 def _dw_defaults(cb: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
