@@ -44,12 +44,25 @@ def cli_run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return p
 
 
-def ort_run(onnx_model, x: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Run an ONNX model (ModelProto or path) in ONNX Runtime, the independent reference."""
+def ort_options(threads: int = 1, exact_uint8: bool = True):
+    """ONNX Runtime session options for using it as the reference. ``exact_uint8``: its exact kernels
+    for uint8 activations on x86 CPUs without VNNI (``session.x64quantprecision``: by default their
+    uint8 x int8 pairs saturate in int16); leave it off for int8 activations (exact anyway, and ORT
+    1.32 fails to build such a model with it and ``session.qdqisint8allowed``)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
+    if exact_uint8:
+        so.add_session_config_entry("session.x64quantprecision", "1")
+    return so
+
+
+def ort_run(onnx_model, x: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Run an ONNX model (ModelProto or path) in ONNX Runtime, the independent reference."""
+    import onnxruntime as ort
+
+    so = ort_options(threads)
     data = onnx_model if isinstance(onnx_model, (str, Path)) else onnx_model.SerializeToString()
     sess = ort.InferenceSession(str(data) if isinstance(data, Path) else data, so,
                                 providers=["CPUExecutionProvider"])

@@ -29,8 +29,16 @@ class Peer:
     setup: Setup
 
 
-def ort_session_options(n: int):
-    """ONNX Runtime's session options for a peer run on ``n`` threads (what :data:`REFERENCE` uses)."""
+def ort_session_options(n: int, uint8_activations: bool = False):
+    """ONNX Runtime's session options for a peer run on ``n`` threads (what :data:`REFERENCE` uses).
+
+    ``uint8_activations`` (a QDQ model with uint8 activations): its exact integer kernels. On x86
+    CPUs without VNNI (AVX2, AVX-512 before Cascade Lake) ORT's default uint8 x int8 kernels add pairs
+    of products in int16 (vpmaddubsw), which saturates: on a Zen 2 the int8 MobileNetV1 stem came out
+    up to 83 quantization steps away from the exact integer result (ours, numpy's, and ORT's own on a
+    VNNI CPU). ``session.x64quantprecision`` makes it use its exact uint8 x uint8 kernels there (slower);
+    it has no effect where VNNI is present. Not for int8 activations: ORT's int8 x int8 path is exact,
+    and with both options its graph optimizer makes a QGemm it has no kernel for (ORT 1.32)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -39,13 +47,27 @@ def ort_session_options(n: int):
     # QDQ models with int8 (not uint8) activations: without this, ORT's x86 build runs them through
     # float kernels on dequantized values instead of its integer ones (no effect on float models)
     so.add_session_config_entry("session.qdqisint8allowed", "1")
+    if uint8_activations:
+        so.add_session_config_entry("session.x64quantprecision", "1")
     return so
+
+
+def _uint8_activations(path: str) -> bool:
+    """Whether the ONNX model at ``path`` quantizes activations to uint8 (a QuantizeLinear whose zero
+    point is uint8)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    zp = {t.name: t.data_type for t in model.graph.initializer}
+    return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and zp.get(n.input[2]) == onnx.TensorProto.UINT8
+               for n in model.graph.node)
 
 
 def _setup_ort(path: str, x: np.ndarray, n: int):
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(path, ort_session_options(n), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(path, ort_session_options(n, _uint8_activations(path)),
+                                providers=["CPUExecutionProvider"])
     feed = {sess.get_inputs()[0].name: x}
     return (lambda: sess.run(None, feed)), (lambda: sess.run(None, feed)[0]), ort.__version__
 

@@ -8,6 +8,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ort_options
 from onnx import helper, numpy_helper
 
 from mntvm import MntvmError
@@ -39,8 +40,7 @@ def _session(net, opt_path, int8_kernels: bool):
     for name in ["data"] + CONVS + ["pool"]:
         model.graph.output.append(helper.make_empty_tensor_value_info(quantized_tensor(name)))
     model.graph.output.append(helper.make_empty_tensor_value_info("logits"))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so = ort_options(exact_uint8=not int8_kernels)
     so.optimized_model_filepath = str(opt_path)
     if int8_kernels:  # on x86 ORT fuses s8 activations into QLinearConv only when told to
         so.add_session_config_entry("session.qdqisint8allowed", "1")

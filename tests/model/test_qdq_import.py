@@ -9,6 +9,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from conftest import ort_options
 from onnx import helper, numpy_helper
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quantize_static)
@@ -106,8 +107,7 @@ def _ort(model, x: np.ndarray, extra: list[str]) -> dict[str, np.ndarray]:
         v.type.tensor_type.shape.dim[0].dim_param = "N"
     for name in extra:
         m.graph.output.append(helper.make_empty_tensor_value_info(name))
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
+    so = ort_options()
     so.log_severity_level = 3
     sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
