@@ -85,6 +85,14 @@ def _pointwise_inner(sch: Schedule, conv):
     return c_ib, c_ob
 
 
+# the fused template's ``ragged`` knob: positions per register tile that need not divide a task's
+# positions (0: the ``p`` knob's tile, which divides). On AVX2 the 12-accumulator tiles need 3 or 6
+# positions, and no map of resolution 224 or 128 has a multiple of 3 (:func:`dw_pointwise_knobs`).
+RAGGED_TILES = [0, 3, 4, 6]
+# positions a task covers at most with a ragged tile (one band of rows, the whole map; the 28x28 maps
+# of resolution 224 and smaller): 4x3 on the 14x14 and 28x28 maps of 1.0/224 ran at 89-95 GFLOP/s,
+# 4x2 in two bands at 77-81 (Zen 2, 1 thread)
+RAGGED_POSITIONS = 1024
 # positions (output rows x columns) a fused depthwise+pointwise task covers at most by default:
 # the depthwise output of that many positions x all input channels stays in L1/L2
 DWPW_POSITIONS = 128
@@ -103,9 +111,10 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     """Depthwise fused into the pointwise conv after it. A task is ``rows`` output rows x one of
     ``ob[0]`` output-channel groups: it computes the depthwise output of its rows (all input
     channels; ``w`` columns x 1 vector in registers, taps unrolled) into a task-local buffer, then
-    runs the pointwise register tiles (``ob[2]`` vectors x ``p[1]`` positions) of its group on it.
-    More than one group recomputes the depthwise rows per group: for layers with too few rows to
-    share among the threads."""
+    runs the pointwise register tiles (``ob[2]`` vectors x ``p[1]`` positions, or ``ragged``
+    positions where that knob is not 0: then the task's last tile is masked where it runs past the
+    task's positions) of its group on it. More than one group recomputes the depthwise rows per
+    group: for layers with too few rows to share among the threads."""
     conv = block
     epi = single_consumer_epilogue(sch, conv)
     dw_epi = sch.get_producers(conv)[0]
@@ -116,7 +125,9 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     h0, h1 = sch.split(h, tile(sch, h, 2, 16, d, "rows"))
     pc = sch.fuse(h1, w)
     og, ob0, ob1 = sch.split(ob, tile(sch, ob, 3, 4, d, "ob"))
-    p1, p2 = sch.split(pc, tile(sch, pc, 2, 16, d, "p"))
+    p_tile = tile(sch, pc, 2, 16, d, "p")
+    ragged = cat(sch, RAGGED_TILES, d, "ragged")
+    p1, p2 = sch.split(pc, p_tile if int(sch.get(ragged)) == 0 else [None, ragged])
     sch.reorder(n, h0, og, ob0, p1, ob1, p2, v)
     task = sch.fuse(n, h0, og)
     sch.parallel(task)
@@ -143,31 +154,42 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
 
 
 def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs) -> dict:
-    """Default knobs of the fused template: rows per task (at most ~DWPW_POSITIONS positions) and
+    """Default knobs of the fused template: rows per task (at most ~DWPW_POSITIONS positions, or the
+    whole map up to RAGGED_POSITIONS with a ragged tile) and
     output-channel groups, chosen for a full register tile (the family's pointwise default for
     the task's positions: on 6x6 maps 3 rows would leave a 1x2 tile, 3x slower than 6 rows in two
     groups), then tasks that share evenly among ``fam.cores`` threads, then, when the weights are
     larger than :data:`WEIGHTS_IN_L2`, the fewest bands of rows (each band reads all weights:
     on the 6x6 and 4x4 maps of 1024 channels one band in two groups is 9-15 % faster than two
     bands in one group, the depthwise part computed twice costing little there), then the fewest
-    groups, then the most rows."""
+    groups, then the most rows. A family's ragged tile (``fam.pw_ragged``) competes with its tile
+    that divides, its accumulators counted by the share of its positions that are not masked."""
     heavy = (ob * v) * (ib * v) * 4 > WEIGHTS_IN_L2
     best = None
     for rows in divisors(ho):
-        if rows > 1 and rows * wo > DWPW_POSITIONS:
-            continue
-        pw = fam.pw(ob, rows * wo, ib, v, fam.num_regs)
-        o_t = pw["ob"][1]
-        for g in (x for x in divisors(ob // o_t) if x <= 4):
-            tasks = (ho // rows) * g
-            balance = tasks / (-(-tasks // fam.cores) * fam.cores)
-            bands = ho // rows if heavy else 0
-            key = (min(o_t * pw["p"][2], FULL_TILE), round(balance, 3), -bands, -g, rows)
-            if best is None or key > best[0]:
-                best = (key, rows, g, pw)
-    _, rows, g, pw = best
-    o_t, p_t = pw["ob"][1], pw["p"][2]
-    return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, p_t),
+        pos = rows * wo
+        # a ragged tile only in one band of rows (the whole map), up to RAGGED_POSITIONS: with more
+        # bands the mask of a task's last tile depends on the task, and the reduction under it ran
+        # at half speed (Zen 2: 36-45 GFLOP/s on the 14x14..56x56 maps against 74-80 with 4x2)
+        ragged = (fam.pw_ragged(ob, pos, ib, v, fam.num_regs)
+                  if fam.pw_ragged and rows == ho and pos <= RAGGED_POSITIONS else None)
+        tiles = [(*ragged, ragged[1])] if ragged is not None else []
+        if rows == 1 or pos <= DWPW_POSITIONS:
+            pw = fam.pw(ob, pos, ib, v, fam.num_regs)
+            tiles.append((pw["ob"][1], pw["p"][2], 0))
+        for o_t, p_t, rag in tiles:
+            used = pos / (-(-pos // p_t) * p_t)
+            for g in (x for x in divisors(ob // o_t) if x <= 4):
+                tasks = (ho // rows) * g
+                balance = tasks / (-(-tasks // fam.cores) * fam.cores)
+                bands = ho // rows if heavy else 0
+                key = (round(min(o_t * p_t, FULL_TILE) * used, 2), round(balance, 3), -bands, -g, rows)
+                if best is None or key > best[0]:
+                    best = (key, rows, g, o_t, p_t, rag)
+    _, rows, g, o_t, p_t, rag = best
+    # with a ragged tile the "p" knob is not used; its decision must still be a tile that divides
+    p_t = p_t if (rows * wo) % p_t == 0 else 1
+    return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, p_t), "ragged": rag,
             "w": fam.dw(ib, ho, wo, v, fam.num_regs)["w"]}
 
 

@@ -52,6 +52,10 @@ class FamilyKnobs:
     dw: Callable  # (cb, ho, wo, vec, num_regs) -> decisions
     stem: Callable  # (ob, ho, wo, vec, num_regs) -> decisions
     dense: Callable  # (nb, k, vec, num_regs) -> decisions
+    # (ob, p, ib, vec, num_regs) -> (o_t, p_t) or None: a fused-template register tile whose ``p_t``
+    # need not divide the ``p`` positions (the last tile of a task is partly masked), where the
+    # family prefers it to the best tile that divides (``pw``)
+    pw_ragged: Callable | None = None
     cores: int = 1  # the threads the target runs on (its ``num-cores``): for splitting work evenly
 
 

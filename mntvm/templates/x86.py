@@ -31,6 +31,20 @@ def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
                                    (1, 1)])
 
 
+def _pw_ragged(ob: int, p: int, ib: int, vec: int, num_regs: int) -> tuple[int, int] | None:
+    """AVX2, fused template: a 12-accumulator tile whose positions need not divide ``p``, where the
+    best tile that divides has fewer than 10 accumulators (every map of resolutions 224 and 128: 2^k
+    or 7 x 2^k positions). Measured on Zen 2, 1 thread: 4x3 over 196 / 784 / 49 positions with the
+    last tile masked 96-102 GFLOP/s (4x2 there: 70-80, 1x7 on 49: 64-66)."""
+    d = _pw_defaults(ob, p, ib, vec, num_regs)
+    if num_regs >= 32 or d["ob"][1] * d["p"][2] >= 10:
+        return None
+    for o_t, p_t in ((4, 3), (3, 4), (2, 6)):
+        if ob % o_t == 0 and p > p_t:
+            return o_t, p_t
+    return None
+
+
 def _dw_defaults(cb: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
     # Depthwise is memory/overhead bound: tiles matter little (+-10 % in a sweep on SPR);
     # 7 or 8 output columns, and 2 channel blocks per tile on the small 14x14 / 7x7 layers.
@@ -53,7 +67,7 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
 AVX512 = FamilyKnobs(name="avx512", vector_bits=512, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
                      stem=_stem_defaults, dense=_dense_defaults)
 AVX2 = FamilyKnobs(name="avx2", vector_bits=256, num_regs=16, pw=_pw_defaults, dw=_dw_defaults,
-                   stem=_stem_defaults, dense=_dense_defaults)
+                   stem=_stem_defaults, dense=_dense_defaults, pw_ragged=_pw_ragged)
 
 
 # -- int8 templates (:mod:`.cpu_int8`) ----------------------------------------------------------

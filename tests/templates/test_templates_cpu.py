@@ -11,7 +11,7 @@ from tvm.s_tir import Schedule  # noqa: E402
 
 from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, pointwise_te, pool_te,  # noqa: E402
                                      stem_te)
-from mntvm.templates.cpu import dw_pointwise_knobs  # noqa: E402
+from mntvm.templates.cpu import dw_pointwise_knobs, inner_positions_outside  # noqa: E402
 from mntvm.templates.families import family_for  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules, default_schedule  # noqa: E402
 from mntvm.templates.lowering import lower_blocked  # noqa: E402
@@ -217,6 +217,43 @@ def test_dw_pointwise_default_knobs_share_tasks_evenly(cores):
         assert (ho // rows) * groups % cores == 0, (c, o_c, ho, d)
         assert rows == 1 or rows * ho <= 128
         assert d["p"][0] * d["p"][1] == rows * ho and d["w"][0] * d["w"][1] == ho
+
+
+@pytest.mark.parametrize("stride,h,o_c", [(1, 7, 64), (2, 14, 64), (1, 6, 48), (1, 5, 40), (2, 8, 64)])
+def test_dw_pointwise_avx2_defaults(stride, h, o_c):
+    """AVX2 (8 lanes) at its default knobs against numpy: ragged 4x3 tiles on 7x7 and 4x4 maps (the
+    last one masked), 3x4 on 48 channels (positions outside the channel vectors), odd channel counts."""
+    def schedule(tensors, block, rule):
+        return default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
+
+    check_dw_pointwise(schedule, 8, 32, o_c, stride, h, atol=1e-4)
+
+
+def test_dw_pointwise_avx2_knobs_use_twelve_accumulators():
+    """On AVX2 every fused layer of 1.0/224 whose map is at most 28x28 gets a 12-accumulator tile:
+    exact where the positions divide by 3 or 6 (resolution 192), else ragged over the whole map;
+    the larger maps two bands of rows with a 4x2 tile. The tile's loop order fits 16 registers."""
+    fam = family_for(tvm.target.Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2}), 256)
+    assert fam.vector_bits == 256 and fam.num_regs == 16
+    for c, o_c, ho in [(32, 64, 112), (64, 128, 56), (128, 128, 56), (128, 256, 28), (256, 256, 28),
+                       (256, 512, 14), (512, 512, 14), (512, 1024, 7), (1024, 1024, 7), (512, 512, 12),
+                       (384, 384, 14), (768, 768, 7)]:
+        d = dw_pointwise_knobs(o_c // 8, ho, ho, c // 8, 8, fam)
+        o_t, rows, pos = d["ob"][2], d["rows"][1], d["rows"][1] * ho
+        p_t = d["ragged"] or d["p"][1]
+        assert d["rows"][0] * rows == ho and d["ob"][0] * d["ob"][1] * o_t == o_c // 8
+        assert d["p"][0] * d["p"][1] == pos  # the "p" knob stays a valid tile when unused
+        assert (ho // rows) * d["ob"][0] % 2 == 0, d
+        if ho <= 28:
+            assert o_t * p_t == 12, (c, o_c, ho, d)
+            assert (d["ragged"] != 0) == (pos % p_t != 0) and (d["ragged"] == 0 or rows == ho), d
+        else:
+            assert (o_t, p_t, d["ragged"]) == (4, 2, 0) and pos <= 128, d
+        regs = o_t * p_t + 1 + (o_t if inner_positions_outside(o_t, p_t, 8) else p_t)
+        assert regs <= 16, d
+    assert inner_positions_outside(2, 6, 8) and inner_positions_outside(3, 4, 8)
+    assert not inner_positions_outside(4, 3, 8) and not inner_positions_outside(2, 5, 8)
+    assert not inner_positions_outside(3, 8, 16)  # 32 registers: the order never changes there
 
 
 def test_dw_pointwise_default_knobs_read_large_weights_once():
