@@ -182,6 +182,12 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
             for g in (x for x in divisors(ob // o_t) if x <= 4):
                 tasks = (ho // rows) * g
                 balance = tasks / (-(-tasks // fam.cores) * fam.cores)
+                if rag and (balance < 1 or ob // (g * o_t) < 2):
+                    # a ragged whole map only where its groups keep every thread busy, with two
+                    # panels or more each: 64 output channels (2 groups of 1 panel) ran 1.7-1.9x
+                    # slower ragged than in bands (Zen 2, 1 thread, 16x16..32x32 maps of alpha
+                    # 0.25 / 0.5); one group would leave a thread idle
+                    continue
                 bands = ho // rows if heavy else 0
                 key = (round(min(o_t * p_t, FULL_TILE) * used, 2), round(balance, 3), -bands, -g, rows)
                 if best is None or key > best[0]:

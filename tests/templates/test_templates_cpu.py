@@ -251,6 +251,14 @@ def test_dw_pointwise_avx2_knobs_use_twelve_accumulators():
             assert (o_t, p_t, d["ragged"]) == (4, 2, 0) and pos <= 128, d
         regs = o_t * p_t + 1 + (o_t if inner_positions_outside(o_t, p_t, 8) else p_t)
         assert regs <= 16, d
+    # alpha 0.25 / 0.5 at 128 / 224: a ragged whole map keeps both threads busy with two panels or
+    # more per group; 64 output channels (one panel per group) stay in bands
+    for c, o_c, ho in [(16, 32, 32), (32, 32, 32), (32, 64, 16), (64, 64, 16), (32, 64, 28), (64, 64, 32),
+                       (64, 128, 8), (128, 128, 16)]:
+        d = dw_pointwise_knobs(o_c // 8, ho, ho, c // 8, 8, fam)
+        if d["ragged"]:
+            assert d["rows"] == [1, ho] and d["ob"][0] % 2 == 0 and d["ob"][1] >= 2, (c, o_c, ho, d)
+        assert o_c > 64 or not d["ragged"], (c, o_c, ho, d)
     assert inner_positions_outside(2, 6, 8) and inner_positions_outside(3, 4, 8)
     assert not inner_positions_outside(4, 3, 8) and not inner_positions_outside(2, 5, 8)
     assert not inner_positions_outside(3, 8, 16)  # 32 registers: the order never changes there
