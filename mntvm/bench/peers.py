@@ -53,14 +53,25 @@ def ort_session_options(n: int, uint8_activations: bool = False):
 
 
 def _uint8_activations(path: str) -> bool:
-    """Whether the ONNX model at ``path`` quantizes activations to uint8 (a QuantizeLinear whose zero
-    point is uint8)."""
+    """Whether the ONNX model at ``path`` quantizes activations to uint8: a QuantizeLinear whose zero
+    point (an initializer or a Constant) is uint8, or that has none and no ``output_dtype`` (ONNX's
+    default then is uint8)."""
     import onnx
 
     model = onnx.load(path, load_external_data=False)
-    zp = {t.name: t.data_type for t in model.graph.initializer}
-    return any(n.op_type == "QuantizeLinear" and len(n.input) > 2 and zp.get(n.input[2]) == onnx.TensorProto.UINT8
-               for n in model.graph.node)
+    dtypes = {t.name: t.data_type for t in model.graph.initializer}
+    dtypes.update({n.output[0]: a.t.data_type for n in model.graph.node if n.op_type == "Constant"
+                   for a in n.attribute if a.name == "value"})
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        if len(n.input) > 2 and n.input[2]:
+            dt = dtypes.get(n.input[2])
+        else:
+            dt = next((a.i for a in n.attribute if a.name == "output_dtype"), 0) or onnx.TensorProto.UINT8
+        if dt == onnx.TensorProto.UINT8:
+            return True
+    return False
 
 
 def _setup_ort(path: str, x: np.ndarray, n: int):
