@@ -173,10 +173,10 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
         # at half speed (Zen 2: 36-45 GFLOP/s on the 14x14..56x56 maps against 74-80 with 4x2)
         ragged = (fam.pw_ragged(ob, pos, ib, v, fam.num_regs)
                   if fam.pw_ragged and rows == ho and pos <= RAGGED_POSITIONS else None)
-        tiles = [(*ragged, ragged[1])] if ragged is not None else []
+        tiles = [(*ragged, True)] if ragged is not None else []  # (o_t, p_t, ragged)
         if rows == 1 or pos <= DWPW_POSITIONS:
             pw = fam.pw(ob, pos, ib, v, fam.num_regs)
-            tiles.append((pw["ob"][1], pw["p"][2], 0))
+            tiles.append((pw["ob"][1], pw["p"][2], False))
         for o_t, p_t, rag in tiles:
             used = pos / (-(-pos // p_t) * p_t)
             for g in (x for x in divisors(ob // o_t) if x <= 4):
@@ -194,8 +194,8 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
                     best = (key, rows, g, o_t, p_t, rag)
     _, rows, g, o_t, p_t, rag = best
     # with a ragged tile the "p" knob is not used; its decision must still be a tile that divides
-    p_t = p_t if (rows * wo) % p_t == 0 else 1
-    return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, p_t), "ragged": rag,
+    return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, 1 if rag else p_t),
+            "ragged": p_t if rag else 0,
             "w": fam.dw(ib, ho, wo, v, fam.num_regs)["w"]}
 
 
