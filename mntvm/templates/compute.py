@@ -41,18 +41,20 @@ def _act(kind: str | None, x, dtype, lo=None, hi=None):
     raise ValueError(kind)
 
 
-def _epilogue(conv, bias, act, bias_index):
+def _epilogue(conv, bias, act, bias_index, shape=None):
+    """``act(conv + bias)`` over ``shape`` (default: all of ``conv``)."""
     def f(*idx):
         v = conv(*idx)
         if bias is not None:
             v = v + bias[bias_index(idx)]
         return _act(act[0] if act else None, v, conv.dtype, *(act[1:] if act else ()))
 
-    return te.compute(conv.shape, f, name="epilogue")
+    return te.compute(conv.shape if shape is None else shape, f, name="epilogue")
 
 
-def pointwise_te(data, weight, bias=None, act=None, rule=RULE_PW):
-    """1x1 conv, stride 1. data (N, IB, P, V), weight (OB, IB, V, V), bias (OB, V)."""
+def pointwise_te(data, weight, bias=None, act=None, rule=RULE_PW, positions=None):
+    """1x1 conv, stride 1. data (N, IB, P, V), weight (OB, IB, V, V), bias (OB, V). The output has
+    the first ``positions`` of the P positions (default: all)."""
     n_, ib_, p_, v_ = data.shape
     ob_ = weight.shape[0]
     ib = te.reduce_axis((0, ib_), "ib")
@@ -63,7 +65,8 @@ def pointwise_te(data, weight, bias=None, act=None, rule=RULE_PW):
         name="conv_pw",
         attrs={"schedule_rule": rule},
     )
-    return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
+    shape = None if positions is None else (n_, ob_, positions, v_)
+    return _epilogue(conv, bias, act, lambda i: (i[1], i[3]), shape)
 
 
 def _window(h, w, kh_, kw_, stride, pad):
@@ -81,9 +84,10 @@ def _window(h, w, kh_, kw_, stride, pad):
     return ho, wo, tap
 
 
-def depthwise_te(data, weight, bias, act, h, w, stride, pad, rule=RULE_DW):
+def depthwise_te(data, weight, bias, act, h, w, stride, pad, rule=RULE_DW, extra=0):
     """Depthwise KHxKW conv. data (N, CB, H*W, V), weight (CB, KH, KW, V); pad = (top, left).
-    ``rule=None``: the block carries no rule (the fused template schedules it)."""
+    ``rule=None``: the block carries no rule (the fused template schedules it). ``extra``
+    positions past the map's end are computed too, from the zero padding below it."""
     n_, cb_, _, v_ = data.shape
     _, kh_, kw_, _ = weight.shape
     ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
@@ -96,17 +100,21 @@ def depthwise_te(data, weight, bias, act, h, w, stride, pad, rule=RULE_DW):
         return te.sum(x * weight[cb, kh, kw, v], axis=[kh, kw])
 
     attrs = {"mntvm_wo": wo} if rule is None else {"schedule_rule": rule, "mntvm_wo": wo}
-    conv = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw", attrs=attrs)
+    conv = te.compute((n_, cb_, ho * wo + extra, v_), f, name="conv_dw", attrs=attrs)
     return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
 
 
-def dw_pointwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, w_pw, b_pw, act_pw):
+def dw_pointwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, w_pw, b_pw, act_pw, extra=0):
     """A depthwise conv (+bias, activation) and the pointwise conv that consumes it, in one
     PrimFunc: ``conv_dw``, its epilogue, ``conv_pw`` (rule ``mntvm_dwpw``), its epilogue. The
     schedule computes the depthwise output a few rows at a time, right before the pointwise
-    tiles that read it, so it never leaves the cache."""
-    dw = depthwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, rule=None)
-    return pointwise_te(dw, w_pw, b_pw, act_pw, rule=RULE_DWPW)
+    tiles that read it, so it never leaves the cache. With ``extra`` > 0 both convs run that many
+    positions past the map's end (values the epilogue never reads): a register tile or a
+    depthwise tile that runs past the end of a band of rows then stays inside their buffers,
+    with no bounds mask in its loops (the ragged tiles of :func:`.cpu.schedule_dw_pointwise`)."""
+    dw = depthwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, rule=None, extra=extra)
+    return pointwise_te(dw, w_pw, b_pw, act_pw, rule=RULE_DWPW, 
+                        positions=int(dw.shape[2]) - extra if extra else None)
 
 
 def stem_te(data, weight, bias, act, stride, pad):

@@ -89,10 +89,22 @@ def _pointwise_inner(sch: Schedule, conv):
 # positions (0: the ``p`` knob's tile, which divides). On AVX2 the 12-accumulator tiles need 3 or 6
 # positions, and no map of resolution 224 or 128 has a multiple of 3 (:func:`dw_pointwise_knobs`).
 RAGGED_TILES = [0, 3, 4, 6]
-# positions a task covers at most with a ragged tile (one band of rows, the whole map; the 28x28 maps
-# of resolution 224 and smaller): 4x3 on the 14x14 and 28x28 maps of 1.0/224 ran at 89-95 GFLOP/s,
-# 4x2 in two bands at 77-81 (Zen 2, 1 thread)
+# positions a task covers at most with a ragged tile
 RAGGED_POSITIONS = 1024
+DW_COLUMNS = 16  # depthwise output positions per register tile in the fused template, at most (knob "w")
+# positions the fused template's convs run past the map's end for a family with ragged tiles
+# (:func:`.compute.dw_pointwise_te`): a task's last register tile runs past its band of rows by up to
+# max(RAGGED_TILES) - 1 positions, and the depthwise tiles that feed it by DW_COLUMNS - 1 more
+RAGGED_EXTRA = max(RAGGED_TILES) - 1 + DW_COLUMNS - 1
+
+
+def ragged_extra_positions(fam: FamilyKnobs) -> int:
+    """Positions past the map's end the lowering gives the fused template for ``fam``: RAGGED_EXTRA
+    where the family's defaults use ragged tiles (AVX2), else 0 (the workloads of the other families
+    are unchanged). With them a ragged tile needs no bounds mask in its reduction, in any band of rows:
+    with a mask that depends on the task the 4x3 tiles ran at half speed (Zen 2: 36-45 GFLOP/s on the
+    14x14..56x56 maps, against 74-80 for 4x2), without one at 88-100 (1 thread, 1.0/224)."""
+    return RAGGED_EXTRA if fam.pw_ragged else 0
 # positions (output rows x columns) a fused depthwise+pointwise task covers at most by default:
 # the depthwise output of that many positions x all input channels stays in L1/L2
 DWPW_POSITIONS = 128
@@ -112,21 +124,29 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     ``ob[0]`` output-channel groups: it computes the depthwise output of its rows (all input
     channels; ``w`` columns x 1 vector in registers, taps unrolled) into a task-local buffer, then
     runs the pointwise register tiles (``ob[2]`` vectors x ``p[1]`` positions, or ``ragged``
-    positions where that knob is not 0: then the task's last tile is masked where it runs past the
-    task's positions) of its group on it. More than one group recomputes the depthwise rows per
-    group: for layers with too few rows to share among the threads."""
+    positions where that knob is not 0) of its group on it. More than one group recomputes the
+    depthwise rows per group: for layers with too few rows to share among the threads.
+
+    A ragged task's last tile runs past its rows. Where the convs are computed past the map's end
+    (:func:`ragged_extra_positions`) that tile computes the next positions whole, only its stores
+    masked, and the depthwise tiles run over the task's positions as one range (``w`` positions
+    each, across rows). Elsewhere the tile is masked at the buffer's end, a mask that depends on
+    the task unless there is one band of rows."""
     conv = block
     epi = single_consumer_epilogue(sch, conv)
     dw_epi = sch.get_producers(conv)[0]
     dw_conv = sch.get_producers(dw_epi)[0]
     wo = int(sch.get(dw_conv).annotations["mntvm_wo"])
+    extra = buffer_shape(sch.get(conv).writes[0].source)[2] - buffer_shape(sch.get(epi).writes[0].source)[2]
     n, ob, p, v = sch.get_loops(epi)[-4:]
     h, w = sch.split(p, [None, wo])
     h0, h1 = sch.split(h, tile(sch, h, 2, 16, d, "rows"))
+    w_tile = tile(sch, w, 2, DW_COLUMNS, d, "w")
     pc = sch.fuse(h1, w)
     og, ob0, ob1 = sch.split(ob, tile(sch, ob, 3, 4, d, "ob"))
     p_tile = tile(sch, pc, 2, 16, d, "p")
     ragged = cat(sch, RAGGED_TILES, d, "ragged")
+    flat = int(sch.get(ragged)) != 0 and extra > 0  # depthwise tiles across rows
     p1, p2 = sch.split(pc, p_tile if int(sch.get(ragged)) == 0 else [None, ragged])
     sch.reorder(n, h0, og, ob0, p1, ob1, p2, v)
     task = sch.fuse(n, h0, og)
@@ -143,8 +163,11 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     # the depthwise rows this task needs, all channels, before its pointwise tiles
     sch.compute_at(dw_epi, task, preserve_unit_loops=True)
     _, cb, dp, dv = sch.get_loops(dw_epi)[-4:]
-    dh, dwc = sch.split(dp, [None, wo])
-    w0, w1 = sch.split(dwc, tile(sch, dwc, 2, 16, d, "w"))
+    if flat:
+        w0, w1 = sch.split(dp, [None, w_tile[1]])
+    else:
+        dh, dwc = sch.split(dp, [None, wo])
+        w0, w1 = sch.split(dwc, w_tile)
     sch.compute_at(dw_conv, w0, preserve_unit_loops=True)
     sch.vectorize(dv)
     sch.unroll(w1)
@@ -153,9 +176,10 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     return sch
 
 
-def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs) -> dict:
-    """Default knobs of the fused template: rows per task (at most ~DWPW_POSITIONS positions, or the
-    whole map up to RAGGED_POSITIONS with a ragged tile) and
+def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs, extra: int = 0) -> dict:
+    """Default knobs of the fused template, whose convs run ``extra`` positions past the map's end:
+    rows per task (at most ~DWPW_POSITIONS positions, or up to RAGGED_POSITIONS with a ragged tile:
+    in any band of rows with ``extra``, else only the whole map) and
     output-channel groups, chosen for a full register tile (the family's pointwise default for
     the task's positions: on 6x6 maps 3 rows would leave a 1x2 tile, 3x slower than 6 rows in two
     groups), then tasks that share evenly among ``fam.cores`` threads, then, when the weights are
@@ -168,11 +192,10 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
     best = None
     for rows in divisors(ho):
         pos = rows * wo
-        # a ragged tile only in one band of rows (the whole map), up to RAGGED_POSITIONS: with more
-        # bands the mask of a task's last tile depends on the task, and the reduction under it ran
-        # at half speed (Zen 2: 36-45 GFLOP/s on the 14x14..56x56 maps against 74-80 with 4x2)
+        # without ``extra`` a ragged tile only in one band of rows (the whole map): with more bands
+        # the mask of a task's last tile depends on the task (:func:`ragged_extra_positions`)
         ragged = (fam.pw_ragged(ob, pos, ib, v, fam.num_regs)
-                  if fam.pw_ragged and rows == ho and pos <= RAGGED_POSITIONS else None)
+                  if fam.pw_ragged and (rows == ho or extra) and pos <= RAGGED_POSITIONS else None)
         tiles = [(*ragged, True)] if ragged is not None else []  # (o_t, p_t, ragged)
         if rows == 1 or pos <= DWPW_POSITIONS:
             pw = fam.pw(ob, pos, ib, v, fam.num_regs)
@@ -297,7 +320,8 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
             return fam.pw(ob, p, ib, v, fam.num_regs)
         dw_conv = sch.get(sch.get_producers(sch.get_producers(block)[0])[0])
         wo = int(dw_conv.annotations["mntvm_wo"])
-        return dw_pointwise_knobs(ob, p // wo, wo, ib, v, fam)
+        epi_p = buffer_shape(sch.get(sch.get_consumers(block)[0]).writes[0].source)[2]
+        return dw_pointwise_knobs(ob, epi_p // wo, wo, ib, v, fam, extra=p - epi_p)
     if name in (RULE_DW, RULE_STEM):
         _, cb, p, v = out
         wo = int(b.annotations["mntvm_wo"])

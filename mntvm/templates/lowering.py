@@ -40,7 +40,9 @@ from mntvm.model.inference import inference_module
 from mntvm.model.network import MobileNetConfig
 from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, pointwise_te, pool_te, stem_te,
                                      unblock_te)
+from mntvm.templates.cpu import ragged_extra_positions
 from mntvm.templates.cuda import VECTOR_BITS
+from mntvm.templates.families import family_for
 
 
 _OP = {}
@@ -171,11 +173,12 @@ class _Graph:
 class _Lowerer(relax.PyExprMutator):
     """Rewrites a Relax MobileNet's conv/pool/FC chains into calls of our TE computes."""
 
-    def __init__(self, mod: tvm.IRModule, vec: int, fuse_dw: bool = False):
+    def __init__(self, mod: tvm.IRModule, vec: int, fuse_dw: bool = False, dw_extra: int = 0):
         super().__init__(mod)
         self.mod_ = mod
         self.V = vec
         self.fuse_dw = fuse_dw
+        self.dw_extra = dw_extra  # positions the fused template computes past the map's end
         self.graph = _Graph()
         self.blocked = {}  # old var -> _Blocked
         self.skip = set()  # old vars absorbed into fused ops
@@ -242,8 +245,8 @@ class _Lowerer(relax.PyExprMutator):
             if pending:
                 xin, dw_args, wd_, bd_ = pending
                 te_call = self.builder_.call_te(
-                    lambda d_, w1, b1, w2, b2: dw_pointwise_te(d_, w1, b1, *dw_args, w2, b2, act), xin,
-                    wd_, bd_, relax.const(wp), bconst, primfunc_name_hint="mntvm_dwpw")
+                    lambda d_, w1, b1, w2, b2: dw_pointwise_te(d_, w1, b1, *dw_args, w2, b2, act, self.dw_extra),
+                    xin, wd_, bd_, relax.const(wp), bconst, primfunc_name_hint="mntvm_dwpw")
             else:
                 xin = self.blocked[x].var
                 te_call = self.builder_.call_te(lambda d_, w_, b_: pointwise_te(d_, w_, b_, act), xin,
@@ -369,13 +372,15 @@ def lower_blocked(mod: tvm.IRModule, target, vector_bits: int, fuse_dw: bool = F
     """Lower a Relax MobileNet to our blocked-layout templates, legalize the rest and fuse.
 
     With ``fuse_dw`` every depthwise conv whose only consumer is a pointwise conv is lowered
-    together with it (``mntvm_dwpw``, :func:`.compute.dw_pointwise_te`). Returns a module ready for
-    :func:`.defaults.apply_default_schedules`, a tuning database or MetaSchedule task extraction
-    (:func:`.registry.tunable_tasks`).
+    together with it (``mntvm_dwpw``, :func:`.compute.dw_pointwise_te`), past the map's end by the
+    positions the ragged tiles of the target's knob family need (:func:`.cpu.ragged_extra_positions`).
+    Returns a module ready for :func:`.defaults.apply_default_schedules`, a tuning database or
+    MetaSchedule task extraction (:func:`.registry.tunable_tasks`).
     """
     vec = int(vector_bits) // 32
+    extra = ragged_extra_positions(family_for(target, vector_bits)) if fuse_dw else 0
     mod = relax.transform.Normalize()(mod)
-    mod = _Lowerer(mod, vec, fuse_dw).transform()
+    mod = _Lowerer(mod, vec, fuse_dw, extra).transform()
     mod = relax.transform.DeadCodeElimination()(mod)
     return legalize_and_fuse(mod)
 

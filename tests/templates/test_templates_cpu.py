@@ -11,7 +11,8 @@ from tvm.s_tir import Schedule  # noqa: E402
 
 from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, pointwise_te, pool_te,  # noqa: E402
                                      stem_te)
-from mntvm.templates.cpu import dw_pointwise_knobs, inner_positions_outside  # noqa: E402
+from mntvm.templates.cpu import (RAGGED_EXTRA, RAGGED_POSITIONS, dw_pointwise_knobs,  # noqa: E402
+                                 inner_positions_outside, ragged_extra_positions)
 from mntvm.templates.families import family_for  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules, default_schedule  # noqa: E402
 from mntvm.templates.lowering import lower_blocked  # noqa: E402
@@ -110,15 +111,16 @@ def check_depthwise(schedule, v, c, stride, h, atol):
     np.testing.assert_allclose(_unblocked(got, c, ho, ho), ref, atol=atol, rtol=1e-5)
 
 
-def check_dw_pointwise(schedule, v, c, o_c, stride, h, atol):
-    """The fused template against numpy: depthwise 3x3 (+bias, ReLU), then 1x1 (+bias, ReLU6)."""
+def check_dw_pointwise(schedule, v, c, o_c, stride, h, atol, extra=0):
+    """The fused template against numpy: depthwise 3x3 (+bias, ReLU), then 1x1 (+bias, ReLU6), its
+    convs computed ``extra`` positions past the map's end."""
     rng = np.random.RandomState(2)
     data = te.placeholder((1, c // v, h * h, v), name="data")
     wd = te.placeholder((c // v, 3, 3, v), name="wd")
     bd = te.placeholder((c // v, v), name="bd")
     wp = te.placeholder((o_c // v, c // v, v, v), name="wp")
     bp = te.placeholder((o_c // v, v), name="bp")
-    out = dw_pointwise_te(data, wd, bd, ("relu",), h, h, stride, (1, 1, 1, 1), wp, bp, ("clip", 0.0, 6.0))
+    out = dw_pointwise_te(data, wd, bd, ("relu",), h, h, stride, (1, 1, 1, 1), wp, bp, ("clip", 0.0, 6.0), extra)
     ho = (h + 2 - 3) // stride + 1
     mod = schedule([data, wd, bd, wp, bp, out], "conv_pw", RULE_DWPW)
     x = rng.randn(1, c, h, h).astype("float32")
@@ -198,8 +200,9 @@ def test_depthwise(seed, stride, h):
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("stride,h", [(1, 6), (2, 8), (2, 7)])
-def test_dw_pointwise(seed, stride, h):
-    check_dw_pointwise(_by_seed(seed), 16, 32, 64, stride, h, atol=1e-4)
+@pytest.mark.parametrize("extra", [0, RAGGED_EXTRA])
+def test_dw_pointwise(seed, stride, h, extra):
+    check_dw_pointwise(_by_seed(seed), 16, 32, 64, stride, h, atol=1e-4, extra=extra)
 
 
 @pytest.mark.parametrize("cores", [1, 2, 4])
@@ -219,46 +222,102 @@ def test_dw_pointwise_default_knobs_share_tasks_evenly(cores):
         assert d["p"][0] * d["p"][1] == rows * ho and d["w"][0] * d["w"][1] == ho
 
 
-@pytest.mark.parametrize("stride,h,o_c", [(1, 7, 64), (2, 14, 64), (1, 6, 48), (1, 5, 40), (2, 8, 64)])
-def test_dw_pointwise_avx2_defaults(stride, h, o_c):
+@pytest.mark.parametrize("stride,h,o_c", [(1, 7, 64), (2, 14, 64), (1, 6, 48), (1, 5, 40), (2, 8, 64),
+                                          (1, 16, 64), (2, 28, 128)])
+@pytest.mark.parametrize("extra", [0, RAGGED_EXTRA])
+def test_dw_pointwise_avx2_defaults(stride, h, o_c, extra):
     """AVX2 (8 lanes) at its default knobs against numpy: ragged 4x3 tiles on 7x7 and 4x4 maps (the
-    last one masked), 3x4 on 48 channels (positions outside the channel vectors), odd channel counts."""
+    last one masked), 3x4 on 48 channels (positions outside the channel vectors), odd channel counts;
+    with ``extra`` positions ragged tiles in bands of rows (16x16, 14x14), across rows."""
     def schedule(tensors, block, rule):
         return default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
 
-    check_dw_pointwise(schedule, 8, 32, o_c, stride, h, atol=1e-4)
+    check_dw_pointwise(schedule, 8, 32, o_c, stride, h, atol=1e-4, extra=extra)
 
 
-def test_dw_pointwise_avx2_knobs_use_twelve_accumulators():
-    """On AVX2 every fused layer of 1.0/224 whose map is at most 28x28 gets a 12-accumulator tile:
-    exact where the positions divide by 3 or 6 (resolution 192), else ragged over the whole map;
-    the larger maps two bands of rows with a 4x2 tile. The tile's loop order fits 16 registers."""
+def _predicates(func, name):
+    """The predicates of the blocks called ``name`` in a scheduled PrimFunc."""
+    found = []
+
+    def visit(node):
+        if isinstance(node, tvm.s_tir.SBlockRealize) and node.block.name_hint == name:
+            found.append(node.predicate)
+        for c in getattr(node, "seq", None) or []:
+            visit(c)
+        for field in ("body", "block", "init", "then_case", "else_case"):
+            if getattr(node, field, None) is not None:
+                visit(getattr(node, field))
+
+    visit(func.body)
+    return found
+
+
+def test_dw_pointwise_avx2_ragged_bands_have_no_mask():
+    """With the convs computed past the map's end, the AVX2 defaults put a ragged 4x3 tile in each
+    band of rows of a 56x56 map, and neither the pointwise reduction nor the depthwise conv under it
+    has a bounds mask (the last tile of a band computes the next positions); only the stores are
+    masked. Without the extra positions the reduction is masked by the buffer's end."""
+    fam = family_for(TARGET, 256)
+    assert ragged_extra_positions(fam) == RAGGED_EXTRA > 0
+    assert ragged_extra_positions(family_for(TARGET, 512)) == 0
+    v, c, o_c, h = 8, 64, 128, 56
+    d = dw_pointwise_knobs(o_c // v, h, h, c // v, v, fam, RAGGED_EXTRA)
+    assert d["ragged"] == 3 and d["rows"][0] > 1, d
+    for extra in (RAGGED_EXTRA, 0):
+        data = te.placeholder((1, c // v, h * h, v), name="data")
+        wd = te.placeholder((c // v, 3, 3, v), name="wd")
+        bd = te.placeholder((c // v, v), name="bd")
+        wp = te.placeholder((o_c // v, c // v, v, v), name="wp")
+        bp = te.placeholder((o_c // v, v), name="bp")
+        out = dw_pointwise_te(data, wd, bd, ("relu",), h, h, 1, (1, 1, 1, 1), wp, bp, ("relu",), extra)
+        mod = tvm.IRModule({"main": te.create_prim_func([data, wd, bd, wp, bp, out])})
+        sch = Schedule(mod)
+        block = sch.get_sblock("conv_pw")
+        scheduler("cpu", RULE_DWPW)(sch, block, {**d, "rows": [2, h // 2]} if not extra else d)
+        func = sch.mod["main"]
+        masked = {name: [not isinstance(p, tvm.tirx.IntImm) for p in _predicates(func, name)]
+                  for name in ("conv_pw_update", "conv_dw_update", "epilogue_1")}
+        assert all(len(m) == 1 for m in masked.values()), masked
+        assert masked["epilogue_1"] == [True]
+        assert masked["conv_pw_update"] == [not extra] and masked["conv_dw_update"] == [not extra], (extra, masked)
+
+
+@pytest.mark.parametrize("extra", [RAGGED_EXTRA, 0])
+def test_dw_pointwise_avx2_knobs_use_twelve_accumulators(extra):
+    """On AVX2 every fused layer of 1.0/224 gets a 12-accumulator tile where the convs run past the
+    map's end (as lowered for AVX2): exact where the positions divide by 3 or 6 (resolution 192),
+    else ragged, in bands of rows of at most RAGGED_POSITIONS. Without that only a whole map of at
+    most 28x28 is ragged; the larger maps take two bands of rows with a 4x2 tile. The tile's loop
+    order fits 16 registers."""
     fam = family_for(tvm.target.Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2}), 256)
     assert fam.vector_bits == 256 and fam.num_regs == 16
     for c, o_c, ho in [(32, 64, 112), (64, 128, 56), (128, 128, 56), (128, 256, 28), (256, 256, 28),
                        (256, 512, 14), (512, 512, 14), (512, 1024, 7), (1024, 1024, 7), (512, 512, 12),
                        (384, 384, 14), (768, 768, 7)]:
-        d = dw_pointwise_knobs(o_c // 8, ho, ho, c // 8, 8, fam)
+        d = dw_pointwise_knobs(o_c // 8, ho, ho, c // 8, 8, fam, extra)
         o_t, rows, pos = d["ob"][2], d["rows"][1], d["rows"][1] * ho
         p_t = d["ragged"] or d["p"][1]
         assert d["rows"][0] * rows == ho and d["ob"][0] * d["ob"][1] * o_t == o_c // 8
         assert d["p"][0] * d["p"][1] == pos  # the "p" knob stays a valid tile when unused
         assert (ho // rows) * d["ob"][0] % 2 == 0, d
-        if ho <= 28:
+        if extra or ho <= 28:
             assert o_t * p_t == 12, (c, o_c, ho, d)
-            assert (d["ragged"] != 0) == (pos % p_t != 0) and (d["ragged"] == 0 or rows == ho), d
+            assert (d["ragged"] != 0) == (pos % p_t != 0) and (d["ragged"] == 0 or rows == ho or extra), d
+            assert d["ragged"] == 0 or pos <= RAGGED_POSITIONS
         else:
             assert (o_t, p_t, d["ragged"]) == (4, 2, 0) and pos <= 128, d
         regs = o_t * p_t + 1 + (o_t if inner_positions_outside(o_t, p_t, 8) else p_t)
         assert regs <= 16, d
-    # alpha 0.25 / 0.5 at 128 / 224: a ragged whole map keeps both threads busy with two panels or
-    # more per group; 64 output channels (one panel per group) stay in bands
+    # alpha 0.25 / 0.5 at 128 / 224: a ragged tile keeps both threads busy with two panels or more
+    # per group; without the extra positions 64 output channels (a whole map in two groups of one
+    # panel) stay in bands
     for c, o_c, ho in [(16, 32, 32), (32, 32, 32), (32, 64, 16), (64, 64, 16), (32, 64, 28), (64, 64, 32),
                        (64, 128, 8), (128, 128, 16)]:
-        d = dw_pointwise_knobs(o_c // 8, ho, ho, c // 8, 8, fam)
+        d = dw_pointwise_knobs(o_c // 8, ho, ho, c // 8, 8, fam, extra)
         if d["ragged"]:
-            assert d["rows"] == [1, ho] and d["ob"][0] % 2 == 0 and d["ob"][1] >= 2, (c, o_c, ho, d)
-        assert o_c > 64 or not d["ragged"], (c, o_c, ho, d)
+            assert d["rows"][0] * d["ob"][0] % 2 == 0 and d["ob"][1] >= 2, (c, o_c, ho, d)
+            assert extra or d["rows"] == [1, ho], (c, o_c, ho, d)
+        assert o_c > 64 or extra or not d["ragged"], (c, o_c, ho, d)
     assert inner_positions_outside(2, 6, 8) and inner_positions_outside(3, 4, 8)
     assert not inner_positions_outside(4, 3, 8) and not inner_positions_outside(2, 5, 8)
     assert not inner_positions_outside(3, 8, 16)  # 32 registers: the order never changes there
