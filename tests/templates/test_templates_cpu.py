@@ -354,6 +354,19 @@ def test_dense_and_pool(seed):
     check_dense_and_pool(schedule, 16, 64, 37, 40, atol=1e-4)  # 40 channels: 3 blocks of 16, 8 padded
 
 
+def test_dense_avx2_defaults():
+    """AVX2's FC default keeps several output blocks in flight for 1000 classes (125 blocks of 8,
+    whose only divisors are powers of 5), and computes the FC right at it."""
+    fam = family_for(TARGET, 256)
+    t = fam.dense(125, 1024, 8, fam.num_regs)["nb"]
+    assert t[0] * t[1] == 125 and 1 < t[1] <= 12, t
+
+    def schedule(tensors, block, rule):
+        return default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
+
+    check_dense_and_pool(schedule, 8, 64, 1000, 40, atol=1e-4)
+
+
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def small_net():
