@@ -3,9 +3,9 @@
 Two builds of MobileNetV1 for this machine's ``x86`` profile at the template defaults
 (``--schedules none``), timed in interleaved rounds with the same weights and input:
 
-- ``prefetch``: as ``mntvm compile`` builds it (layers with >= 1 MB of pointwise weights prefetch
-  the next weight panel);
-- ``no-prefetch``: the same templates with the prefetch threshold set out of reach.
+- ``prefetch``: layers with >= 1 MB of pointwise weights prefetch the next weight panel (as
+  ``mntvm compile`` builds it for AVX-512; the AVX2 family's default is no prefetch);
+- ``no-prefetch``: the same templates without prefetches.
 
     python benchmarks/prefetch.py [--alpha 1.0] [--resolution 224] [--threads 1] [--json]
 
@@ -15,6 +15,7 @@ each library, and each build's max |diff| against the numpy float64 reference.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -46,18 +47,21 @@ def main(argv=None) -> int:
     from benchmarks.common import model_and_reference
     from mntvm.compile.artifact import load_artifact
     from mntvm.compile.build import compile_model
-    from mntvm.templates import cpu
+    from mntvm.templates import x86
 
     cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     runners, info = {}, {}
-    threshold = cpu.PREFETCH_WEIGHTS
+    threshold = 1 << 20
+    families = {"AVX512": x86.AVX512, "AVX2": x86.AVX2}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, limit in (("prefetch", threshold), ("no-prefetch", 1 << 62)):
-            cpu.PREFETCH_WEIGHTS = limit
+        for name, limit in (("prefetch", threshold), ("no-prefetch", None)):
+            for attr, fam in families.items():  # the families' defaults, for this build
+                setattr(x86, attr, dataclasses.replace(fam, prefetch_weights=limit))
             try:
                 out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
             finally:
-                cpu.PREFETCH_WEIGHTS = threshold
+                for attr, fam in families.items():
+                    setattr(x86, attr, fam)
             art = load_artifact(out)
             info[name] = {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")}
             avm = art.load_vm()

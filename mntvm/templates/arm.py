@@ -32,8 +32,9 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
     return {"nb": split2(nb, t)}
 
 
+# the fused template prefetches pointwise weights of 1 MB and more, as on AVX-512 (not measured on a board)
 NEON = FamilyKnobs(name="neon", vector_bits=128, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
-                   stem=_stem_defaults, dense=_dense_defaults)
+                   stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20)
 
 
 # -- int8 templates (:mod:`.cpu_int8`) ----------------------------------------------------------

@@ -8,8 +8,6 @@ must not change.
 """
 from __future__ import annotations
 
-import math
-
 from tvm.s_tir import Schedule
 
 from mntvm.templates import prefetch
@@ -113,9 +111,6 @@ FULL_TILE = 14  # accumulators (channel vectors x positions) from which a regist
 # Rapids, 1 MB on Zen4) next to the activations: each band of rows that reads them all again reads
 # them from L3
 WEIGHTS_IN_L2 = 1 << 20
-# fp32 pointwise weights of at least this many bytes get the next panel prefetched
-# (:mod:`.prefetch`); below it the prefetches cost more than they save
-PREFETCH_WEIGHTS = 1 << 20
 
 
 @rule("cpu", RULE_DWPW)
@@ -124,8 +119,9 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     ``ob[0]`` output-channel groups: it computes the depthwise output of its rows (all input
     channels; ``w`` columns x 1 vector in registers, taps unrolled) into a task-local buffer, then
     runs the pointwise register tiles (``ob[2]`` vectors x ``p[1]`` positions, or ``ragged``
-    positions where that knob is not 0) of its group on it. More than one group recomputes the
-    depthwise rows per group: for layers with too few rows to share among the threads.
+    positions where that knob is not 0) of its group on it, with ``prefetch`` the next weight panel
+    prefetched (:mod:`.prefetch`). More than one group recomputes the depthwise rows per group: for
+    layers with too few rows to share among the threads.
 
     A ragged task's last tile runs past its rows. Where the convs are computed past the map's end
     (:func:`ragged_extra_positions`) that tile computes the next positions whole, only its stores
@@ -147,6 +143,7 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     p_tile = tile(sch, pc, 2, 16, d, "p")
     ragged = cat(sch, RAGGED_TILES, d, "ragged")
     flat = int(sch.get(ragged)) != 0 and extra > 0  # depthwise tiles across rows
+    pf = cat(sch, [0, 1], d, "prefetch")
     p1, p2 = sch.split(pc, p_tile if int(sch.get(ragged)) == 0 else [None, ragged])
     sch.reorder(n, h0, og, ob0, p1, ob1, p2, v)
     task = sch.fuse(n, h0, og)
@@ -156,10 +153,9 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     sch.unroll(p2)
     sch.unroll(ob1)
     c_ib, c_ob1 = _pointwise_inner(sch, conv)
-    weight = sch.get(conv).reads[-1].source  # (OB, IB, V, V)
-    if math.prod(buffer_shape(weight)) * 4 >= PREFETCH_WEIGHTS:
+    if int(sch.get(pf)):
         # the weights stream from L3 in the network: prefetch the next panel during this one
-        prefetch.mark(sch, task, ob0, p1, c_ob1, c_ib, weight.name)
+        prefetch.mark(sch, task, ob0, p1, c_ob1, c_ib, sch.get(conv).reads[-1].source.name)
     # the depthwise rows this task needs, all channels, before its pointwise tiles
     sch.compute_at(dw_epi, task, preserve_unit_loops=True)
     _, cb, dp, dv = sch.get_loops(dw_epi)[-4:]
@@ -188,7 +184,8 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
     bands in one group, the depthwise part computed twice costing little there), then the fewest
     groups, then the most rows. A family's ragged tile (``fam.pw_ragged``) competes with its tile
     that divides, its accumulators counted by the share of its positions that are not masked."""
-    heavy = (ob * v) * (ib * v) * 4 > WEIGHTS_IN_L2
+    weight_bytes = (ob * v) * (ib * v) * 4
+    heavy = weight_bytes > WEIGHTS_IN_L2
     best = None
     for rows in divisors(ho):
         pos = rows * wo
@@ -219,6 +216,7 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
     # with a ragged tile the "p" knob is not used; its decision must still be a tile that divides
     return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, 1 if rag else p_t),
             "ragged": p_t if rag else 0,
+            "prefetch": int(fam.prefetch_weights is not None and weight_bytes >= fam.prefetch_weights),
             "w": fam.dw(ib, ho, wo, v, fam.num_regs)["w"]}
 
 

@@ -56,6 +56,9 @@ class FamilyKnobs:
     # need not divide the ``p`` positions (the last tile of a task is partly masked), where the
     # family prefers it to the best tile that divides (``pw``)
     pw_ragged: Callable | None = None
+    # bytes of fp32 pointwise weights from which the fused template prefetches the next weight
+    # panel (:mod:`.prefetch`); None: never
+    prefetch_weights: int | None = None
     cores: int = 1  # the threads the target runs on (its ``num-cores``): for splitting work evenly
 
 

@@ -3,6 +3,8 @@ weights stream from L3, every prefetched address inside the weights, the next pa
 the results unchanged (numpy)."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -10,7 +12,7 @@ import tvm  # noqa: E402  (a hard requirement: never skip)
 from tvm import sym, te, tirx  # noqa: E402
 from tvm.s_tir import SBlockRealize  # noqa: E402
 
-from mntvm.templates import cpu, prefetch  # noqa: E402
+from mntvm.templates import prefetch, x86  # noqa: E402
 from mntvm.templates.compute import dw_pointwise_te  # noqa: E402
 from mntvm.templates.defaults import default_schedule  # noqa: E402
 
@@ -114,7 +116,7 @@ def test_prefetching_kernels_compute_the_same(monkeypatch, threshold):
     output-channel groups differ), the fused kernel still equals numpy, and the machine code
     holds prefetch instructions."""
     if threshold is not None:
-        monkeypatch.setattr(cpu, "PREFETCH_WEIGHTS", threshold)
+        monkeypatch.setattr(x86, "AVX512", dataclasses.replace(x86.AVX512, prefetch_weights=threshold))
     rng = np.random.RandomState(3)
     for c, o_c, h in ([(512, 512, 4)] + ([(64, 256, 6)] if threshold == 0 else [])):
         mod = prefetch.inject(_fused(c, o_c, h))
@@ -162,3 +164,20 @@ def test_our_cpu_kernels_are_compiled_only_through_compile_cpu():
         if calls:
             found[str(path.relative_to(root))] = calls
     assert found == NOT_OUR_CPU_KERNELS
+
+
+def test_prefetch_knob_follows_the_family():
+    """The fused template's ``prefetch`` default: AVX-512 and NEON from 1 MB of pointwise weights on,
+    AVX2 never (the prefetches slowed 1.0/224 on Zen 2); the knob alone decides the marks."""
+    from mntvm.templates.cpu import dw_pointwise_knobs
+    from mntvm.templates.families import family_for
+
+    for bits, v, want in ((512, 16, [0, 1, 1]), (256, 8, [0, 0, 0])):
+        fam = family_for(TARGET, bits)
+        got = [dw_pointwise_knobs(o // v, h, h, c // v, v, fam)["prefetch"]
+               for c, o, h in ((256, 256, 14), (512, 512, 14), (1024, 1024, 7))]
+        assert got == want, (bits, got)
+    arm = family_for(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 2}), 128)
+    assert dw_pointwise_knobs(128, 7, 7, 256, 4, arm)["prefetch"] == 1
+    mod = _fused(512, 512, 4)
+    assert prefetch.KEY in mod.script()
