@@ -113,7 +113,7 @@ def dw_pointwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, w_pw, b_pw, act
     depthwise tile that runs past the end of a band of rows then stays inside their buffers,
     with no bounds mask in its loops (the ragged tiles of :func:`.cpu.schedule_dw_pointwise`)."""
     dw = depthwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, rule=None, extra=extra)
-    return pointwise_te(dw, w_pw, b_pw, act_pw, rule=RULE_DWPW, 
+    return pointwise_te(dw, w_pw, b_pw, act_pw, rule=RULE_DWPW,
                         positions=int(dw.shape[2]) - extra if extra else None)
 
 

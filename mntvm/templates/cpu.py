@@ -2,9 +2,10 @@
 
 Each schedule is ``(sch, block, decisions=None)``: its knobs (:func:`.knobs.tile`,
 :func:`.knobs.cat`) are sampled, or replayed at ``decisions``; :func:`default_knobs` gives a
-family's (:mod:`.x86`, :mod:`.arm`) default values for a block. The shipped tuning logs in
-``schedules/`` replay these traces: the instructions and the order in which knobs are sampled
-must not change.
+family's (:mod:`.x86`, :mod:`.arm`) default values for a block. A tuning record holds its own
+trace (the instructions and decisions it was tuned with) and replays it on its workload, so a
+change here changes only new traces and the defaults; a change of a TE compute (:mod:`.compute`,
+the lowering) changes the workloads, and the records of the old ones stop applying.
 """
 from __future__ import annotations
 
@@ -87,13 +88,22 @@ def _pointwise_inner(sch: Schedule, conv):
 # positions (0: the ``p`` knob's tile, which divides). On AVX2 the 12-accumulator tiles need 3 or 6
 # positions, and no map of resolution 224 or 128 has a multiple of 3 (:func:`dw_pointwise_knobs`).
 RAGGED_TILES = [0, 3, 4, 6]
-# positions a task covers at most with a ragged tile
+# positions a task covers at most with a ragged tile: on 1.0/224 (Zen 2, 1 thread, 4x3) 1 to 28 rows
+# of the 28x28 .. 112x112 maps (112 to 1024 positions) all ran within 3 %, the most rows fastest
 RAGGED_POSITIONS = 1024
 DW_COLUMNS = 16  # depthwise output positions per register tile in the fused template, at most (knob "w")
 # positions the fused template's convs run past the map's end for a family with ragged tiles
 # (:func:`.compute.dw_pointwise_te`): a task's last register tile runs past its band of rows by up to
 # max(RAGGED_TILES) - 1 positions, and the depthwise tiles that feed it by DW_COLUMNS - 1 more
 RAGGED_EXTRA = max(RAGGED_TILES) - 1 + DW_COLUMNS - 1
+# positions (output rows x columns) a fused depthwise+pointwise task covers at most by default:
+# the depthwise output of that many positions x all input channels stays in L1/L2
+DWPW_POSITIONS = 128
+FULL_TILE = 14  # accumulators (channel vectors x positions) from which a register tile counts as full
+# fp32 pointwise weights above this many bytes do not stay in a core's L2 (2 MB on Sapphire/Emerald
+# Rapids, 1 MB on Zen4) next to the activations: each band of rows that reads them all again reads
+# them from L3
+WEIGHTS_IN_L2 = 1 << 20
 
 
 def ragged_extra_positions(fam: FamilyKnobs) -> int:
@@ -103,14 +113,6 @@ def ragged_extra_positions(fam: FamilyKnobs) -> int:
     with a mask that depends on the task the 4x3 tiles ran at half speed (Zen 2: 36-45 GFLOP/s on the
     14x14..56x56 maps, against 74-80 for 4x2), without one at 88-100 (1 thread, 1.0/224)."""
     return RAGGED_EXTRA if fam.pw_ragged else 0
-# positions (output rows x columns) a fused depthwise+pointwise task covers at most by default:
-# the depthwise output of that many positions x all input channels stays in L1/L2
-DWPW_POSITIONS = 128
-FULL_TILE = 14  # accumulators (channel vectors x positions) from which a register tile counts as full
-# fp32 pointwise weights above this many bytes do not stay in a core's L2 (2 MB on Sapphire/Emerald
-# Rapids, 1 MB on Zen4) next to the activations: each band of rows that reads them all again reads
-# them from L3
-WEIGHTS_IN_L2 = 1 << 20
 
 
 @rule("cpu", RULE_DWPW)
@@ -142,9 +144,9 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     og, ob0, ob1 = sch.split(ob, tile(sch, ob, 3, 4, d, "ob"))
     p_tile = tile(sch, pc, 2, 16, d, "p")
     ragged = cat(sch, RAGGED_TILES, d, "ragged")
-    flat = int(sch.get(ragged)) != 0 and extra > 0  # depthwise tiles across rows
+    is_ragged = int(sch.get(ragged)) != 0
     pf = cat(sch, [0, 1], d, "prefetch")
-    p1, p2 = sch.split(pc, p_tile if int(sch.get(ragged)) == 0 else [None, ragged])
+    p1, p2 = sch.split(pc, [None, ragged] if is_ragged else p_tile)
     sch.reorder(n, h0, og, ob0, p1, ob1, p2, v)
     task = sch.fuse(n, h0, og)
     sch.parallel(task)
@@ -159,7 +161,7 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     # the depthwise rows this task needs, all channels, before its pointwise tiles
     sch.compute_at(dw_epi, task, preserve_unit_loops=True)
     _, cb, dp, dv = sch.get_loops(dw_epi)[-4:]
-    if flat:
+    if is_ragged and extra > 0:  # depthwise tiles across rows
         w0, w1 = sch.split(dp, [None, w_tile[1]])
     else:
         dh, dwc = sch.split(dp, [None, wo])
