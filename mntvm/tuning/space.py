@@ -11,6 +11,7 @@ import functools
 import importlib.util
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -30,19 +31,27 @@ def _ms_build(mod, target, _params):
     return prefetch.compile_cpu(mod, target).mod
 
 
-def _ms_export(cross_compiler, cuda_target, mod) -> str:
+def _ms_export(cross_compiler, cuda_target, folder, mod) -> str:
     """Builder f_export: a shared library linked here (with the target's cross compiler, if any),
     so that a board needs no compiler of its own (MetaSchedule's default ships a .tar of objects
     that the board's RPC server links); CUDA kernels embedded as an nvcc fatbin for the target's
-    arch (``cuda_target``: the target as JSON), as in compiled artifacts."""
+    arch (``cuda_target``: the target as JSON), as in compiled artifacts. Written in a new folder
+    inside the builder's ``folder``."""
     from tvm.support import cc
 
     kwargs = {"fcompile": cc.cross_compiler(cross_compiler)} if cross_compiler else {}
     if cuda_target:
         kwargs["fpack_imports"] = cuda_fatbin_packer(tvm.target.Target(json.loads(cuda_target)))
-    path = os.path.join(tempfile.mkdtemp(prefix="mntvm-ms-"), "kernel.so")
+    path = os.path.join(tempfile.mkdtemp(dir=folder), "kernel.so")
     mod.export_library(path, **kwargs)
     return path
+
+
+def drop_artifact(path: str | None) -> None:
+    """Remove a built candidate's library (and the folder :func:`_ms_export` made for it) once it
+    has been measured: a tune builds thousands."""
+    if path:
+        shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 # builds one build process serves before it is replaced (TVM's LocalBuilder starts a new process
@@ -55,10 +64,14 @@ def ms_builder(max_workers: int = 1, cross_compiler: str | None = None, target=N
     """The MetaSchedule builder for our tasks (:mod:`mntvm.tuning.tune`): MetaSchedule's
     ``LocalBuilder`` work (same worker function, timeout, error results), but its build processes
     live across batches, each replaced after :data:`BUILDS_PER_PROCESS` builds. ``close()`` stops
-    them (also done when the builder is garbage collected)."""
+    them (the pool also stops when the builder is garbage collected) and removes every library the
+    builder made: they live in one temporary folder of its own (:func:`drop_artifact` removes one
+    earlier)."""
     cuda = str(target) if target is not None and target.kind.name == "cuda" else None  # JSON text
-    return _pooled_builder_class()(f_build=_ms_build, f_export=functools.partial(_ms_export, cross_compiler, cuda),
-                                   max_workers=max_workers, timeout_sec=120)
+    folder = tempfile.mkdtemp(prefix="mntvm-ms-")
+    export = functools.partial(_ms_export, cross_compiler, cuda, folder)
+    return _pooled_builder_class()(f_build=_ms_build, f_export=export, max_workers=max_workers, timeout_sec=120,
+                                   folder=folder)
 
 
 @functools.cache
@@ -70,9 +83,9 @@ def _pooled_builder_class():
 
     @derived_object
     class PooledBuilder(ms.builder.PyBuilder):
-        def __init__(self, *, f_build, f_export, max_workers: int, timeout_sec: float):
+        def __init__(self, *, f_build, f_export, max_workers: int, timeout_sec: float, folder: str):
             super().__init__()
-            self.f_build, self.f_export, self.timeout_sec = f_build, f_export, timeout_sec
+            self.f_build, self.f_export, self.timeout_sec, self.folder = f_build, f_export, timeout_sec, folder
             self.pool = PopenPoolExecutor(max_workers=max_workers, timeout=timeout_sec,
                                           maximum_process_uses=BUILDS_PER_PROCESS)
 
@@ -92,6 +105,7 @@ def _pooled_builder_class():
 
         def close(self) -> None:
             self.pool.shutdown()
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     return PooledBuilder
 

@@ -45,7 +45,7 @@ from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_
 from mntvm.tuning.lock import db_lock
 from mntvm.tuning.measure import publish_reference, reference_base
 from mntvm.tuning.measure import runner as measuring
-from mntvm.tuning.space import ms_builder, tune_space, without_tvm_intrinsics
+from mntvm.tuning.space import drop_artifact, ms_builder, tune_space, without_tvm_intrinsics
 from mntvm.tuning.verify import apply_checked
 
 MIN_FREE_BYTES = 50 << 20  # free space tune wants on the database's filesystem before it starts
@@ -190,6 +190,7 @@ def _seed(db, mod, target, runner, sch, built, what: str) -> bool:
         args = ArgInfo.from_prim_func(mod["main"])
         device = "cuda" if target.kind.name == "cuda" else "cpu"
         ran = runner.run([ms.runner.RunnerInput(lib, device, args)])[0].result()
+        drop_artifact(lib)
         err = ran.error_msg or (None if ran.run_secs else "no timings")
     if err:  # the search still runs, from random knobs
         sys.stderr.write(f"tune: could not measure {what} ({one_line(RuntimeError(err))})\n")
@@ -211,13 +212,16 @@ def _strategy():
 
 def _progress_callback(fn):
     """A MetaSchedule measure callback calling ``fn()`` after each measured batch (after the
-    default callbacks, so the batch is already in the database)."""
+    default callbacks, so the batch is already in the database), once the batch's libraries are
+    removed."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir import meta_schedule as ms
 
     @derived_object
     class _Progress(ms.measure_callback.PyMeasureCallback):
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            for built in builder_results:  # measured: their libraries are no longer needed
+                drop_artifact(built.artifact_path)
             fn()
 
     return _Progress()

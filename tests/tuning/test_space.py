@@ -1,6 +1,6 @@
 """The tuning builder (``mntvm.tuning.space.ms_builder``): one build process serves batch after
 batch (starting one costs as much as building a batch), a failed build is a result, not a dead
-builder, and ``close()`` leaves no process behind."""
+builder, and ``close()`` leaves no process and no library behind."""
 from __future__ import annotations
 
 import os
@@ -16,7 +16,7 @@ from mntvm.targets.profiles import get_profile
 from mntvm.templates.defaults import default_schedule
 from mntvm.templates.lowering import lower
 from mntvm.tuning.database import task_mod
-from mntvm.tuning.space import ms_builder
+from mntvm.tuning.space import drop_artifact, ms_builder
 
 CFG = MobileNetConfig(alpha=0.25, resolution=32)
 
@@ -55,19 +55,23 @@ def test_one_build_process_serves_every_batch_and_close_stops_it():
         assert [r.error_msg for r in results] == [None, None]
         workers |= _children() - before
         assert len(_children() - before) == 1
+
+        # what was built is the kernel: the global average pool against numpy
+        pool = tvm.runtime.load_module(results[1].artifact_path)["main"]
+        func = mods[1]["main"]
+        (n, cb, p, v), out_shape = [[int(d) for d in a.shape] for a in ArgInfo.from_prim_func(func)]
+        x = np.random.default_rng(0).standard_normal((n, cb, p, v)).astype("float32")
+        out = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
+        pool(tvm.runtime.tensor(x), out)
+        want = x.mean(axis=2).reshape(n, cb * v)[:, :out_shape[1]].reshape(out_shape)
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)
+        # a measured candidate's library can go at once; the others go with the builder
+        drop_artifact(results[0].artifact_path)
+        assert not os.path.exists(results[0].artifact_path) and os.path.exists(results[1].artifact_path)
     finally:
         builder.close()
     assert not _children() & workers
-
-    # what was built is the kernel: the global average pool against numpy
-    pool = tvm.runtime.load_module(results[1].artifact_path)["main"]
-    func = mods[1]["main"]
-    (n, cb, p, v), out_shape = [[int(d) for d in a.shape] for a in ArgInfo.from_prim_func(func)]
-    x = np.random.default_rng(0).standard_normal((n, cb, p, v)).astype("float32")
-    out = tvm.runtime.tensor(np.zeros(out_shape, "float32"))
-    pool(tvm.runtime.tensor(x), out)
-    want = x.mean(axis=2).reshape(n, cb * v)[:, :out_shape[1]].reshape(out_shape)
-    np.testing.assert_allclose(out.numpy(), want, rtol=1e-5, atol=1e-6)
+    assert not os.path.exists(os.path.dirname(os.path.dirname(results[1].artifact_path)))  # its folder too
 
 
 

@@ -36,9 +36,22 @@ CFG = MobileNetConfig(alpha=0.25, resolution=32)
 
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
+    import tempfile
+
     out = tmp_path_factory.mktemp("db") / "x86"
     before = set(sys.modules)
-    summary = tune(CFG, "x86", trials=3, ops="pw,fc", out=out, progress=False, chunk=3)
+    # the temporary folder of this process and of the build and measure processes it starts
+    tmp, env = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
+    try:
+        summary = tune(CFG, "x86", trials=3, ops="pw,fc", out=out, progress=False, chunk=3)
+        summary["_left_in_tmp"] = sorted(os.listdir(tempfile.tempdir))
+    finally:
+        tempfile.tempdir = tmp
+        if env is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = env
     summary["_imported"] = sorted(set(sys.modules) - before)
     return out, summary
 
@@ -53,6 +66,8 @@ def test_tiny_tuning_writes_a_database(tuned, tmp_path):
     for name, t in summary["tasks"].items():
         assert t["defaults_ms"] > 0, name
     assert (out / RECORDS).stat().st_size > 0 and (out / "mntvm-db.json").is_file()
+    # the libraries of the candidates it built and measured are gone (a tune builds thousands)
+    assert summary["_left_in_tmp"] == []
     # its searches did not parse every target's tensor intrinsics (MetaSchedule's TuneContext imports
     # them, CUDA's included; tune keeps that package a stand-in: mntvm.tuning.space.without_tvm_intrinsics)
     assert "tvm.s_tir.tensor_intrin.cuda" not in summary["_imported"]
@@ -697,9 +712,13 @@ def test_cuda_candidates_build_for_the_board():
     profile = get_profile("cuda-sm80")
     target = profile.tvm_target()
     mod = task_mod(lower(CFG, W.random_weights(CFG), profile)["mntvm_pw"])
-    (res,) = ms_builder(target=target).build([ms.builder.BuilderInput(default_schedule(mod, target).mod, target)])
-    assert res.error_msg is None
-    data = open(res.artifact_path, "rb").read()
+    builder = ms_builder(target=target)
+    try:
+        (res,) = builder.build([ms.builder.BuilderInput(default_schedule(mod, target).mod, target)])
+        assert res.error_msg is None
+        data = open(res.artifact_path, "rb").read()
+    finally:
+        builder.close()
     assert ("elf", 80) in fatbin_archs(data) and b'extern "C" __global__' not in data
 
 
