@@ -66,10 +66,12 @@ def test_candidates_are_timed_against_the_published_defaults(kernels, tmp_path):
         # the defaults against themselves: ratio ~1, so their cost is their base time
         assert 0.6 < np.median(same) / base < 1.7, (same, base)
         # a slower candidate: its cost is (candidate / defaults) x base, about the ratio its own
-        # time says (the ratio the wrong way round would put it below the base, an unscaled one
-        # at ~1e5 x the base)
+        # time says (the ratio the wrong way round would put it below the base, ~1/raw^2 of what
+        # this checks; an unscaled one at ~1e5 x the base, ~1e3 x). The bounds are wide: on two busy
+        # cores (the suite runs two tests at once) that quotient read 0.39-2.88, alone 0.70-0.81
+        # (Zen 2, raw ~63)
         assert raw > 2, own
-        assert np.median(slow) / base > 1.5 and 0.4 < (np.median(slow) / base) / raw < 2.5, (slow, base, own)
+        assert np.median(slow) / base > 1.5 and 0.2 < (np.median(slow) / base) / raw < 5, (slow, base, own)
         # a new publication is a new reference: its base is measured again
         measure.publish_reference(tmp_path, libs["defaults"], infos)
         _evaluate(libs["defaults"], args, repeat=2)
