@@ -106,6 +106,13 @@ FULL_TILE = 14  # accumulators (channel vectors x positions) from which a regist
 WEIGHTS_IN_L2 = 1 << 20
 
 
+def _positions_past_end(sch: Schedule, conv) -> int:
+    """How many positions the fused template's pointwise ``conv`` computes past the map its epilogue
+    stores (:func:`ragged_extra_positions`, as the lowering built it)."""
+    epi = sch.get_consumers(conv)[0]
+    return buffer_shape(sch.get(conv).writes[0].source)[2] - buffer_shape(sch.get(epi).writes[0].source)[2]
+
+
 def ragged_extra_positions(fam: FamilyKnobs) -> int:
     """Positions past the map's end the lowering gives the fused template for ``fam``: RAGGED_EXTRA
     where the family's defaults use ragged tiles (AVX2), else 0 (the workloads of the other families
@@ -135,7 +142,7 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     dw_epi = sch.get_producers(conv)[0]
     dw_conv = sch.get_producers(dw_epi)[0]
     wo = int(sch.get(dw_conv).annotations["mntvm_wo"])
-    extra = buffer_shape(sch.get(conv).writes[0].source)[2] - buffer_shape(sch.get(epi).writes[0].source)[2]
+    extra = _positions_past_end(sch, conv)
     n, ob, p, v = sch.get_loops(epi)[-4:]
     h, w = sch.split(p, [None, wo])
     h0, h1 = sch.split(h, tile(sch, h, 2, 16, d, "rows"))
@@ -205,10 +212,10 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
                 tasks = (ho // rows) * g
                 balance = tasks / (-(-tasks // fam.cores) * fam.cores)
                 if rag and (balance < 1 or ob // (g * o_t) < 2):
-                    # a ragged whole map only where its groups keep every thread busy, with two
-                    # panels or more each: 64 output channels (2 groups of 1 panel) ran 1.7-1.9x
-                    # slower ragged than in bands (Zen 2, 1 thread, 16x16..32x32 maps of alpha
-                    # 0.25 / 0.5); one group would leave a thread idle
+                    # a ragged tile only where the tasks keep every thread busy with two panels or
+                    # more per group: a whole map of 64 output channels (2 groups of 1 panel) ran
+                    # 1.7-1.9x slower ragged than in bands (Zen 2, 1 thread, 16x16..32x32 maps of
+                    # alpha 0.25 / 0.5); one group would leave a thread idle
                     continue
                 bands = ho // rows if heavy else 0
                 key = (round(min(o_t * p_t, FULL_TILE) * used, 2), round(balance, 3), -bands, -g, rows)
@@ -320,8 +327,8 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
             return fam.pw(ob, p, ib, v, fam.num_regs)
         dw_conv = sch.get(sch.get_producers(sch.get_producers(block)[0])[0])
         wo = int(dw_conv.annotations["mntvm_wo"])
-        epi_p = buffer_shape(sch.get(sch.get_consumers(block)[0]).writes[0].source)[2]
-        return dw_pointwise_knobs(ob, epi_p // wo, wo, ib, v, fam, extra=p - epi_p)
+        extra = _positions_past_end(sch, block)
+        return dw_pointwise_knobs(ob, (p - extra) // wo, wo, ib, v, fam, extra=extra)
     if name in (RULE_DW, RULE_STEM):
         _, cb, p, v = out
         wo = int(b.annotations["mntvm_wo"])

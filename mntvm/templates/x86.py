@@ -37,7 +37,7 @@ def _pw_ragged(ob: int, p: int, ib: int, vec: int, num_regs: int) -> tuple[int, 
     or 7 x 2^k positions). Measured on Zen 2, 1 thread: 4x3 over 196 / 784 / 49 positions with the
     last tile masked 96-102 GFLOP/s (4x2 there: 70-80, 1x7 on 49: 64-66)."""
     d = _pw_defaults(ob, p, ib, vec, num_regs)
-    if num_regs >= 32 or d["ob"][1] * d["p"][2] >= 10:
+    if d["ob"][1] * d["p"][2] >= 10:
         return None
     for o_t, p_t in ((4, 3), (3, 4), (2, 6)):
         if ob % o_t == 0 and p > p_t:
