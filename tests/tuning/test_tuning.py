@@ -40,18 +40,12 @@ def tuned(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("db") / "x86"
     before = set(sys.modules)
-    # the temporary folder of this process and of the build and measure processes it starts
-    tmp, env = tempfile.tempdir, os.environ.get("TMPDIR")
-    tempfile.tempdir = os.environ["TMPDIR"] = str(tmp_path_factory.mktemp("tmp"))
-    try:
+    tmp = str(tmp_path_factory.mktemp("tmp"))
+    with pytest.MonkeyPatch.context() as mp:  # this process's temporary folder and its children's
+        mp.setattr(tempfile, "tempdir", tmp)
+        mp.setenv("TMPDIR", tmp)
         summary = tune(CFG, "x86", trials=3, ops="pw,fc", out=out, progress=False, chunk=3)
-        summary["_left_in_tmp"] = sorted(os.listdir(tempfile.tempdir))
-    finally:
-        tempfile.tempdir = tmp
-        if env is None:
-            del os.environ["TMPDIR"]
-        else:
-            os.environ["TMPDIR"] = env
+    summary["_left_in_tmp"] = sorted(os.listdir(tmp))
     summary["_imported"] = sorted(set(sys.modules) - before)
     return out, summary
 
