@@ -18,10 +18,12 @@ transform anywhere in the network. Weights (re-packed by the lowering):
 
 Every template is a ``te.compute`` reduction block carrying ``schedule_rule`` (one of
 :data:`.registry.RULES`) followed by one epilogue block (``+bias``, activation; for the FC the
-un-padding as well). The one exception, :func:`dw_pointwise_te` (rule ``mntvm_dwpw``, CPUs), is a
+un-padding as well). The exceptions: :func:`dw_pointwise_te` (rule ``mntvm_dwpw``, CPUs) is a
 depthwise conv and the pointwise conv after it in one PrimFunc: the depthwise blocks carry no
 rule, the pointwise reduction carries the fused rule, whose schedule places the depthwise output
-tile by tile inside the pointwise loops.
+tile by tile inside the pointwise loops; and the stem of the AVX2 lowering reads a padded copy of
+its input made by a block before it (:func:`stem_te` with ``extra``). The AVX2 lowering also
+starts each conv's sum from its bias (:mod:`.bias_init`), its epilogue then adds none.
 """
 from __future__ import annotations
 
@@ -117,8 +119,15 @@ def dw_pointwise_te(data, w_dw, b_dw, act_dw, h, w, stride, pad, w_pw, b_pw, act
                         positions=int(dw.shape[2]) - extra if extra else None)
 
 
-def stem_te(data, weight, bias, act, stride, pad):
-    """groups=1 conv from plain NCHW input. data (N, C, H, W), weight (OB, C, KH, KW, V)."""
+def stem_te(data, weight, bias, act, stride, pad, extra=0):
+    """groups=1 conv from plain NCHW input. data (N, C, H, W), weight (OB, C, KH, KW, V).
+
+    With ``extra`` > 0 (the families with ragged register tiles, :func:`.cpu.stem_extra_positions`)
+    the conv reads a zero-padded copy of the input instead (:func:`_stem_padded`) and runs ``extra``
+    positions past the map's end, so that its register tiles may run across rows with no bounds
+    test in their taps."""
+    if extra:
+        return _stem_padded(data, weight, bias, act, stride, pad, extra)
     n_, c_, h, w = (int(x) for x in data.shape)
     ob_, _, kh_, kw_, v_ = (int(x) for x in weight.shape)
     ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
@@ -134,6 +143,36 @@ def stem_te(data, weight, bias, act, stride, pad):
     conv = te.compute((n_, ob_, ho * wo, v_), f, name="conv_stem",
                       attrs={"schedule_rule": RULE_STEM, "mntvm_wo": wo})
     return _epilogue(conv, bias, act, lambda i: (i[1], i[3]))
+
+
+def _stem_padded(data, weight, bias, act, stride, pad, extra):
+    """The stem conv over its flat output positions and ``extra`` more, from ``stem_pad``: the input
+    with its zero padding written out (the rows the positions reach; ``V`` zero columns before each
+    row, so that the copy moves whole aligned vectors, and a row length that is a multiple of ``V``).
+    The taps then read it with no bounds test, and the epilogue stores the map's positions only."""
+    n_, c_, h, w = (int(x) for x in data.shape)
+    ob_, _, kh_, kw_, v_ = (int(x) for x in weight.shape)
+    ho, wo, _ = _window(h, w, kh_, kw_, stride, pad)
+    pt, pl = pad[0], pad[1]
+    rows = -(-(ho * wo + extra) // wo)
+    left = v_
+    hp = (rows - 1) * stride + kh_
+    wp = -(-max((wo - 1) * stride + kw_ - pl + left, w + left) // v_) * v_
+    padded = te.compute(
+        (n_, c_, hp, wp),
+        lambda n, c, i, j: tirx.if_then_else(tirx.all(i >= pt, i < h + pt, j >= left, j < w + left),
+                                             data[n, c, i - pt, j - left], tirx.const(0.0, data.dtype)),
+        name="stem_pad")
+    c = te.reduce_axis((0, c_), "c")
+    kh = te.reduce_axis((0, kh_), "kh")
+    kw = te.reduce_axis((0, kw_), "kw")
+    conv = te.compute(
+        (n_, ob_, ho * wo + extra, v_),
+        lambda n, ob, p, v: te.sum(
+            padded[n, c, (p // wo) * stride + kh, (p % wo) * stride + kw - pl + left] * weight[ob, c, kh, kw, v],
+            axis=[c, kh, kw]),
+        name="conv_stem", attrs={"schedule_rule": RULE_STEM, "mntvm_wo": wo})
+    return _epilogue(conv, bias, act, lambda i: (i[1], i[3]), (n_, ob_, ho * wo, v_))
 
 
 def dense_te(data, weight, bias, n_out):

@@ -107,19 +107,34 @@ WEIGHTS_IN_L2 = 1 << 20
 
 
 def _positions_past_end(sch: Schedule, conv) -> int:
-    """How many positions the fused template's pointwise ``conv`` computes past the map its epilogue
-    stores (:func:`ragged_extra_positions`, as the lowering built it)."""
+    """How many positions ``conv`` (the fused template's pointwise conv, or the stem) computes past the
+    map its epilogue stores (:func:`ragged_extra_positions`, :func:`stem_extra_positions`, as the
+    lowering built it)."""
     epi = sch.get_consumers(conv)[0]
     return buffer_shape(sch.get(conv).writes[0].source)[2] - buffer_shape(sch.get(epi).writes[0].source)[2]
 
 
+def _pointwise_weight(sch: Schedule, conv) -> str:
+    """The name of a pointwise conv's weight buffer ``(OB, IB, V, V)``: the last 4-D buffer it reads
+    (after it, a bias the sum starts from, :mod:`.bias_init`, is 2-D)."""
+    return [r.source.name for r in sch.get(conv).reads if len(r.source.shape) == 4][-1]
+
+
+def ragged_workloads(fam: FamilyKnobs) -> bool:
+    """Whether the lowering builds ``fam``'s workloads for ragged register tiles: the fused template
+    and the stem run past the map's end (:func:`ragged_extra_positions`, :func:`stem_extra_positions`),
+    the stem from a padded copy of its input, and every conv's sum starts from its bias
+    (:func:`.bias_init.bias_into_init`). Only where the family's defaults use ragged tiles (AVX2): the
+    other families' workloads, and so their tuned logs, stay as they were."""
+    return fam.pw_ragged is not None
+
+
 def ragged_extra_positions(fam: FamilyKnobs) -> int:
     """Positions past the map's end the lowering gives the fused template for ``fam``: RAGGED_EXTRA
-    where the family's defaults use ragged tiles (AVX2), else 0 (the workloads of the other families
-    are unchanged). With them a ragged tile needs no bounds mask in its reduction, in any band of rows:
+    where it builds ragged workloads (:func:`ragged_workloads`), else 0. With them a ragged tile needs no bounds mask in its reduction, in any band of rows:
     with a mask that depends on the task the 4x3 tiles ran at half speed (Zen 2: 36-45 GFLOP/s on the
     14x14..56x56 maps, against 74-80 for 4x2), without one at 88-100 (1 thread, 1.0/224)."""
-    return RAGGED_EXTRA if fam.pw_ragged else 0
+    return RAGGED_EXTRA if ragged_workloads(fam) else 0
 
 
 @rule("cpu", RULE_DWPW)
@@ -164,7 +179,7 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     c_ib, c_ob1 = _pointwise_inner(sch, conv)
     if int(sch.get(pf)):
         # the weights stream from L3 in the network: prefetch the next panel during this one
-        prefetch.mark(sch, task, ob0, p1, c_ob1, c_ib, sch.get(conv).reads[-1].source.name)
+        prefetch.mark(sch, task, ob0, p1, c_ob1, c_ib, _pointwise_weight(sch, conv))
     # the depthwise rows this task needs, all channels, before its pointwise tiles
     sch.compute_at(dw_epi, task, preserve_unit_loops=True)
     _, cb, dp, dv = sch.get_loops(dw_epi)[-4:]
@@ -256,10 +271,82 @@ def schedule_depthwise(sch: Schedule, block, d: dict | None = None, wo: int | No
 
 @rule("cpu", RULE_STEM)
 def schedule_stem(sch: Schedule, block, d: dict | None = None, wo: int | None = None) -> Schedule:
-    """Stem: as depthwise, reducing over input channels and taps (input channels outermost)."""
+    """Stem: as depthwise, reducing over input channels and taps (input channels outermost). The
+    stem that reads a padded copy of its input (:func:`.compute.stem_te` with ``extra``) gets
+    ragged tiles over its flat positions instead (:func:`_stem_flat`)."""
+    if sch.get_producers(block):
+        return _stem_flat(sch, block, d)
     _row_tiled(sch, block, d, wo, "ob")
     taps_outside(sch, block, 3)
     return sch
+
+
+# positions per register tile of the padded stem (knob "ragged"): 12 accumulators for 4, 3, 2 or 1
+# output-channel vectors (AVX2: 32, 24, 16 or 8 stem channels)
+STEM_TILES = [3, 4, 6, 12]
+STEM_EXTRA = max(STEM_TILES) - 1  # positions its conv runs past the map's end (a task's last tile)
+STEM_ROWS = 16  # output rows per task of the padded stem, at most by default
+
+
+def stem_extra_positions(fam: FamilyKnobs) -> int:
+    """Positions past the map's end the lowering gives the stem for ``fam``: STEM_EXTRA where it
+    builds ragged workloads (:func:`ragged_workloads`; the padded stem, :func:`.compute.stem_te`),
+    else 0. On Zen 2 (1 thread, 1.0/224) the row-tiled stem ran at 64-66 %
+    of the FMA peak: its tiles fit 8 accumulators (4x2; 112 columns have no multiple of 3) and its
+    taps test the padding. The padded one: 4x3 over flat positions, 79 % (305 -> 254 us alone)."""
+    return STEM_EXTRA if ragged_workloads(fam) else 0
+
+
+def _stem_flat(sch: Schedule, conv, d: dict | None) -> Schedule:
+    """The padded stem: a task is ``rows`` output rows (all channels); its register tiles are
+    ``ob[1]`` channel vectors x ``ragged`` positions, run over the task's positions as one range
+    (across rows; the last tile past the task's end, its stores masked), the taps and input
+    channels outside the tile. The padded copy of the input is made whole first, rows in parallel,
+    columns in vectors."""
+    pad = sch.get_producers(conv)[0]
+    epi = single_consumer_epilogue(sch, conv)
+    wo = int(sch.get(conv).annotations["mntvm_wo"])
+    n, ob, p, v = sch.get_loops(epi)[-4:]
+    h, w = sch.split(p, [None, wo])
+    h0, h1 = sch.split(h, tile(sch, h, 2, STEM_ROWS, d, "rows"))
+    pc = sch.fuse(h1, w)
+    ob0, ob1 = sch.split(ob, tile(sch, ob, 2, 4, d, "ob"))
+    ragged = cat(sch, STEM_TILES, d, "ragged")
+    p1, p2 = sch.split(pc, [None, ragged])
+    sch.reorder(n, h0, ob0, p1, ob1, p2, v)
+    sch.parallel(sch.fuse(n, h0))
+    sch.compute_at(conv, p1, preserve_unit_loops=True)
+    sch.vectorize(v)
+    sch.unroll(p2)
+    sch.unroll(ob1)
+    c_n, c_ob, c_p, c_v, c_c, c_kh, c_kw = sch.get_loops(conv)[-7:]
+    ext = [int(sch.get(lp).extent) for lp in (c_ob, c_p, c_v)]
+    tile_order = (c_n, c_p, c_ob, c_v) if inner_positions_outside(*ext) else (c_n, c_ob, c_p, c_v)
+    sch.reorder(c_c, c_kh, c_kw, *tile_order)
+    sch.set_scope(conv, 0, "local")
+    sch.vectorize(c_v)
+    for lp in (c_p, c_ob, c_n, c_kh, c_kw):
+        sch.unroll(lp)
+    sch.decompose_reduction(conv, c_c)
+    pn, pcn, pi, pj = sch.get_loops(pad)
+    sch.parallel(sch.fuse(pn, pcn, pi))
+    sch.vectorize(sch.split(pj, [None, ext[2]])[1])
+    return sch
+
+
+def stem_flat_knobs(ob: int, ho: int, wo: int, fam: FamilyKnobs) -> dict:
+    """Default knobs of the padded stem: a 12-accumulator tile with as many channel vectors as
+    divide ``ob`` (4x3, 3x4, 2x6, 1x12), and the most rows per task up to STEM_ROWS among those
+    that share the tasks evenly among ``fam.cores`` threads (on 1.0/224, 4 to 56 rows ran within
+    1 %, 4 rows 5 % slower)."""
+    o_t, p_t = next((o, p) for o, p in ((4, 3), (3, 4), (2, 6), (1, 12)) if ob % o == 0)
+
+    def key(r):
+        tasks = ho // r
+        return round(tasks / (-(-tasks // fam.cores) * fam.cores), 3), r
+
+    rows = max((r for r in divisors(ho) if r <= STEM_ROWS), key=key)
+    return {"rows": split2(ho, rows), "ob": split2(ob, o_t), "ragged": p_t}
 
 
 @rule("cpu", RULE_DENSE)
@@ -329,6 +416,10 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
         wo = int(dw_conv.annotations["mntvm_wo"])
         extra = _positions_past_end(sch, block)
         return dw_pointwise_knobs(ob, (p - extra) // wo, wo, ib, v, fam, extra=extra)
+    if name == RULE_STEM and sch.get_producers(block):
+        _, ob, p, v = out
+        wo = int(b.annotations["mntvm_wo"])
+        return stem_flat_knobs(ob, (p - _positions_past_end(sch, block)) // wo, wo, fam)
     if name in (RULE_DW, RULE_STEM):
         _, cb, p, v = out
         wo = int(b.annotations["mntvm_wo"])

@@ -40,7 +40,8 @@ from mntvm.model.inference import inference_module
 from mntvm.model.network import MobileNetConfig
 from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, pointwise_te, pool_te, stem_te,
                                      unblock_te)
-from mntvm.templates.cpu import ragged_extra_positions
+from mntvm.templates.bias_init import bias_into_init
+from mntvm.templates.cpu import ragged_extra_positions, ragged_workloads, stem_extra_positions
 from mntvm.templates.cuda import VECTOR_BITS
 from mntvm.templates.families import family_for
 
@@ -173,18 +174,31 @@ class _Graph:
 class _Lowerer(relax.PyExprMutator):
     """Rewrites a Relax MobileNet's conv/pool/FC chains into calls of our TE computes."""
 
-    def __init__(self, mod: tvm.IRModule, vec: int, fuse_dw: bool = False, dw_extra: int = 0):
+    def __init__(self, mod: tvm.IRModule, vec: int, fuse_dw: bool = False, dw_extra: int = 0, stem_extra: int = 0,
+                 bias_init: bool = False):
         super().__init__(mod)
         self.mod_ = mod
         self.V = vec
         self.fuse_dw = fuse_dw
         self.dw_extra = dw_extra  # positions the fused template computes past the map's end
+        self.stem_extra = stem_extra  # and the stem (from a padded copy of its input where > 0)
+        self.bias_init = bias_init  # convs start their sums from their bias (:func:`.bias_init.bias_into_init`)
         self.graph = _Graph()
         self.blocked = {}  # old var -> _Blocked
         self.skip = set()  # old vars absorbed into fused ops
         self.pending_dw = {}  # old var -> depthwise TE arguments, emitted fused with its pointwise consumer
 
     # -- emission helpers ----------------------------------------------------------------------
+
+    def _conv_call(self, fn, *args, primfunc_name_hint: str):
+        """``call_te`` of a conv template, its PrimFunc rewritten by :func:`.bias_init.bias_into_init`
+        where ``self.bias_init`` (before it is added to the module: identical layers still share one)."""
+        if not self.bias_init:
+            return self.builder_.call_te(fn, *args, primfunc_name_hint=primfunc_name_hint)
+        func, call_args, out = relax.utils.gen_call_tir_inputs(fn, *args)
+        gv = self.builder_.add_func(bias_into_init(func), primfunc_name_hint)
+        return relax.call_tir(gv, call_args, out)
+
     def _nchw_of(self, old):
         info = self.blocked[old]
         if info.nchw is None:
@@ -244,13 +258,13 @@ class _Lowerer(relax.PyExprMutator):
             wp = _channel_blocked(wi, V).reshape(_pad_to(o, V) // V, -1, V, V)  # (OB, IB, Vi, Vo)
             if pending:
                 xin, dw_args, wd_, bd_ = pending
-                te_call = self.builder_.call_te(
+                te_call = self._conv_call(
                     lambda d_, w1, b1, w2, b2: dw_pointwise_te(d_, w1, b1, *dw_args, w2, b2, act, self.dw_extra),
                     xin, wd_, bd_, relax.const(wp), bconst, primfunc_name_hint="mntvm_dwpw")
             else:
                 xin = self.blocked[x].var
-                te_call = self.builder_.call_te(lambda d_, w_, b_: pointwise_te(d_, w_, b_, act), xin,
-                                                relax.const(wp), bconst, primfunc_name_hint="mntvm_pw")
+                te_call = self._conv_call(lambda d_, w_, b_: pointwise_te(d_, w_, b_, act), xin,
+                                          relax.const(wp), bconst, primfunc_name_hint="mntvm_pw")
         elif groups > 1 and groups == c and ci_g == 1 and o == c and is_blocked and strides[0] == strides[1]:
             wp = _channel_blocked(w[:, 0], V)  # (CB, KH, KW, V)
             xin = self.blocked[x].var
@@ -261,14 +275,14 @@ class _Lowerer(relax.PyExprMutator):
                 self.skip.update(absorbed)
                 self.skip.add(end)
                 return True
-            te_call = self.builder_.call_te(
+            te_call = self._conv_call(
                 lambda d_, w_, b_: depthwise_te(d_, w_, b_, *dw_args), xin,
                 relax.const(wp), bconst, primfunc_name_hint="mntvm_dw")
         elif groups == 1 and strides[0] == strides[1]:
             xin = self._nchw_of(x) if is_blocked else self.visit_expr(x)
             wp = _channel_blocked(w, V)  # (OB, C, KH, KW, V)
-            te_call = self.builder_.call_te(
-                lambda d_, w_, b_: stem_te(d_, w_, b_, act, strides[0], pad), xin,
+            te_call = self._conv_call(
+                lambda d_, w_, b_: stem_te(d_, w_, b_, act, strides[0], pad, self.stem_extra), xin,
                 relax.const(wp), bconst, primfunc_name_hint="mntvm_conv")
         else:
             return False
@@ -373,14 +387,17 @@ def lower_blocked(mod: tvm.IRModule, target, vector_bits: int, fuse_dw: bool = F
 
     With ``fuse_dw`` every depthwise conv whose only consumer is a pointwise conv is lowered
     together with it (``mntvm_dwpw``, :func:`.compute.dw_pointwise_te`), past the map's end by the
-    positions the ragged tiles of the target's knob family need (:func:`.cpu.ragged_extra_positions`).
+    positions the ragged tiles of the target's knob family need (:func:`.cpu.ragged_extra_positions`);
+    the stem likewise, from a padded copy of its input (:func:`.cpu.stem_extra_positions`); for those
+    families every conv's sum starts from its bias (:func:`.cpu.ragged_workloads`).
     Returns a module ready for :func:`.defaults.apply_default_schedules`, a tuning database or
     MetaSchedule task extraction (:func:`.registry.tunable_tasks`).
     """
     vec = int(vector_bits) // 32
-    extra = ragged_extra_positions(family_for(target, vector_bits)) if fuse_dw else 0
+    fam = family_for(target, vector_bits)
+    extra = ragged_extra_positions(fam) if fuse_dw else 0
     mod = relax.transform.Normalize()(mod)
-    mod = _Lowerer(mod, vec, fuse_dw, extra).transform()
+    mod = _Lowerer(mod, vec, fuse_dw, extra, stem_extra_positions(fam), ragged_workloads(fam)).transform()
     mod = relax.transform.DeadCodeElimination()(mod)
     return legalize_and_fuse(mod)
 

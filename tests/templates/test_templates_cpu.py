@@ -11,8 +11,11 @@ from tvm.s_tir import Schedule  # noqa: E402
 
 from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, pointwise_te, pool_te,  # noqa: E402
                                      stem_te)
-from mntvm.templates.cpu import (RAGGED_EXTRA, RAGGED_POSITIONS, dw_pointwise_knobs,  # noqa: E402
-                                 inner_positions_outside, ragged_extra_positions)
+from mntvm.templates import prefetch  # noqa: E402
+from mntvm.templates.bias_init import bias_into_init  # noqa: E402
+from mntvm.templates.cpu import (RAGGED_EXTRA, RAGGED_POSITIONS, STEM_EXTRA, dw_pointwise_knobs,  # noqa: E402
+                                 inner_positions_outside, ragged_extra_positions, ragged_workloads, stem_extra_positions,
+                                 stem_flat_knobs)
 from mntvm.templates.families import family_for  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules, default_schedule  # noqa: E402
 from mntvm.templates.lowering import lower_blocked  # noqa: E402
@@ -137,13 +140,15 @@ def check_dw_pointwise(schedule, v, c, o_c, stride, h, atol, extra=0):
     np.testing.assert_allclose(_unblocked(got, o_c, ho, ho), ref, atol=atol, rtol=1e-5)
 
 
-def check_stem(schedule, v, o, atol):
-    c, h, ho = 3, 10, 5
+def check_stem(schedule, v, o, atol, extra=0, h=10):
+    """The stem (3x3, stride 2, 3 input channels) against numpy, from a padded copy of its input
+    where ``extra`` > 0."""
+    c, ho = 3, h // 2
     rng = np.random.RandomState(2)
     data = te.placeholder((1, c, h, h), name="data")
     wt = te.placeholder((o // v, c, 3, 3, v), name="w")
     b = te.placeholder((o // v, v), name="b")
-    out = stem_te(data, wt, b, ("clip", 0.0, 6.0), 2, (1, 1, 1, 1))
+    out = stem_te(data, wt, b, ("clip", 0.0, 6.0), 2, (1, 1, 1, 1), extra)
     mod = schedule([data, wt, b, out], "conv_stem", RULE_STEM)
     x = rng.randn(1, c, h, h).astype("float32")
     w = rng.randn(o, c, 3, 3).astype("float32")
@@ -341,8 +346,153 @@ def test_dw_pointwise_default_knobs_read_large_weights_once():
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_stem(seed):
-    check_stem(_by_seed(seed), 16, 32, atol=1e-4)
+@pytest.mark.parametrize("extra,h", [(0, 10), (STEM_EXTRA, 10), (STEM_EXTRA, 26)])
+def test_stem(seed, extra, h):
+    check_stem(_by_seed(seed), 16, 32, atol=1e-4, extra=extra, h=h)
+
+
+def _avx2_defaults(tensors, block, rule):
+    return default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
+
+
+@pytest.mark.parametrize("o", [32, 24, 16, 8])
+def test_stem_avx2_defaults(o):
+    """The padded stem at AVX2's defaults against numpy: 12 accumulators whatever the stem's width
+    (4x3, 3x4, 2x6, 1x12 channel vectors x positions), over positions across rows (13x13 output:
+    no row is a multiple of the tile), in tasks of whole rows shared evenly by the target's cores."""
+    fam = family_for(TARGET, 256)
+    for ho in (112, 96, 80, 64, 13):
+        d = stem_flat_knobs(o // 8, ho, ho, fam)
+        assert d["ob"] == [1, o // 8] and d["ob"][1] * d["ragged"] == 12, d
+        rows = d["rows"][1]
+        assert d["rows"][0] * rows == ho and rows <= 16
+        assert ho == 13 or (ho // rows) % fam.cores == 0, (ho, d)
+    check_stem(_avx2_defaults, 8, o, atol=1e-4, extra=STEM_EXTRA, h=26)
+
+
+def _loads_under_test(func, name):
+    """The if_then_else expressions in the bodies of the blocks called ``name`` of a PrimFunc."""
+    found = []
+
+    def expr(e):
+        if isinstance(e, tvm.ir.expr.Call) and str(getattr(e.op, "name", "")).endswith("if_then_else"):
+            found.append(e)
+        for c in [*getattr(e, "args", []), getattr(e, "a", None), getattr(e, "b", None),
+                  getattr(e, "value", None)]:
+            if isinstance(c, tvm.ir.expr.Expr):
+                expr(c)
+
+    def visit(node, inside):
+        if isinstance(node, tvm.s_tir.SBlockRealize):
+            inside = node.block.name_hint == name
+        if inside and isinstance(node, tvm.tirx.BufferStore):
+            expr(node.value)
+        for c in getattr(node, "seq", None) or []:
+            visit(c, inside)
+        for field in ("body", "block", "init"):
+            if getattr(node, field, None) is not None:
+                visit(getattr(node, field), inside)
+
+    visit(func.body, False)
+    return found
+
+
+def test_padded_stem_taps_have_no_bounds_test():
+    """The lowering gives AVX2's stem the padded copy (and no other family's): its taps then read with
+    no bounds test, the copy alone tests the padding; the row-tiled stem tests it in its taps."""
+    assert stem_extra_positions(family_for(TARGET, 256)) == STEM_EXTRA > 0
+    assert stem_extra_positions(family_for(TARGET, 512)) == 0
+    for extra in (STEM_EXTRA, 0):
+        data = te.placeholder((1, 3, 32, 32), name="data")
+        wt = te.placeholder((4, 3, 3, 3, 8), name="w")
+        b = te.placeholder((4, 8), name="b")
+        out = stem_te(data, wt, b, ("relu",), 2, (1, 1, 1, 1), extra)
+        func = default_schedule(tvm.IRModule({"main": te.create_prim_func([data, wt, b, out])}), TARGET, 256).mod["main"]
+        tests = _loads_under_test(func, "conv_stem_update")
+        assert (len(tests) == 0) == bool(extra), (extra, len(tests))
+        assert (len(_loads_under_test(func, "stem_pad")) > 0) == bool(extra)
+
+
+def _with_bias_init(seed):
+    """Schedule ``tensors`` after :func:`bias_into_init` (the AVX2 defaults, or random knobs)."""
+    def schedule(tensors, block, rule):
+        func = bias_into_init(te.create_prim_func(tensors))
+        assert func.attrs is not None and "mntvm_bias_init" in func.attrs
+        mod = tvm.IRModule({"main": func})
+        if seed is None:
+            return default_schedule(mod, TARGET, 256).mod
+        sch = Schedule(mod, seed=seed)
+        scheduler("cpu", rule)(sch, sch.get_sblock(block), None)
+        return sch.mod
+    return schedule
+
+
+@pytest.mark.parametrize("seed", [None, 1])
+def test_bias_into_init(seed):
+    """Each conv template with its bias moved into the start of its sum against numpy (biases drawn
+    from N(0, 1): a lost or doubled bias is far outside the tolerance): fused depthwise + pointwise
+    (both convs), pointwise, depthwise, the padded stem."""
+    schedule = _with_bias_init(seed)
+    check_dw_pointwise(schedule, 8, 32, 64, 1, 7, atol=1e-4, extra=RAGGED_EXTRA)
+    check_pointwise(schedule, 8, 16, 24, 6, atol=1e-4)
+    check_depthwise(schedule, 8, 16, 2, 8, atol=1e-4)
+    check_stem(schedule, 8, 32, atol=1e-4, extra=STEM_EXTRA, h=26)
+
+
+def test_bias_into_init_with_weight_prefetch():
+    """The fused template's weight prefetch (knob ``prefetch``) still finds the weight panel when the
+    pointwise sum also reads its bias (it took the bias for the weights: no prefetch, or a failed build)."""
+    fam = family_for(TARGET, 256)
+
+    def schedule(tensors, block, rule):
+        sch = Schedule(tvm.IRModule({"main": bias_into_init(te.create_prim_func(tensors))}))
+        d = {**dw_pointwise_knobs(8, 7, 7, 4, 8, fam, RAGGED_EXTRA), "prefetch": 1}
+        scheduler("cpu", RULE_DWPW)(sch, sch.get_sblock(block), d)
+        assert "prefetch(" in prefetch.inject(sch.mod).script()  # the prefetches were injected
+        return sch.mod
+
+    check_dw_pointwise(schedule, 8, 32, 64, 1, 7, atol=1e-4, extra=RAGGED_EXTRA)
+
+
+def test_bias_into_init_rewrites_the_avx2_workloads_only():
+    """The AVX2 lowering starts every conv's sum from its bias and its epilogues add none; the
+    AVX-512 lowering's PrimFuncs are untouched (their tuned logs keep matching). A second rewrite
+    changes nothing."""
+    from mntvm.model.inference import inference_module
+    from mntvm.model.network import MobileNetConfig
+    from mntvm.model.weights import random_weights
+
+    cfg = MobileNetConfig(alpha=0.25, resolution=32, num_classes=10)
+    mod = inference_module(cfg, random_weights(cfg, 0))
+    assert ragged_workloads(family_for(TARGET, 256)) and not ragged_workloads(family_for(TARGET, 512))
+    for bits, rewritten in ((256, True), (512, False)):
+        low = lower_blocked(mod, TARGET, bits, fuse_dw=True)
+        convs = {n: f for n, f in tunable_tasks(low).items() if n.startswith(("mntvm_conv", "mntvm_dwpw"))}
+        assert convs
+        for name, f in convs.items():
+            assert (f.attrs is not None and "mntvm_bias_init" in f.attrs) == rewritten, (bits, name)
+            if rewritten:
+                assert bias_into_init(f).same_as(f)
+                epis = [b for b in _blocks(f) if b.init is None and b.name_hint.startswith("epilogue")]
+                assert epis and all(not any(len(r.source.shape) == 2 for r in b.reads) for b in epis), name
+                inits = [b for b in _blocks(f) if b.init is not None]
+                assert inits and all(isinstance(b.init.value, tvm.ir.expr.TensorLoad) for b in inits), name
+
+
+def _blocks(func):
+    found = []
+
+    def visit(node):
+        if isinstance(node, tvm.s_tir.SBlockRealize):
+            found.append(node.block)
+        for c in getattr(node, "seq", None) or []:
+            visit(c)
+        for field in ("body", "block"):
+            if getattr(node, field, None) is not None:
+                visit(getattr(node, field))
+
+    visit(func.body)
+    return found
 
 
 @pytest.mark.parametrize("seed", SEEDS)

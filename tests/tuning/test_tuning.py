@@ -162,7 +162,12 @@ def test_compile_applies_the_database(tuned, tmp_path):
         rec = mdb.get_top_k(mdb.commit_workload(task_mod(low[name])), 1)[0]
         sch = s_tir.Schedule(task_mod(low[name]))
         rec.trace.apply_to_schedule(sch, remove_postproc=False)
-        tvm.ir.assert_structural_equal(sch.mod["main"].body, mod[name].body)
+        # whole functions, parameters matched to parameters (bodies alone compare their buffers
+        # as free variables, and an init that reads the bias has no read region to define it)
+        replayed = sch.mod["main"].without_attr("global_symbol")
+        for k, v in mod[name].attrs.items():
+            replayed = replayed.with_attr(k, v)
+        tvm.ir.assert_structural_equal(replayed, mod[name])
     art = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out, check_log=False))  # every record as is
     s = art.metadata["schedules"]
     assert s["kind"] == "templates+database" and s["tuned"] == covered and "log_check" not in s
