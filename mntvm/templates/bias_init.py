@@ -20,14 +20,22 @@ from tvm.tirx import For, SeqStmt
 KEY = "mntvm_bias_init"  # PrimFunc attribute: the rewrite was applied (it is not applied twice)
 
 
+_FIELDS = ("iter_vars", "reads", "writes", "name_hint", "body", "init", "alloc_buffers", "match_buffers",
+           "annotations")  # SBlock's constructor arguments, in order
+
+
+def _block(b: SBlock, **changes) -> SBlock:
+    """``b`` with some of its fields replaced (``reads``, ``body``, ``init``)."""
+    return SBlock(*(changes.get(k, getattr(b, k)) for k in _FIELDS))
+
+
 def _map(stmt, fn):
     """``stmt`` with ``fn(block)`` (a new SBlock or the same) applied to every block under it, inner first."""
     if isinstance(stmt, SBlockRealize):
         b = stmt.block
         body = _map(b.body, fn)
         if not body.same_as(b.body):
-            b = SBlock(b.iter_vars, b.reads, b.writes, b.name_hint, body, b.init, b.alloc_buffers, b.match_buffers,
-                       b.annotations)
+            b = _block(b, body=body)
         nb = fn(b)
         return stmt if nb.same_as(stmt.block) else SBlockRealize(stmt.iter_values, stmt.predicate, nb)
     if isinstance(stmt, For):
@@ -93,8 +101,7 @@ def bias_into_init(func: tirx.PrimFunc) -> tirx.PrimFunc:
         biases[add.a.source] = add.b
         store = tirx.BufferStore(b.body.buffer, _replace(b.body.value, add, add.a), b.body.indices)
         reads = [r for r in b.reads if not r.source.same_as(add.b.source)]
-        return SBlock(b.iter_vars, reads, b.writes, b.name_hint, store, b.init, b.alloc_buffers, b.match_buffers,
-                      b.annotations)
+        return _block(b, reads=reads, body=store)
 
     body = _map(func.body, epilogue)
     if not biases:
@@ -108,8 +115,7 @@ def bias_into_init(func: tirx.PrimFunc) -> tirx.PrimFunc:
         init = tirx.BufferStore(b.init.buffer, tirx.BufferLoad(bias, [idx[1], idx[3]]), idx)
         region = tirx.BufferRegion(bias, [tvm.ir.Range.from_min_extent(idx[1], 1),
                                               tvm.ir.Range.from_min_extent(idx[3], 1)])
-        return SBlock(b.iter_vars, [*b.reads, region], b.writes, b.name_hint, b.body, init, b.alloc_buffers,
-                      b.match_buffers, b.annotations)
+        return _block(b, reads=[*b.reads, region], init=init)
 
     body = _map(body, reduction)
     return func.with_body(body).with_attr(KEY, 1)

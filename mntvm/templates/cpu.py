@@ -38,7 +38,7 @@ def schedule_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
     sch.vectorize(v)
     sch.unroll(p2)
     sch.unroll(ob1)
-    _pointwise_inner(sch, conv)
+    _register_tile(sch, conv)
     return sch
 
 
@@ -63,25 +63,22 @@ def inner_positions_outside(o_t: int, p_t: int, lanes: int) -> bool:
     return acc + p_t + 1 > regs and acc + o_t + 1 <= regs
 
 
-def _pointwise_inner(sch: Schedule, conv):
-    """The register tile of a pointwise conv computed at its position tile: the reduction over
-    input channels outside, the (channel vectors x positions x lanes) accumulators unrolled, in the
-    order that fits the register file (:func:`inner_positions_outside`). Returns the reduction loop
-    over input blocks and the tile's channel-vector loop."""
-    c_n, c_ob, c_p, c_v, c_ib, c_vi = sch.get_loops(conv)[-6:]
+def _register_tile(sch: Schedule, conv, n_reduce: int = 2):
+    """The register tile of a conv computed at its position tile: its ``n_reduce`` reduction loops
+    (a pointwise conv's input blocks and their lanes; the stem's input channels and taps) outside,
+    the (channel vectors x positions x lanes) accumulators unrolled, in the order that fits the
+    register file (:func:`inner_positions_outside`), the reduction loops but the first unrolled.
+    Returns the outermost reduction loop and the tile's channel-vector loop."""
+    c_n, c_ob, c_p, c_v, *red = sch.get_loops(conv)[-(4 + n_reduce):]
     ext = [int(sch.get(lp).extent) for lp in (c_ob, c_p, c_v)]
-    if inner_positions_outside(*ext):
-        sch.reorder(c_ib, c_vi, c_n, c_p, c_ob, c_v)
-    else:
-        sch.reorder(c_ib, c_vi, c_n, c_ob, c_p, c_v)
+    tile_order = (c_n, c_p, c_ob, c_v) if inner_positions_outside(*ext) else (c_n, c_ob, c_p, c_v)
+    sch.reorder(*red, *tile_order)
     sch.set_scope(conv, 0, "local")
     sch.vectorize(c_v)
-    sch.unroll(c_p)
-    sch.unroll(c_ob)
-    sch.unroll(c_n)
-    sch.unroll(c_vi)
-    sch.decompose_reduction(conv, c_ib)
-    return c_ib, c_ob
+    for lp in (c_p, c_ob, c_n, *red[1:]):
+        sch.unroll(lp)
+    sch.decompose_reduction(conv, red[0])
+    return red[0], c_ob
 
 
 # the fused template's ``ragged`` knob: positions per register tile that need not divide a task's
@@ -131,7 +128,8 @@ def ragged_workloads(fam: FamilyKnobs) -> bool:
 
 def ragged_extra_positions(fam: FamilyKnobs) -> int:
     """Positions past the map's end the lowering gives the fused template for ``fam``: RAGGED_EXTRA
-    where it builds ragged workloads (:func:`ragged_workloads`), else 0. With them a ragged tile needs no bounds mask in its reduction, in any band of rows:
+    where it builds ragged workloads (:func:`ragged_workloads`), else 0. With them a ragged tile needs
+    no bounds mask in its reduction, in any band of rows:
     with a mask that depends on the task the 4x3 tiles ran at half speed (Zen 2: 36-45 GFLOP/s on the
     14x14..56x56 maps, against 74-80 for 4x2), without one at 88-100 (1 thread, 1.0/224)."""
     return RAGGED_EXTRA if ragged_workloads(fam) else 0
@@ -176,7 +174,7 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     sch.vectorize(v)
     sch.unroll(p2)
     sch.unroll(ob1)
-    c_ib, c_ob1 = _pointwise_inner(sch, conv)
+    c_ib, c_ob1 = _register_tile(sch, conv)
     if int(sch.get(pf)):
         # the weights stream from L3 in the network: prefetch the next panel during this one
         prefetch.mark(sch, task, ob0, p1, c_ob1, c_ib, _pointwise_weight(sch, conv))
@@ -194,6 +192,11 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     sch.set_scope(dw_conv, 0, "local")
     taps_outside(sch, dw_conv, 2)
     return sch
+
+
+def _balance(tasks: int, cores: int) -> float:
+    """The share of ``cores`` threads' time that ``tasks`` equal tasks keep busy (1.0: evenly shared)."""
+    return tasks / (-(-tasks // cores) * cores)
 
 
 def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs, extra: int = 0) -> dict:
@@ -225,7 +228,7 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
             used = pos / (-(-pos // p_t) * p_t)
             for g in (x for x in divisors(ob // o_t) if x <= 4):
                 tasks = (ho // rows) * g
-                balance = tasks / (-(-tasks // fam.cores) * fam.cores)
+                balance = _balance(tasks, fam.cores)
                 if rag and (balance < 1 or ob // (g * o_t) < 2):
                     # a ragged tile only where the tasks keep every thread busy with two panels or
                     # more per group: a whole map of 64 output channels (2 groups of 1 panel) ran
@@ -319,18 +322,10 @@ def _stem_flat(sch: Schedule, conv, d: dict | None) -> Schedule:
     sch.vectorize(v)
     sch.unroll(p2)
     sch.unroll(ob1)
-    c_n, c_ob, c_p, c_v, c_c, c_kh, c_kw = sch.get_loops(conv)[-7:]
-    ext = [int(sch.get(lp).extent) for lp in (c_ob, c_p, c_v)]
-    tile_order = (c_n, c_p, c_ob, c_v) if inner_positions_outside(*ext) else (c_n, c_ob, c_p, c_v)
-    sch.reorder(c_c, c_kh, c_kw, *tile_order)
-    sch.set_scope(conv, 0, "local")
-    sch.vectorize(c_v)
-    for lp in (c_p, c_ob, c_n, c_kh, c_kw):
-        sch.unroll(lp)
-    sch.decompose_reduction(conv, c_c)
+    _register_tile(sch, conv, 3)
     pn, pcn, pi, pj = sch.get_loops(pad)
     sch.parallel(sch.fuse(pn, pcn, pi))
-    sch.vectorize(sch.split(pj, [None, ext[2]])[1])
+    sch.vectorize(sch.split(pj, [None, int(sch.get(v).extent)])[1])
     return sch
 
 
@@ -341,11 +336,8 @@ def stem_flat_knobs(ob: int, ho: int, wo: int, fam: FamilyKnobs) -> dict:
     1 %, 4 rows 5 % slower)."""
     o_t, p_t = next((o, p) for o, p in ((4, 3), (3, 4), (2, 6), (1, 12)) if ob % o == 0)
 
-    def key(r):
-        tasks = ho // r
-        return round(tasks / (-(-tasks // fam.cores) * fam.cores), 3), r
-
-    rows = max((r for r in divisors(ho) if r <= STEM_ROWS), key=key)
+    rows = max((r for r in divisors(ho) if r <= STEM_ROWS),
+               key=lambda r: (round(_balance(ho // r, fam.cores), 3), r))
     return {"rows": split2(ho, rows), "ob": split2(ob, o_t), "ragged": p_t}
 
 

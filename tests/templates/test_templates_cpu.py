@@ -14,13 +14,13 @@ from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, po
 from mntvm.templates import prefetch  # noqa: E402
 from mntvm.templates.bias_init import bias_into_init  # noqa: E402
 from mntvm.templates.cpu import (RAGGED_EXTRA, RAGGED_POSITIONS, STEM_EXTRA, dw_pointwise_knobs,  # noqa: E402
-                                 inner_positions_outside, ragged_extra_positions, ragged_workloads, stem_extra_positions,
-                                 stem_flat_knobs)
+                                 inner_positions_outside, ragged_extra_positions, ragged_workloads,
+                                 stem_extra_positions, stem_flat_knobs)
 from mntvm.templates.families import family_for  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules, default_schedule  # noqa: E402
 from mntvm.templates.lowering import lower_blocked  # noqa: E402
 from mntvm.templates.registry import (RULE_DENSE, RULE_DW, RULE_DWPW, RULE_POOL, RULE_PW, RULE_STEM,  # noqa: E402
-                                      scheduler, tunable_tasks)
+                                      all_blocks, scheduler, tunable_tasks)
 
 
 def _target():
@@ -407,7 +407,8 @@ def test_padded_stem_taps_have_no_bounds_test():
         wt = te.placeholder((4, 3, 3, 3, 8), name="w")
         b = te.placeholder((4, 8), name="b")
         out = stem_te(data, wt, b, ("relu",), 2, (1, 1, 1, 1), extra)
-        func = default_schedule(tvm.IRModule({"main": te.create_prim_func([data, wt, b, out])}), TARGET, 256).mod["main"]
+        mod = tvm.IRModule({"main": te.create_prim_func([data, wt, b, out])})
+        func = default_schedule(mod, TARGET, 256).mod["main"]
         tests = _loads_under_test(func, "conv_stem_update")
         assert (len(tests) == 0) == bool(extra), (extra, len(tests))
         assert (len(_loads_under_test(func, "stem_pad")) > 0) == bool(extra)
@@ -473,26 +474,11 @@ def test_bias_into_init_rewrites_the_avx2_workloads_only():
             assert (f.attrs is not None and "mntvm_bias_init" in f.attrs) == rewritten, (bits, name)
             if rewritten:
                 assert bias_into_init(f).same_as(f)
-                epis = [b for b in _blocks(f) if b.init is None and b.name_hint.startswith("epilogue")]
+                epis = [b for b in all_blocks(f) if b.init is None and b.name_hint.startswith("epilogue")]
                 assert epis and all(not any(len(r.source.shape) == 2 for r in b.reads) for b in epis), name
-                inits = [b for b in _blocks(f) if b.init is not None]
+                inits = [b for b in all_blocks(f) if b.init is not None]
                 assert inits and all(isinstance(b.init.value, tvm.ir.expr.TensorLoad) for b in inits), name
 
-
-def _blocks(func):
-    found = []
-
-    def visit(node):
-        if isinstance(node, tvm.s_tir.SBlockRealize):
-            found.append(node.block)
-        for c in getattr(node, "seq", None) or []:
-            visit(c)
-        for field in ("body", "block"):
-            if getattr(node, field, None) is not None:
-                visit(getattr(node, field))
-
-    visit(func.body)
-    return found
 
 
 @pytest.mark.parametrize("seed", SEEDS)
