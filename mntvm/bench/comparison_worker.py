@@ -20,28 +20,7 @@ import numpy as np
 from mntvm.bench.peers import PEERS, REFERENCE
 from mntvm.compile.artifact import deterministic_input, load_artifact
 from mntvm.core.errors import MntvmError, one_line
-from mntvm.core.threads import caller_pinned, set_threads
-
-
-SETTLE_FACTOR = 1.2  # after a switch, untimed calls until one is within this factor of the runtime's best
-SETTLE_MAX_S = 1.0  # ... or until this long has passed
-
-
-def _settle(fn, best_ms: float) -> None:
-    """Untimed calls of ``fn`` until one takes at most SETTLE_FACTOR x ``best_ms`` (at least one call,
-    at most SETTLE_MAX_S seconds): the other runtime's pool may still be spinning. On a 2-vCPU Zen 2
-    guest (Linux 6.18), right after a switch ours took 47 then 17 ms and ONNX Runtime 25, 23, 13 ms,
-    then both ran 6.4 / 7.0 ms; the one untimed call used before put 1 to 3 stalled calls in each
-    round of 5 (2-thread medians 7.2 / 8.5 ms, p90 20+ ms). No sleep between blocks either: after a
-    50 ms pause ONNX Runtime's 2-thread runs took 16.3 ms instead of 7.4 ms on a 2-core Zen4 VM
-    (ours 7.0 either way), which flattered our ratio."""
-    end = time.perf_counter() + SETTLE_MAX_S
-    while True:
-        t0 = time.perf_counter()
-        fn()
-        t1 = time.perf_counter()
-        if (t1 - t0) * 1e3 <= SETTLE_FACTOR * best_ms or t1 >= end:
-            return
+from mntvm.core.threads import caller_pinned, set_threads, settle
 
 
 def _time(fn, n: int) -> list[float]:
@@ -97,7 +76,7 @@ def measure(spec: dict) -> dict:
         # ours: the calling thread off the cores TVM pinned its workers to (see caller_pinned);
         # the peers run with this thread's own mask, as they were set up
         with caller_pinned() if name == "ours" else contextlib.nullcontext():
-            _settle(fn, best.get(name, float("inf")))
+            settle(fn, best.get(name, float("inf")))
             out = _time(fn, k)
         best[name] = min(best.get(name, float("inf")), *out)
         return out

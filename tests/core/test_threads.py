@@ -1,17 +1,19 @@
 """set_threads sizes TVM's thread pool: any thread count up to the machine's cores, in any order in one
-process. Run in a fresh process: in the test session the pool was made long ago."""
+process. Run in a fresh process: in the test session the pool was made long ago. settle waits out a stalled
+runtime."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
 from conftest import ROOT
 
 from mntvm.core.errors import MntvmError
-from mntvm.core.threads import cores, set_threads
+from mntvm.core.threads import SETTLE_MAX_S, cores, set_threads, settle
 
 BODY = r'''
 import os, sys
@@ -49,3 +51,35 @@ def test_bad_thread_counts_are_refused(n):
 def test_more_threads_than_cores_are_refused():
     with pytest.raises(MntvmError, match=f"> the {cores()} cores"):
         set_threads(cores() + 1)
+
+
+def _calls(durations):
+    """A callable that sleeps the next of ``durations`` (seconds; 0 once they run out), and its call log."""
+    log = []
+
+    def fn():
+        time.sleep(durations[len(log)] if len(log) < len(durations) else 0)
+        log.append(1)
+
+    return fn, log
+
+
+def test_settle_waits_until_a_call_is_near_the_best():
+    fn, log = _calls([0.05, 0.05])  # two stalled calls, then fast ones
+    settle(fn, best_ms=10.0)
+    assert len(log) == 3
+
+
+def test_settle_makes_one_call_without_a_best():
+    fn, log = _calls([0.05, 0.05])
+    settle(fn, best_ms=float("inf"))
+    assert len(log) == 1
+
+
+def test_settle_gives_up_after_its_time():
+    fn, log = _calls([0.05] * 1000)
+    t0 = time.perf_counter()
+    settle(fn, best_ms=1.0)
+    elapsed = time.perf_counter() - t0
+    assert SETTLE_MAX_S <= elapsed < SETTLE_MAX_S + 0.5
+    assert len(log) < 1000
