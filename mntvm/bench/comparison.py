@@ -61,7 +61,9 @@ def compare(
     ``intra_op_num_threads``, OpenVINO's ``INFERENCE_NUM_THREADS`` and TFLite's ``num_threads``
     all set to it. There the outputs are compared first (ours vs ORT must agree within 1e-5, else
     :class:`MntvmError`), then every runtime gets 10 untimed runs and ``rounds`` interleaved
-    rounds of ``per_round`` timed runs each (so drift on a shared machine hits all alike).
+    rounds of ``per_round`` timed runs each (so drift on a shared machine hits all alike), each
+    round after untimed runs until the other runtime's pool has stopped spinning
+    (:func:`mntvm.core.threads.settle`).
 
     ``peers``: any of ``"ort"``, ``"openvino"``, ``"tflite"``; ONNX Runtime is always measured
     (the reference for ``ratio`` and the agreement check). A peer whose module is not installed
