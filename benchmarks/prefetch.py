@@ -20,7 +20,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +46,7 @@ def main(argv=None) -> int:
     from benchmarks.common import model_and_reference
     from mntvm.compile.artifact import load_artifact
     from mntvm.compile.build import compile_model
+    from mntvm.core.threads import time_interleaved
     from mntvm.templates import x86
 
     cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
@@ -67,14 +67,7 @@ def main(argv=None) -> int:
             avm = art.load_vm()
             runners[name] = (lambda art=art, avm=avm: art.run(x, avm))
         diffs = {k: float(np.abs(f() - ref).max()) for k, f in runners.items()}  # also warms up
-        times = {k: [] for k in runners}
-        for r in range(a.rounds):
-            for k in (list(runners) if r % 2 == 0 else list(runners)[::-1]):
-                runners[k]()  # untimed: the other build's threads may still be spinning
-                for _ in range(a.per_round):
-                    t = time.perf_counter()
-                    runners[k]()
-                    times[k].append(1e3 * (time.perf_counter() - t))
+        times = time_interleaved(runners, a.rounds, a.per_round, pinned=tuple(runners), alternate=True)
 
     base = float(np.median(times["no-prefetch"]))
     rows = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),

@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     from benchmarks.common import model_and_reference
     from mntvm.compile.artifact import load_artifact
     from mntvm.compile.build import compile_model
+    from mntvm.core.threads import time_interleaved
     from mntvm.model.inference import inference_module
     from mntvm.targets.profiles import get_profile
 
@@ -72,18 +73,11 @@ def main(argv=None) -> int:
             avm = art.load_vm()
             runners[name] = (lambda art=art, avm=avm: art.run(x, avm))
 
-        times = {k: [] for k in runners}
         diffs = {k: float(np.abs(f() - ref).max()) for k, f in runners.items()}  # also warms up
-        for r in range(a.rounds):
-            for k, f in runners.items():
-                n = a.default_runs if k == "tvm-default" else a.per_round
-                if k == "tvm-default" and r > 0:
-                    continue  # ~0.5 s a run: one block of runs is enough
-                for _ in range(n):
-                    t = time.perf_counter()
-                    f()
-                    times[k].append(1e3 * (time.perf_counter() - t))
-                time.sleep(0.05)
+        # TVM's unscheduled build: ~0.5 s a run, one block of runs is enough; the others interleaved
+        slow = {k: runners.pop(k) for k in ["tvm-default"] if k in runners}
+        times = time_interleaved(slow, 1, a.default_runs, pinned=tuple(slow))
+        times.update(time_interleaved(runners, a.rounds, a.per_round, pinned=tuple(runners)))
 
     shipped = float(np.median(times["shipped"]))
     rows = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),

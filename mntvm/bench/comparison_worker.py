@@ -10,26 +10,15 @@ Public entries: :func:`measure` and :func:`main`.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sys
-import time
 
 import numpy as np
 
 from mntvm.bench.peers import PEERS, REFERENCE
 from mntvm.compile.artifact import deterministic_input, load_artifact
 from mntvm.core.errors import MntvmError, one_line
-from mntvm.core.threads import caller_pinned, set_threads, settle
-
-
-def _time(fn, n: int) -> list[float]:
-    out = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1e3)
-    return out
+from mntvm.core.threads import set_threads, time_interleaved
 
 
 def measure(spec: dict) -> dict:
@@ -70,23 +59,10 @@ def measure(spec: dict) -> dict:
     if not diffs["ort"] <= spec["tol"]:
         raise MntvmError(f"outputs disagree at {n} thread{'s' * (n != 1)}: max |ours - ONNX Runtime| = "
                          f"{diffs['ort']:.2e} > {spec['tol']:.0e}")
-    best: dict[str, float] = {}
-
-    def timed(name, fn, k):
-        # ours: the calling thread off the cores TVM pinned its workers to (see caller_pinned);
-        # the peers run with this thread's own mask, as they were set up
-        with caller_pinned() if name == "ours" else contextlib.nullcontext():
-            settle(fn, best.get(name, float("inf")))
-            out = _time(fn, k)
-        best[name] = min(best.get(name, float("inf")), *out)
-        return out
-
-    for name, (fn, _) in run.items():
-        timed(name, fn, spec["warmup"])
-    times: dict[str, list[float]] = {name: [] for name in run}
-    for _ in range(spec["rounds"]):
-        for name, (fn, _) in run.items():
-            times[name] += timed(name, fn, spec["per_round"])
+    # ours with the calling thread off the cores TVM pinned its workers to (see caller_pinned); the
+    # peers with this thread's own mask, as they were set up
+    times = time_interleaved({name: fn for name, (fn, _) in run.items()}, spec["rounds"], spec["per_round"],
+                             warmup=spec["warmup"], pinned=("ours",))
 
     def med(name):
         return float(np.median(times[name]))

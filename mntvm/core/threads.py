@@ -1,5 +1,6 @@
 """The one way to size the TVM runtime's CPU thread pool, to keep the calling thread off its workers' cores,
-and to wait out another runtime's spinning pool before timing (:func:`settle`)."""
+and to time runtimes against each other in one process (:func:`time_interleaved`, which waits out the
+other runtime's spinning pool with :func:`settle`)."""
 from __future__ import annotations
 
 import contextlib
@@ -120,3 +121,35 @@ def settle(fn, best_ms: float) -> None:
         t1 = time.perf_counter()
         if (t1 - t0) * 1e3 <= SETTLE_FACTOR * best_ms or t1 >= end:
             return
+
+
+def time_interleaved(calls: dict, rounds: int, per_round: int, warmup: int = 0, pinned=(),
+                     alternate: bool = False) -> dict[str, list[float]]:
+    """Time ``calls`` (name -> callable, no arguments) against each other in one process: ``warmup``
+    untimed calls of each, then ``rounds`` rounds in which each is called ``per_round`` times in a block
+    (so drift hits all alike; ``alternate``: every other round in reverse order). Every block starts with
+    :func:`settle` (the previous block's pool may still be spinning); the names in ``pinned`` (TVM
+    runtimes) run with the calling thread off TVM's workers' cores (:func:`caller_pinned`). Returns
+    name -> the timed calls in ms."""
+    best: dict[str, float] = {}
+    times: dict[str, list[float]] = {name: [] for name in calls}
+
+    def block(name, k):
+        fn = calls[name]
+        out = []
+        with caller_pinned() if name in pinned else contextlib.nullcontext():
+            settle(fn, best.get(name, float("inf")))
+            for _ in range(k):
+                t0 = time.perf_counter()
+                fn()
+                out.append((time.perf_counter() - t0) * 1e3)
+        if out:
+            best[name] = min(best.get(name, float("inf")), *out)
+        return out
+
+    for name in calls:
+        block(name, warmup)
+    for r in range(rounds):
+        for name in (list(calls)[::-1] if alternate and r % 2 else list(calls)):
+            times[name] += block(name, per_round)
+    return times

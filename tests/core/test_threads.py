@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import itertools
 import sys
 import time
 
@@ -13,7 +14,7 @@ import pytest
 from conftest import ROOT
 
 from mntvm.core.errors import MntvmError
-from mntvm.core.threads import SETTLE_MAX_S, cores, set_threads, settle
+from mntvm.core.threads import SETTLE_MAX_S, cores, set_threads, settle, time_interleaved
 
 BODY = r'''
 import os, sys
@@ -83,3 +84,29 @@ def test_settle_gives_up_after_its_time():
     elapsed = time.perf_counter() - t0
     assert SETTLE_MAX_S <= elapsed < SETTLE_MAX_S + 0.5
     assert len(log) < 1000
+
+
+def test_time_interleaved_blocks_rounds_and_warmup():
+    log = []
+    calls = {"a": lambda: log.append("a"), "b": lambda: log.append("b")}
+    times = time_interleaved(calls, rounds=3, per_round=2, warmup=1, alternate=True)
+    assert {k: len(v) for k, v in times.items()} == {"a": 6, "b": 6}  # warmup and settle calls not timed
+    # blocks: warmup a, b; round 0 a, b; round 1 reversed b, a; round 2 a, b (adjacent blocks of one name merge)
+    assert "".join(k for k, _ in itertools.groupby(log)) == "ababab"
+    assert len(log) >= 2 * (1 + 3 * 2) + 2 * 4  # each block's settle made at least one untimed call
+
+
+def test_time_interleaved_does_not_time_a_stalled_call_after_a_switch():
+    stalls_left = {"a": 0}
+
+    def a():  # the first two calls after the other runtime ran stall (its pool still spinning)
+        if stalls_left["a"]:
+            stalls_left["a"] -= 1
+            time.sleep(0.05)
+
+    def b():
+        stalls_left["a"] = 2
+
+    times = time_interleaved({"a": a, "b": b}, rounds=3, per_round=2, warmup=1)
+    assert len(times["a"]) == 6
+    assert max(times["a"]) < 20  # ms: each stall was taken by settle, not timed
