@@ -97,6 +97,13 @@ RAGGED_EXTRA = max(RAGGED_TILES) - 1 + DW_COLUMNS - 1
 # the depthwise output of that many positions x all input channels stays in L1/L2
 DWPW_POSITIONS = 128
 FULL_TILE = 14  # accumulators (channel vectors x positions) from which a register tile counts as full
+# the fused template's ``kc`` knob: input-channel blocks per chunk of the pointwise reduction (0: the
+# whole reduction inside each register tile). A chunk's weight panel is read by every position tile
+# of the task before the next chunk's: from L1 instead of L2 (:func:`reduction_chunk`)
+REDUCE_CHUNKS = [0, 2, 4, 8, 16]
+# weights of one chunk of a panel, at most, by default. Zen 2, 1.0/224, 2 threads, in the network
+# (interleaved): chunks of 4 KB 6.19-6.24 ms, 2 KB 6.18-6.25, 8 KB 6.33-6.35, none 6.36-6.43
+CHUNK_BYTES = 4 << 10
 # fp32 pointwise weights above this many bytes do not stay in a core's L2 (2 MB on Sapphire/Emerald
 # Rapids, 1 MB on Zen4) next to the activations: each band of rows that reads them all again reads
 # them from L3
@@ -111,10 +118,10 @@ def _positions_past_end(sch: Schedule, conv) -> int:
     return buffer_shape(sch.get(conv).writes[0].source)[2] - buffer_shape(sch.get(epi).writes[0].source)[2]
 
 
-def _pointwise_weight(sch: Schedule, conv) -> str:
-    """The name of a pointwise conv's weight buffer ``(OB, IB, V, V)``: the last 4-D buffer it reads
-    (after it, a bias the sum starts from, :mod:`.bias_init`, is 2-D)."""
-    return [r.source.name for r in sch.get(conv).reads if len(r.source.shape) == 4][-1]
+def _pointwise_weight(sch: Schedule, conv):
+    """A pointwise conv's weight buffer ``(OB, IB, V, V)``: the last 4-D buffer it reads (after it, a
+    bias the sum starts from, :mod:`.bias_init`, is 2-D)."""
+    return [r.source for r in sch.get(conv).reads if len(r.source.shape) == 4][-1]
 
 
 def ragged_workloads(fam: FamilyKnobs) -> bool:
@@ -142,7 +149,9 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     channels; ``w`` columns x 1 vector in registers, taps unrolled) into a task-local buffer, then
     runs the pointwise register tiles (``ob[2]`` vectors x ``p[1]`` positions, or ``ragged``
     positions where that knob is not 0) of its group on it, with ``prefetch`` the next weight panel
-    prefetched (:mod:`.prefetch`). More than one group recomputes the depthwise rows per group: for
+    prefetched (:mod:`.prefetch`), or with ``kc`` > 0 (dividing the input blocks) the reduction
+    split into chunks of that many input blocks outside the tiles (:func:`_chunked_register_tiles`;
+    ``prefetch`` unused then). More than one group recomputes the depthwise rows per group: for
     layers with too few rows to share among the threads.
 
     A ragged task's last tile runs past its rows. Where the convs are computed past the map's end
@@ -166,18 +175,23 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     ragged = cat(sch, RAGGED_TILES, d, "ragged")
     is_ragged = int(sch.get(ragged)) != 0
     pf = cat(sch, [0, 1], d, "prefetch")
+    kc = cat(sch, REDUCE_CHUNKS, d, "kc")
     p1, p2 = sch.split(pc, [None, ragged] if is_ragged else p_tile)
     sch.reorder(n, h0, og, ob0, p1, ob1, p2, v)
     task = sch.fuse(n, h0, og)
     sch.parallel(task)
-    sch.compute_at(conv, p1, preserve_unit_loops=True)
     sch.vectorize(v)
     sch.unroll(p2)
     sch.unroll(ob1)
-    c_ib, c_ob1 = _register_tile(sch, conv)
-    if int(sch.get(pf)):
-        # the weights stream from L3 in the network: prefetch the next panel during this one
-        prefetch.mark(sch, task, ob0, p1, c_ob1, c_ib, _pointwise_weight(sch, conv))
+    chunk = int(sch.get(kc))
+    if chunk and buffer_shape(_pointwise_weight(sch, conv))[1] % chunk == 0:
+        _chunked_register_tiles(sch, conv, ob0, int(sch.get(p2).extent), chunk)
+    else:
+        sch.compute_at(conv, p1, preserve_unit_loops=True)
+        c_ib, c_ob1 = _register_tile(sch, conv)
+        if int(sch.get(pf)):
+            # the weights stream from L3 in the network: prefetch the next panel during this one
+            prefetch.mark(sch, task, ob0, p1, c_ob1, c_ib, _pointwise_weight(sch, conv).name)
     # the depthwise rows this task needs, all channels, before its pointwise tiles
     sch.compute_at(dw_epi, task, preserve_unit_loops=True)
     _, cb, dp, dv = sch.get_loops(dw_epi)[-4:]
@@ -192,6 +206,39 @@ def schedule_dw_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedu
     sch.set_scope(dw_conv, 0, "local")
     taps_outside(sch, dw_conv, 2)
     return sch
+
+
+def _chunked_register_tiles(sch: Schedule, conv, ob0, p_t: int, chunk: int) -> None:
+    """The fused template's pointwise conv computed at its panel loop ``ob0``, its reduction over
+    input blocks split into chunks of ``chunk`` blocks outside the register tiles of ``p_t``
+    positions: (chunk, tile, blocks of the chunk, lanes, register tile). The accumulators of the
+    panel's tiles go through a task-local buffer between chunks (one load and store per tile and
+    chunk); a chunk's weights are read from L1 by every tile. Zen 2, 1 thread, alone: 7x7
+    1024->1024 1118 -> 1065 us, 14x14 512->512 1048 -> 1030 (64 KB and 128 KB panels); 28x28
+    256->256 (32 KB) 1057 -> 1076."""
+    sch.compute_at(conv, ob0, preserve_unit_loops=True)
+    c_n, c_ob, c_p, c_v, c_ib, c_vi = sch.get_loops(conv)[-6:]
+    cp1, cp2 = sch.split(c_p, [None, p_t])
+    ib0, ib1 = sch.split(c_ib, [None, chunk])
+    ext = [int(sch.get(lp).extent) for lp in (c_ob, cp2, c_v)]
+    tile_order = (c_n, cp2, c_ob, c_v) if inner_positions_outside(*ext) else (c_n, c_ob, cp2, c_v)
+    sch.reorder(ib0, cp1, ib1, c_vi, *tile_order)
+    sch.set_scope(conv, 0, "local")
+    sch.vectorize(c_v)
+    for lp in (cp2, c_ob, c_n, c_vi):
+        sch.unroll(lp)
+    sch.decompose_reduction(conv, ib0)
+
+
+def reduction_chunk(o_t: int, ib: int, v: int, fam: FamilyKnobs) -> int:
+    """Default of the fused template's ``kc`` knob for a register tile of ``o_t`` channel vectors
+    over ``ib`` input blocks of ``v`` lanes: where the tile's weight panel has more bytes than
+    ``fam.chunk_panels``, the most blocks of :data:`REDUCE_CHUNKS` that divide ``ib`` and keep a
+    chunk of the panel within :data:`CHUNK_BYTES`; else 0."""
+    block = o_t * v * v * 4
+    if fam.chunk_panels is None or block * ib <= fam.chunk_panels:
+        return 0
+    return max((c for c in REDUCE_CHUNKS if c and ib % c == 0 and c * block <= CHUNK_BYTES), default=0)
 
 
 def _balance(tasks: int, cores: int) -> float:
@@ -210,7 +257,8 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
     on the 6x6 and 4x4 maps of 1024 channels one band in two groups is 9-15 % faster than two
     bands in one group, the depthwise part computed twice costing little there), then the fewest
     groups, then the most rows. A family's ragged tile (``fam.pw_ragged``) competes with its tile
-    that divides, its accumulators counted by the share of its positions that are not masked."""
+    that divides, its accumulators counted by the share of its positions that are not masked.
+    ``kc``: :func:`reduction_chunk` for the chosen tile."""
     weight_bytes = (ob * v) * (ib * v) * 4
     heavy = weight_bytes > WEIGHTS_IN_L2
     best = None
@@ -244,6 +292,7 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
     return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, 1 if rag else p_t),
             "ragged": p_t if rag else 0,
             "prefetch": int(fam.prefetch_weights is not None and weight_bytes >= fam.prefetch_weights),
+            "kc": reduction_chunk(o_t, ib, v, fam),
             "w": fam.dw(ib, ho, wo, v, fam.num_regs)["w"]}
 
 

@@ -74,8 +74,10 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
 # 2 threads the same within noise.
 AVX512 = FamilyKnobs(name="avx512", vector_bits=512, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
                      stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20)
+# AVX2: the fused template's reduction in chunks where a weight panel is more than Zen 2's 32 KB L1
+# (:func:`.cpu.reduction_chunk`). AVX-512: not measured (no such machine since), so none.
 AVX2 = FamilyKnobs(name="avx2", vector_bits=256, num_regs=16, pw=_pw_defaults, dw=_dw_defaults,
-                   stem=_stem_defaults, dense=_dense_defaults, pw_ragged=_pw_ragged)
+                   stem=_stem_defaults, dense=_dense_defaults, pw_ragged=_pw_ragged, chunk_panels=32 << 10)
 
 
 # -- int8 templates (:mod:`.cpu_int8`) ----------------------------------------------------------

@@ -13,9 +13,9 @@ from mntvm.templates.compute import (dense_te, depthwise_te, dw_pointwise_te, po
                                      stem_te)
 from mntvm.templates import prefetch  # noqa: E402
 from mntvm.templates.bias_init import bias_into_init  # noqa: E402
-from mntvm.templates.cpu import (RAGGED_EXTRA, RAGGED_POSITIONS, STEM_EXTRA, dw_pointwise_knobs,  # noqa: E402
-                                 inner_positions_outside, ragged_extra_positions, ragged_workloads,
-                                 stem_extra_positions, stem_flat_knobs)
+from mntvm.templates.cpu import (CHUNK_BYTES, RAGGED_EXTRA, RAGGED_POSITIONS, STEM_EXTRA,  # noqa: E402
+                                 dw_pointwise_knobs, inner_positions_outside, ragged_extra_positions,
+                                 ragged_workloads, reduction_chunk, stem_extra_positions, stem_flat_knobs)
 from mntvm.templates.families import family_for  # noqa: E402
 from mntvm.templates.defaults import apply_default_schedules, default_schedule  # noqa: E402
 from mntvm.templates.lowering import lower_blocked  # noqa: E402
@@ -238,6 +238,28 @@ def test_dw_pointwise_avx2_defaults(stride, h, o_c, extra):
         return default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
 
     check_dw_pointwise(schedule, 8, 32, o_c, stride, h, atol=1e-4, extra=extra)
+
+
+@pytest.mark.parametrize("h,extra", [(7, 0), (7, RAGGED_EXTRA), (14, RAGGED_EXTRA)])
+def test_dw_pointwise_avx2_chunked_reduction(h, extra):
+    """AVX2, 512 -> 64 channels: a register tile of 4 channel vectors has a 64 KB weight panel, more
+    than the family's ``chunk_panels``, so the default splits the reduction into chunks of 4 input
+    blocks (4 KB of the panel) run outside the register tiles; it matches numpy, and computed past
+    the map's end its reduction has no bounds mask. A 32 KB panel, and the AVX-512 family (none set),
+    keep the reduction whole."""
+    fam = family_for(TARGET, 256)
+    v, c, o_c = 8, 512, 128
+    d = dw_pointwise_knobs(o_c // v, h, h, c // v, v, fam, extra)
+    assert d["ob"][2] == 4 and d["kc"] == 4 and 4 * 4 * v * v * 4 == CHUNK_BYTES, d
+    assert reduction_chunk(4, 32, v, fam) == 0 and reduction_chunk(4, 64, v, family_for(TARGET, 512)) == 0
+
+    def schedule(tensors, block, rule):
+        mod = default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
+        masked = [not isinstance(p, tvm.tirx.IntImm) for p in _predicates(mod["main"], "conv_pw_update")]
+        assert masked == [not extra], masked
+        return mod
+
+    check_dw_pointwise(schedule, v, c, o_c, 1, h, atol=2e-3, extra=extra)
 
 
 def _predicates(func, name):
