@@ -132,10 +132,12 @@ def cmd_schedules(a) -> None:
         grid["alphas"] = parse_list(a.alphas, float, "--alphas")
     if a.resolutions:
         grid["resolutions"] = parse_list(a.resolutions, int, "--resolutions")
+    rules = parse_list(a.drop_rule, str, "--drop-rule") if a.drop_rule is not None else ()
     if a.schedules_cmd == "merge":
-        r = T.merge(a.sources, a.output, top_k=a.top_k, drop_reverted=a.drop_reverted, **grid)
+        r = T.merge(a.sources, a.output, top_k=a.top_k, drop_reverted=a.drop_reverted, drop_rules=rules, **grid)
     else:
-        r = T.merge([a.path], a.output or a.path, top_k=a.top_k, drop_reverted=a.drop_reverted, **grid)
+        r = T.merge([a.path], a.output or a.path, top_k=a.top_k, drop_reverted=a.drop_reverted, drop_rules=rules,
+                    **grid)
     print(T.format_merge(r))
 
 
@@ -286,6 +288,10 @@ DROP_REVERTED_HELP = ("leave out each workload's records that this machine's che
                       "back to the template defaults")
 
 
+DROP_RULE_HELP = ("leave out the records of every workload of these template rules, comma-separated (e.g. "
+                  "mntvm_dwpw, after that template gained a knob its records predate)")
+
+
 def _drop_unused_args(c) -> None:
     c.add_argument("--drop-unused", action="store_true",
                    help="leave out each workload's records that no variant (--alphas x --resolutions, float32 and "
@@ -367,12 +373,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="database folder to write (atomically; may be one of the sources)")
     c.add_argument("--top-k", type=int, default=1, help="records to keep per workload (default 1)")
     c.add_argument("--drop-reverted", action="store_true", help=DROP_REVERTED_HELP)
+    c.add_argument("--drop-rule", metavar="RULES", help=DROP_RULE_HELP)
     _drop_unused_args(c)
     c = ss.add_parser("prune", help="keep the K fastest records per workload")
     c.add_argument("path", metavar="DIR", help="schedules database folder")
     c.add_argument("--top-k", type=int, required=True, help="records to keep per workload")
     c.add_argument("-o", "--output", metavar="OUT", help="write here (default: DIR, in place, atomically)")
     c.add_argument("--drop-reverted", action="store_true", help=DROP_REVERTED_HELP)
+    c.add_argument("--drop-rule", metavar="RULES", help=DROP_RULE_HELP)
     _drop_unused_args(c)
     s.set_defaults(func=cmd_schedules)
 

@@ -20,6 +20,7 @@ from mntvm.core.errors import MntvmError, one_line
 from mntvm.model.network import ALPHAS, RESOLUTIONS
 from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, check_destination_db, is_database_folder,
                                    load, log_hash, portable, target_diff, target_essentials, task_mod, task_rule)
+from mntvm.templates.registry import ALL_RULES
 from mntvm.tuning.lock import db_lock
 from mntvm.tuning.verify import verdicts_here
 
@@ -81,7 +82,7 @@ def show(path) -> dict:
 
 
 def merge(sources, out, top_k: int = 1, drop_reverted: bool = False, drop_unused: bool = False,
-          alphas=ALPHAS, resolutions=RESOLUTIONS, targets_dir=None) -> dict:
+          alphas=ALPHAS, resolutions=RESOLUTIONS, targets_dir=None, drop_rules=()) -> dict:
     """Write the ``top_k`` fastest records per workload over all ``sources`` to ``out``.
 
     ``drop_reverted``: leave out the records of each workload that this machine's check of a
@@ -91,7 +92,11 @@ def merge(sources, out, top_k: int = 1, drop_reverted: bool = False, drop_unused
     out the records of each workload that no variant ``alphas`` x ``resolutions`` produces for the
     sources' target (:func:`produced_workloads`; ``targets_dir``: where a user's profile of that
     name is), e.g. the tasks of a template that has since changed. A workload left with no
-    record (every one failed, or dropped) is left out of the workload log too.
+    record (every one failed, or dropped) is left out of the workload log too. ``drop_rules``: leave
+    out the records of every workload of these template rules (e.g. ``mntvm_dwpw``): after a
+    template gains a knob, its old records are still points of its space (the knob at the value that
+    reproduces the old schedule) and no check can tell them from new ones, so they are dropped by
+    rule, to be tuned again.
 
     Sources must be tuned for the same target. ``out`` (which may be one of the sources) is built
     in a temporary folder beside it, checked to load, then swapped in: an existing ``out`` is never
@@ -109,8 +114,12 @@ def merge(sources, out, top_k: int = 1, drop_reverted: bool = False, drop_unused
     check_destination_db(out)  # a file, or a folder of something else, is refused before any work
     # one writer at a time: out (possibly a source, for prune in place) is read and replaced whole
     unused = {"alphas": list(alphas), "resolutions": list(resolutions), "targets_dir": targets_dir} if drop_unused else None
+    drop_rules = sorted(set(drop_rules))
+    bad = [r for r in drop_rules if r not in ALL_RULES]
+    if bad:
+        raise MntvmError(f"unknown template rule(s) {', '.join(bad)}: the rules are {', '.join(ALL_RULES)}")
     with db_lock(out) if out.is_dir() else contextlib.nullcontext():
-        return _merge(sources, out, top_k, drop_reverted, unused)
+        return _merge(sources, out, top_k, drop_reverted, unused, drop_rules)
 
 
 def produced_workloads(target_meta: dict, alphas=ALPHAS, resolutions=RESOLUTIONS, targets_dir=None) -> set[str]:
@@ -154,6 +163,13 @@ def produced_workloads(target_meta: dict, alphas=ALPHAS, resolutions=RESOLUTIONS
     return out
 
 
+def _of_rules(db: LoadedDB, rules) -> set[str]:
+    """Workload hashes of ``db`` whose task is one of the template ``rules``."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return {w[0] for _, w in db.workloads if task_rule(ms.database.Workload.from_json(w).mod["main"]) in rules}
+
+
 def _reverted(db: LoadedDB) -> set[str]:
     """Workload hashes of ``db`` whose schedule lost to the template defaults in this machine's check."""
     verdicts = verdicts_here(log_hash(db.path)[0])
@@ -163,7 +179,8 @@ def _reverted(db: LoadedDB) -> set[str]:
     return {h for h, v in verdicts.items() if v.get("keep") == "default"}
 
 
-def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: dict | None = None) -> dict:
+def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: dict | None = None,
+           drop_rules=()) -> dict:
     dbs = [load(s) for s in sources]  # every source parsed and checked before anything is written
     first = dbs[0]
     want = target_essentials(first.meta["target"].get("tvm_target", {}))
@@ -182,6 +199,7 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
     names = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
     dropped: set[str] = set()  # workload hashes whose records were left out (drop_reverted)
     not_produced: set[str] = set()  # ... because no variant produces them (unused)
+    by_rule: set[str] = set()  # ... because their template rule is one of drop_rules
     for db in dbs:
         gone = _reverted(db) if drop_reverted else set()
         dropped |= gone
@@ -189,6 +207,10 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
             dead = {w[0] for _, w in db.workloads} - produced
             not_produced |= dead
             gone = gone | dead
+        if drop_rules:
+            ruled = _of_rules(db, drop_rules)
+            by_rule |= ruled
+            gone = gone | ruled
         remap = {}
         for i, (_, w) in enumerate(db.workloads):
             if w[0] not in index:
@@ -221,6 +243,8 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
                       "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if drop_reverted:
         meta["merged"]["dropped_reverted"] = sorted(dropped)
+    if drop_rules:
+        meta["merged"]["dropped_rules"] = {"rules": list(drop_rules), "workloads": sorted(by_rule)}
     if unused is not None:
         meta["merged"]["dropped_unused"] = {"alphas": unused["alphas"], "resolutions": unused["resolutions"],
                                             "workloads": sorted(not_produced)}
@@ -231,16 +255,18 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
             "workloads": len(wl_rows), "workloads_without_records": n_workloads - len(wl_rows),
             "records_in": sum(len(db.records) for db in dbs), "records": len(kept),
             "dropped_reverted": len(dropped) if drop_reverted else None,
-            "dropped_unused": len(not_produced) if unused is not None else None}
+            "dropped_unused": len(not_produced) if unused is not None else None,
+            "dropped_rules": {"rules": list(drop_rules), "workloads": len(by_rule)} if drop_rules else None}
 
 
-def prune(path, keep: int = 1, out=None, drop_reverted: bool = False, drop_unused: bool = False) -> int:
+def prune(path, keep: int = 1, out=None, drop_reverted: bool = False, drop_unused: bool = False,
+          drop_rules=()) -> int:
     """Keep the ``keep`` fastest records per workload of ``path`` (a list of paths is merged), in
-    place or into ``out``, atomically (``drop_reverted``, ``drop_unused`` for the 16 variants: see
-    :func:`merge`); returns the number of records kept."""
+    place or into ``out``, atomically (``drop_reverted``, ``drop_unused`` for the 16 variants,
+    ``drop_rules``: see :func:`merge`); returns the number of records kept."""
     srcs = list(path) if isinstance(path, (list, tuple)) else [path]
     return merge(srcs, out if out is not None else srcs[0], top_k=keep, drop_reverted=drop_reverted,
-                 drop_unused=drop_unused)["records"]
+                 drop_unused=drop_unused, drop_rules=drop_rules)["records"]
 
 
 def _replace_db(out, files: dict) -> Path:

@@ -68,4 +68,6 @@ def format_merge(r: dict) -> str:
             + (f"; left out the records of {dropped} workload(s) that lost to the template defaults in this "
                f"machine's check" if dropped is not None else "")
             + (f"; left out the records of {unused} workload(s) that no variant produces" if unused is not None else "")
+            + (f"; left out the records of {r['dropped_rules']['workloads']} workload(s) of "
+               f"{', '.join(r['dropped_rules']['rules'])}" if r.get("dropped_rules") else "")
             + f") -> {r['path']}")

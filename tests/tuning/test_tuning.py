@@ -572,6 +572,26 @@ def test_prune_can_drop_what_no_variant_produces(tuned, tmp_path):
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "add it" in p.stderr and not (tmp_path / "no").exists()
 
 
+def test_prune_can_drop_the_records_of_a_rule(tuned, tmp_path):
+    """--drop-rule leaves out every workload of the named template rules and keeps the rest: the
+    fixture's log without its fused (mntvm_dwpw) records holds its FC workload alone, with the same
+    best record; an unknown rule is one line, nothing written."""
+    out, _ = tuned
+    tasks = json.loads(cli_run("schedules", "show", str(out), "--json").stdout)["tasks"]
+    fused = {t["hash"] for t in tasks if t["rule"] == "mntvm_dwpw"}
+    assert fused and len(fused) < len(tasks)
+    p = cli_run("schedules", "prune", str(out), "--top-k", "1", "--drop-rule", "mntvm_dwpw", "-o", str(tmp_path / "p"))
+    assert f"left out the records of {len(fused)} workload(s) of mntvm_dwpw" in p.stdout
+    assert _records(tmp_path / "p") == {h: [_best(m)] for h, m in _records(out).items() if h not in fused}
+    merged = json.loads((tmp_path / "p" / META).read_text())["merged"]["dropped_rules"]
+    assert merged == {"rules": ["mntvm_dwpw"], "workloads": sorted(fused)}
+
+    p = cli_run("schedules", "prune", str(out), "--top-k", "1", "--drop-rule", "mntvm_dwpw,conv", "-o",
+                str(tmp_path / "q"), check=False)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown template rule(s) conv" in p.stderr
+    assert not (tmp_path / "q").exists()
+
+
 def test_databases_and_their_identity_name_no_absolute_path(tuned, other, tmp_path):
     """What tune, merge and prune write, and the identity compile records of a database, name no
     path of the machine they ran on (sources by folder name, the target file by its name); a
