@@ -70,15 +70,24 @@ def _register_tile(sch: Schedule, conv, n_reduce: int = 2):
     register file (:func:`inner_positions_outside`), the reduction loops but the first unrolled.
     Returns the outermost reduction loop and the tile's channel-vector loop."""
     c_n, c_ob, c_p, c_v, *red = sch.get_loops(conv)[-(4 + n_reduce):]
+    _accumulators(sch, conv, (c_n, c_ob, c_p, c_v), red, red[1:])
+    return red[0], c_ob
+
+
+def _accumulators(sch: Schedule, conv, tile, outer, unrolled) -> None:
+    """The register tile ``tile`` = (n, channel vectors, positions, lanes) loops of ``conv`` inside
+    the loops ``outer`` (outermost first), in the order that fits the register file
+    (:func:`inner_positions_outside`), accumulating in registers, the tile and ``unrolled`` unrolled,
+    the lanes vectorized, the init split off at ``outer[0]``."""
+    c_n, c_ob, c_p, c_v = tile
     ext = [int(sch.get(lp).extent) for lp in (c_ob, c_p, c_v)]
     tile_order = (c_n, c_p, c_ob, c_v) if inner_positions_outside(*ext) else (c_n, c_ob, c_p, c_v)
-    sch.reorder(*red, *tile_order)
+    sch.reorder(*outer, *tile_order)
     sch.set_scope(conv, 0, "local")
     sch.vectorize(c_v)
-    for lp in (c_p, c_ob, c_n, *red[1:]):
+    for lp in (c_p, c_ob, c_n, *unrolled):
         sch.unroll(lp)
-    sch.decompose_reduction(conv, red[0])
-    return red[0], c_ob
+    sch.decompose_reduction(conv, outer[0])
 
 
 # the fused template's ``ragged`` knob: positions per register tile that need not divide a task's
@@ -213,21 +222,14 @@ def _chunked_register_tiles(sch: Schedule, conv, ob0, p_t: int, chunk: int) -> N
     input blocks split into chunks of ``chunk`` blocks outside the register tiles of ``p_t``
     positions: (chunk, tile, blocks of the chunk, lanes, register tile). The accumulators of the
     panel's tiles go through a task-local buffer between chunks (one load and store per tile and
-    chunk); a chunk's weights are read from L1 by every tile. Zen 2, 1 thread, alone: 7x7
-    1024->1024 1118 -> 1065 us, 14x14 512->512 1048 -> 1030 (64 KB and 128 KB panels); 28x28
-    256->256 (32 KB) 1057 -> 1076."""
+    chunk); a chunk's weights are read from L1 by every tile. Zen 2, 1 thread, alone, chunks of 8
+    blocks: 7x7 1024->1024 1118 -> 1065 us, 14x14 512->512 1048 -> 1030 (128 KB and 64 KB panels);
+    28x28 256->256 (32 KB) 1057 -> 1076."""
     sch.compute_at(conv, ob0, preserve_unit_loops=True)
     c_n, c_ob, c_p, c_v, c_ib, c_vi = sch.get_loops(conv)[-6:]
     cp1, cp2 = sch.split(c_p, [None, p_t])
     ib0, ib1 = sch.split(c_ib, [None, chunk])
-    ext = [int(sch.get(lp).extent) for lp in (c_ob, cp2, c_v)]
-    tile_order = (c_n, cp2, c_ob, c_v) if inner_positions_outside(*ext) else (c_n, c_ob, cp2, c_v)
-    sch.reorder(ib0, cp1, ib1, c_vi, *tile_order)
-    sch.set_scope(conv, 0, "local")
-    sch.vectorize(c_v)
-    for lp in (cp2, c_ob, c_n, c_vi):
-        sch.unroll(lp)
-    sch.decompose_reduction(conv, ib0)
+    _accumulators(sch, conv, (c_n, c_ob, cp2, c_v), (ib0, cp1, ib1, c_vi), (c_vi,))
 
 
 def reduction_chunk(o_t: int, ib: int, v: int, fam: FamilyKnobs) -> int:
