@@ -242,16 +242,17 @@ def test_dw_pointwise_avx2_defaults(stride, h, o_c, extra):
 
 @pytest.mark.parametrize("h,extra", [(7, 0), (7, RAGGED_EXTRA), (14, RAGGED_EXTRA)])
 def test_dw_pointwise_avx2_chunked_reduction(h, extra):
-    """AVX2, 512 -> 64 channels: a register tile of 4 channel vectors has a 64 KB weight panel, more
+    """AVX2, 512 -> 128 channels: a register tile of 4 channel vectors has a 64 KB weight panel, more
     than the family's ``chunk_panels``, so the default splits the reduction into chunks of 4 input
     blocks (4 KB of the panel) run outside the register tiles; it matches numpy, and computed past
     the map's end its reduction has no bounds mask. A 32 KB panel, and the AVX-512 family (none set),
-    keep the reduction whole."""
+    keep the reduction whole, and so does a tile of 5 positions (its weights serve more FMAs)."""
     fam = family_for(TARGET, 256)
     v, c, o_c = 8, 512, 128
     d = dw_pointwise_knobs(o_c // v, h, h, c // v, v, fam, extra)
     assert d["ob"][2] == 4 and d["kc"] == 4 and 4 * 4 * v * v * 4 == CHUNK_BYTES, d
-    assert reduction_chunk(4, 32, v, fam) == 0 and reduction_chunk(4, 64, v, family_for(TARGET, 512)) == 0
+    assert reduction_chunk(4, 3, 32, v, fam) == 0 and reduction_chunk(4, 3, 64, v, family_for(TARGET, 512)) == 0
+    assert reduction_chunk(2, 5, 128, v, fam) == 0 and reduction_chunk(2, 4, 128, v, fam) == 8
 
     def schedule(tensors, block, rule):
         mod = default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
