@@ -240,17 +240,19 @@ def test_dw_pointwise_avx2_defaults(stride, h, o_c, extra):
     check_dw_pointwise(schedule, 8, 32, o_c, stride, h, atol=1e-4, extra=extra)
 
 
-@pytest.mark.parametrize("h,extra", [(7, 0), (7, RAGGED_EXTRA), (14, RAGGED_EXTRA)])
+@pytest.mark.parametrize("h,extra", [(7, 0), (7, RAGGED_EXTRA), (14, RAGGED_EXTRA), (10, RAGGED_EXTRA),
+                                     (5, RAGGED_EXTRA)])
 def test_dw_pointwise_avx2_chunked_reduction(h, extra):
     """AVX2, 512 -> 128 channels: a register tile of 4 channel vectors has a 64 KB weight panel, more
     than the family's ``chunk_panels``, so the default splits the reduction into chunks of 4 input
     blocks (4 KB of the panel) run outside the register tiles; it matches numpy, and computed past
     the map's end its reduction has no bounds mask. A 32 KB panel, and the AVX-512 family (none set),
-    keep the reduction whole, and so does a tile of 5 positions (its weights serve more FMAs)."""
+    keep the reduction whole, and so does a tile of 5 positions (its weights serve more FMAs). On the
+    10x10 and 5x5 maps, where a 2x5 tile divides the positions, the chunked ragged 4x3 is chosen."""
     fam = family_for(TARGET, 256)
     v, c, o_c = 8, 512, 128
     d = dw_pointwise_knobs(o_c // v, h, h, c // v, v, fam, extra)
-    assert d["ob"][2] == 4 and d["kc"] == 4 and 4 * 4 * v * v * 4 == CHUNK_BYTES, d
+    assert d["ob"][2] == 4 and d["ragged"] == 3 and d["kc"] == 4 and 4 * 4 * v * v * 4 == CHUNK_BYTES, d
     assert reduction_chunk(4, 3, 32, v, fam) == 0 and reduction_chunk(4, 3, 64, v, family_for(TARGET, 512)) == 0
     assert reduction_chunk(2, 5, 128, v, fam) == 0 and reduction_chunk(2, 4, 128, v, fam) == 8
 
