@@ -107,6 +107,25 @@ def _strays(mark: str) -> list[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def temporary_files_in_the_test_area(tmp_path_factory):
+    """The suite's temporary files, and those of every process it starts, go to a folder of pytest's
+    own temporary area (which pytest prunes), not to /tmp: tests that SIGKILL a tune, an RPC server
+    or a board leave the folders those processes had open (their builds, uploaded libraries), which
+    a normal exit removes."""
+    import tempfile
+
+    folder = str(tmp_path_factory.mktemp("tmpdir"))
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    yield
+    if saved[0] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved[0]
+    tempfile.tempdir = saved[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
 def no_process_left_behind():
     """After the whole suite, no tracker, server, board or popen worker it started is running."""
     mark = os.environ.setdefault(_MARK, uuid.uuid4().hex)
