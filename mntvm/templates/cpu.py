@@ -275,7 +275,7 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
         pos = rows * wo
         # without ``extra`` a ragged tile only in one band of rows (the whole map): with more bands
         # the mask of a task's last tile depends on the task (:func:`ragged_extra_positions`)
-        ragged = (fam.pw_ragged(ob, pos, ib, v, fam.num_regs)
+        ragged = (fam.pw_ragged(ob, pos, ib, v, fam.num_regs, fam.chunk_panels)
                   if fam.pw_ragged and (rows == ho or extra) and pos <= RAGGED_POSITIONS else None)
         tiles = [(*ragged, True)] if ragged is not None else []  # (o_t, p_t, ragged)
         if rows == 1 or pos <= DWPW_POSITIONS:

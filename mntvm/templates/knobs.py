@@ -52,9 +52,10 @@ class FamilyKnobs:
     dw: Callable  # (cb, ho, wo, vec, num_regs) -> decisions
     stem: Callable  # (ob, ho, wo, vec, num_regs) -> decisions
     dense: Callable  # (nb, k, vec, num_regs) -> decisions
-    # (ob, p, ib, vec, num_regs) -> (o_t, p_t) or None: a fused-template register tile whose ``p_t``
-    # need not divide the ``p`` positions (the last tile of a task is partly masked), where the
-    # family prefers it to the best tile that divides (``pw``)
+    # (ob, p, ib, vec, num_regs, chunk_panels) -> (o_t, p_t) or None: a fused-template register tile
+    # whose ``p_t`` need not divide the ``p`` positions (the last tile of a task is partly masked),
+    # where the family prefers it to the best tile that divides (``pw``); ``chunk_panels``: the
+    # family's own (below)
     pw_ragged: Callable | None = None
     # bytes of fp32 pointwise weights from which the fused template prefetches the next weight
     # panel (:mod:`.prefetch`); None: never

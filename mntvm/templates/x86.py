@@ -31,16 +31,12 @@ def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
                                    (1, 1)])
 
 
-# AVX2: the fused template's reduction in chunks where a weight panel is more than Zen 2's 32 KB L1
-# (:func:`.cpu.reduction_chunk`)
-AVX2_CHUNK_PANELS = 32 << 10
-
-
-def _pw_ragged(ob: int, p: int, ib: int, vec: int, num_regs: int) -> tuple[int, int] | None:
+def _pw_ragged(ob: int, p: int, ib: int, vec: int, num_regs: int,
+               chunk_panels: int | None = None) -> tuple[int, int] | None:
     """AVX2, fused template: a 12-accumulator tile whose positions need not divide ``p``, where the
     best tile that divides has fewer than 10 accumulators (every map of resolutions 224 and 128: 2^k
-    or 7 x 2^k positions), or fewer than 12 where a 4-vector panel of the weights is chunked
-    (over :data:`AVX2_CHUNK_PANELS`: the 10x10 / 5x5 maps of resolution 160 from 512 input channels).
+    or 7 x 2^k positions), or fewer than 12 where a 4-vector panel of the weights is chunked (more
+    than ``chunk_panels`` bytes: the 10x10 / 5x5 maps of resolution 160 from 512 input channels).
     Measured on Zen 2, 1 thread: 4x3 over 196 / 784 / 49 positions with the last tile masked 96-102
     GFLOP/s (4x2 there: 70-80, 1x7 on 49: 64-66). 1.0/160 with 4x3 chunked instead of 2x5 on its
     10x10 512->512 and 5x5 layers, in the network, interleaved: 0.97-0.99 at 1 thread, 0.94 at 2;
@@ -48,7 +44,7 @@ def _pw_ragged(ob: int, p: int, ib: int, vec: int, num_regs: int) -> tuple[int, 
     larger maps of resolution 160 4x3 ran 0-3 % slower)."""
     d = _pw_defaults(ob, p, ib, vec, num_regs)
     acc = d["ob"][1] * d["p"][2]
-    if acc >= 12 or (acc >= 10 and 4 * ib * vec * vec * 4 <= AVX2_CHUNK_PANELS):
+    if acc >= 12 or (acc >= 10 and (chunk_panels is None or 4 * ib * vec * vec * 4 <= chunk_panels)):
         return None
     for o_t, p_t in ((4, 3), (3, 4), (2, 6)):
         if ob % o_t == 0 and p > p_t:
@@ -85,9 +81,11 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
 # 2 threads the same within noise.
 AVX512 = FamilyKnobs(name="avx512", vector_bits=512, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
                      stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20)
-# AVX-512: no chunked reductions (not measured since they exist: no such machine).
+# AVX2: the fused template's reduction in chunks where a weight panel is more than Zen 2's 32 KB L1
+# (:func:`.cpu.reduction_chunk`). AVX-512: none (not measured since they exist: no such machine;
+# ``benchmarks/chunks.py`` measures them on any).
 AVX2 = FamilyKnobs(name="avx2", vector_bits=256, num_regs=16, pw=_pw_defaults, dw=_dw_defaults,
-                   stem=_stem_defaults, dense=_dense_defaults, pw_ragged=_pw_ragged, chunk_panels=AVX2_CHUNK_PANELS)
+                   stem=_stem_defaults, dense=_dense_defaults, pw_ragged=_pw_ragged, chunk_panels=32 << 10)
 
 
 # -- int8 templates (:mod:`.cpu_int8`) ----------------------------------------------------------

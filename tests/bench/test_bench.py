@@ -364,6 +364,17 @@ def test_vs_peers_script_json(tmp_path):
     _check_compare(r, [1])
 
 
+def test_chunks_script_json():
+    """benchmarks/chunks.py: the chunked build chunks a kernel that the whole build does not (0.5/64: its
+    512-channel layers have 64 KB weight panels), and both compute what numpy does."""
+    p = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "chunks.py"), "--alpha", "0.5", "--resolution", "64",
+                        "--rounds", "1", "--per-round", "1", "--json"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    builds = json.loads(p.stdout)["builds"]
+    assert builds["chunked"]["chunked_kernels"] > 0 and builds["whole"]["chunked_kernels"] == 0
+    assert all(b["max_abs_diff"] < 1e-4 and b["median_ms"] > 0 for b in builds.values())
+
+
 def test_cli_bench_compare(cmp_art):
     """`mntvm bench ARTIFACT --compare ort`: the CLI face of bench.compare."""
     p = run_cli("bench", str(cmp_art), "--compare", "ort", "--threads", "1", "--json")

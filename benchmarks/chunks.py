@@ -1,0 +1,108 @@
+"""What the fused kernel's chunked pointwise reduction buys (``kc`` in mntvm/templates/cpu.py): one run,
+one process.
+
+Two builds of MobileNetV1 for this machine's ``x86`` profile at the template defaults
+(``--schedules none``), timed in interleaved rounds with the same weights and input:
+
+- ``chunked``: register tiles of at most 4 positions whose weight panel (their output-channel
+  vectors x every input channel) is over 32 KB run the reduction in chunks of 4 KB of weights,
+  outside the tiles (what ``mntvm compile`` builds on AVX2; the AVX-512 family's default is
+  none, so on an AVX-512 machine this build is the experiment);
+- ``whole``: the same templates with every reduction whole inside its register tile.
+
+    python benchmarks/chunks.py [--alpha 1.0] [--resolution 224] [--threads 1] [--json]
+
+Prints median and p90 per build, the ratio chunked / whole, how many of the network's distinct fused
+kernels each build chunks (the five 14x14 layers of 1.0/224 are one), and each build's max |diff|
+against the numpy float64 reference.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import single_build_options  # noqa: E402
+
+PANELS = 32 << 10  # the AVX2 family's chunk_panels
+
+
+def _chunked_kernels(cfg, w, profile) -> int:
+    """Distinct fused kernels whose default ``kc`` is not 0 for ``profile``, the families as they are now."""
+    import tvm
+    from tvm.s_tir import Schedule
+
+    from mntvm.templates.cpu import default_knobs
+    from mntvm.templates.families import family_for
+    from mntvm.templates.lowering import lower
+    from mntvm.templates.registry import RULE_DWPW, all_blocks, rule_of, tunable_tasks
+
+    target = profile.tvm_target()
+    fam = family_for(target, profile.vector_bits)
+    n = 0
+    for func in tunable_tasks(lower(cfg, w, profile)).values():
+        for b in all_blocks(func):
+            if rule_of(b) == RULE_DWPW:
+                sch = Schedule(tvm.IRModule({"main": func}))
+                n += default_knobs(sch, sch.get_sblock(b.name_hint), RULE_DWPW, fam)["kc"] > 0
+    return n
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    single_build_options(ap, threads=1, rounds=20)
+    a = ap.parse_args(argv)
+
+    from benchmarks.common import model_and_reference
+    from mntvm.compile.artifact import load_artifact
+    from mntvm.compile.build import compile_model
+    from mntvm.core.threads import time_interleaved
+    from mntvm.targets import get_profile
+    from mntvm.templates import x86
+
+    cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
+    profile = get_profile("x86")
+    runners, info = {}, {}
+    families = {"AVX512": x86.AVX512, "AVX2": x86.AVX2}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, panels in (("chunked", PANELS), ("whole", None)):
+            for attr, fam in families.items():  # the families' defaults, for this build
+                setattr(x86, attr, dataclasses.replace(fam, chunk_panels=panels))
+            try:
+                info[name] = {"chunked_kernels": _chunked_kernels(cfg, w, profile)}
+                out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
+            finally:
+                for attr, fam in families.items():
+                    setattr(x86, attr, fam)
+            art = load_artifact(out)
+            avm = art.load_vm()
+            runners[name] = (lambda art=art, avm=avm: art.run(x, avm))
+        diffs = {k: float(np.abs(f() - ref).max()) for k, f in runners.items()}  # also warms up
+        times = time_interleaved(runners, a.rounds, a.per_round, pinned=tuple(runners), alternate=True)
+
+    base = float(np.median(times["whole"]))
+    rows = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
+                "vs_whole": float(np.median(v)) / base, "max_abs_diff": diffs[k], **info[k]}
+            for k, v in times.items()}
+    if a.json:
+        print(json.dumps({"model": cfg.tag, "threads": a.threads, "chunk_panels_bytes": PANELS, "builds": rows},
+                         indent=1))
+        return 0
+    print(f"MobileNetV1 {a.alpha}/{a.resolution}, {a.threads} thread(s), x86 profile ({profile.vector_bits}-bit), "
+          f"template defaults; chunked: panels over {PANELS >> 10} KB")
+    print(f"{'build':8s} {'median ms':>10s} {'p90 ms':>9s} {'x whole':>8s} {'max|diff|':>10s} {'chunked kernels':>16s}")
+    for k, r in rows.items():
+        print(f"{k:8s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['vs_whole']:8.3f} "
+              f"{r['max_abs_diff']:10.1e} {r['chunked_kernels']:>16d}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
