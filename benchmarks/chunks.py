@@ -19,13 +19,10 @@ against the numpy float64 reference.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import tempfile
 from pathlib import Path
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -60,37 +57,21 @@ def main(argv=None) -> int:
     single_build_options(ap, threads=1, rounds=20)
     a = ap.parse_args(argv)
 
-    from benchmarks.common import model_and_reference
-    from mntvm.compile.artifact import load_artifact
+    from benchmarks.common import artifact_runner, build_rows, families_with, model_and_reference, time_against_reference
     from mntvm.compile.build import compile_model
-    from mntvm.core.threads import time_interleaved
     from mntvm.targets import get_profile
-    from mntvm.templates import x86
 
     cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     profile = get_profile("x86")
     runners, info = {}, {}
-    families = {"AVX512": x86.AVX512, "AVX2": x86.AVX2}
     with tempfile.TemporaryDirectory() as tmp:
         for name, panels in (("chunked", PANELS), ("whole", None)):
-            for attr, fam in families.items():  # the families' defaults, for this build
-                setattr(x86, attr, dataclasses.replace(fam, chunk_panels=panels))
-            try:
+            with families_with(chunk_panels=panels):  # the families' defaults, for this build
                 info[name] = {"chunked_kernels": _chunked_kernels(cfg, w, profile)}
                 out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
-            finally:
-                for attr, fam in families.items():
-                    setattr(x86, attr, fam)
-            art = load_artifact(out)
-            avm = art.load_vm()
-            runners[name] = (lambda art=art, avm=avm: art.run(x, avm))
-        diffs = {k: float(np.abs(f() - ref).max()) for k, f in runners.items()}  # also warms up
-        times = time_interleaved(runners, a.rounds, a.per_round, pinned=tuple(runners), alternate=True)
-
-    base = float(np.median(times["whole"]))
-    rows = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
-                "vs_whole": float(np.median(v)) / base, "max_abs_diff": diffs[k], **info[k]}
-            for k, v in times.items()}
+            runners[name] = artifact_runner(out, x)
+        diffs, times = time_against_reference(runners, ref, a, alternate=True)
+    rows = build_rows(times, diffs, info, "whole")
     if a.json:
         print(json.dumps({"model": cfg.tag, "threads": a.threads, "chunk_panels_bytes": PANELS, "builds": rows},
                          indent=1))

@@ -12,7 +12,7 @@ def model_options(p: argparse.ArgumentParser) -> None:
 
 def single_build_options(p: argparse.ArgumentParser, threads: int, rounds: int) -> None:
     """For the benchmarks that time builds of one variant against each other in one process
-    (prefetch.py, schedules_effect.py): the model, ``--threads N --rounds R --per-round 5 --json``."""
+    (prefetch.py, chunks.py, schedules_effect.py): the model, ``--threads N --rounds R --per-round 5 --json``."""
     model_options(p)
     p.add_argument("--threads", type=int, default=threads)
     p.add_argument("--rounds", type=int, default=rounds)
@@ -71,3 +71,57 @@ def kernel_calls(mod):
                 gv = v.args[0]
                 out.append((gv.name_hint, mod[gv]))
     return out
+
+
+def families_with(**fields):
+    """A context in which the x86 knob families (AVX-512, AVX2) have ``fields`` replaced (e.g.
+    ``prefetch_weights=None``): a build made inside uses those defaults; the families are restored
+    on leaving."""
+    import contextlib
+    import dataclasses
+
+    from mntvm.templates import x86
+
+    @contextlib.contextmanager
+    def ctx():
+        saved = {attr: getattr(x86, attr) for attr in ("AVX512", "AVX2")}
+        for attr, fam in saved.items():
+            setattr(x86, attr, dataclasses.replace(fam, **fields))
+        try:
+            yield
+        finally:
+            for attr, fam in saved.items():
+                setattr(x86, attr, fam)
+
+    return ctx()
+
+
+def artifact_runner(out, x):
+    """``() -> output`` of the compiled artifact in ``out`` on input ``x`` (its VM loaded once)."""
+    from mntvm.compile.artifact import load_artifact
+
+    art = load_artifact(out)
+    avm = art.load_vm()
+    return lambda: art.run(x, avm)
+
+
+def time_against_reference(runners: dict, ref, a, alternate: bool = False) -> tuple[dict, dict]:
+    """``(times, diffs)``: each runner's max |output - ref| (which also warms it up), then all timed in
+    interleaved rounds (``a.rounds`` x ``a.per_round``, callers pinned)."""
+    import numpy as np
+
+    from mntvm.core.threads import time_interleaved
+
+    diffs = {k: float(np.abs(f() - ref).max()) for k, f in runners.items()}
+    return diffs, time_interleaved(runners, a.rounds, a.per_round, pinned=tuple(runners), alternate=alternate)
+
+
+def build_rows(times: dict, diffs: dict, info: dict, base: str) -> dict:
+    """Per build: median and p90 ms, runs, the median's ratio to ``base``'s (key ``vs_<base>``, dashes
+    as underscores), max |diff| and the build's ``info``."""
+    import numpy as np
+
+    ref = float(np.median(times[base]))
+    key = "vs_" + base.replace("-", "_")
+    return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
+                key: float(np.median(v)) / ref, "max_abs_diff": diffs[k], **info[k]} for k, v in times.items()}

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     import tvm
     from tvm import relax
 
-    from benchmarks.common import model_and_reference
+    from benchmarks.common import build_rows, model_and_reference
     from mntvm.compile.artifact import load_artifact
     from mntvm.compile.build import compile_model
     from mntvm.core.threads import time_interleaved
@@ -79,10 +79,7 @@ def main(argv=None) -> int:
         times = time_interleaved(slow, 1, a.default_runs, pinned=tuple(slow))
         times.update(time_interleaved(runners, a.rounds, a.per_round, pinned=tuple(runners)))
 
-    shipped = float(np.median(times["shipped"]))
-    rows = {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
-                "vs_shipped": float(np.median(v)) / shipped, "max_abs_diff": diffs[k], **info[k]}
-            for k, v in times.items()}
+    rows = build_rows(times, diffs, info, "shipped")
     if a.json:
         print(json.dumps({"model": cfg.tag,
                           "threads": a.threads, "builds": rows}, indent=1))
