@@ -15,6 +15,7 @@ The knob values come from the target's family: :mod:`.x86` / :mod:`.arm` on CPUs
 from __future__ import annotations
 
 import functools
+import json
 
 import tvm
 from tvm import tirx
@@ -58,23 +59,92 @@ def _knobs(mod: tvm.IRModule, target: tvm.target.Target, vector_bits: int | None
     return lambda sch, block, name: (cpu_int8 if name in INT8_RULES else cpu).default_knobs(sch, block, name, fam)
 
 
-def _schedule(mod: tvm.IRModule, target: tvm.target.Target, knobs, seed: int | None = None) -> Schedule:
+# the root-block annotation that records a scheduled task's knob values (:func:`knobs_of`)
+KNOBS = "mntvm_knobs"
+SAMPLES = ("SamplePerfectTile", "SampleCategorical")
+
+
+class _Chooser(dict):
+    """One block's decisions as a template reads them (:func:`.knobs.tile`, :func:`.knobs.cat`): the
+    given values, None (sampled) for the rest; remembers the keys in the order they were asked."""
+
+    def __init__(self, given: dict | None):
+        super().__init__(given or {})
+        self.asked: list[str] = []
+
+    def get(self, key, default=None):
+        self.asked.append(key)
+        return super().get(key, default)
+
+    def __bool__(self) -> bool:  # asked even when empty (``d.get(key) if d else None``)
+        return True
+
+
+def _value(inst, decision):
+    """A sampling instruction's decision as a template's decisions hold it: the factor list of a
+    tile, the candidate (not its index) of a categorical."""
+    if inst.kind.name == "SampleCategorical":
+        return int(inst.attrs[0][int(decision)])
+    return [int(x) for x in decision]
+
+
+def _schedule(mod: tvm.IRModule, target: tvm.target.Target, knobs, seed: int | None = None) -> tuple[Schedule, list]:
+    """``mod``'s "main" with every block of ours scheduled at ``knobs(sch, block, rule)`` (a dict of
+    decisions or None, the missing ones sampled): the schedule and the values every knob took (a
+    dict per block, in block order)."""
     sch = Schedule(mod, seed=seed)
     kind = _kind(target)
+    taken = []
     for b in all_blocks(mod["main"]):
         name = rule_of(b)
         if name:
             block = sch.get_sblock(b.name_hint)
-            scheduler(kind, name)(sch, block, knobs(sch, block, name))
+            chooser = _Chooser(knobs(sch, block, name))
+            before = len([i for i in sch.trace.insts if i.kind.name in SAMPLES])
+            scheduler(kind, name)(sch, block, chooser)
+            trace = sch.trace
+            insts = [i for i in trace.insts if i.kind.name in SAMPLES][before:]
+            if len(insts) != len(chooser.asked):  # a knob sampled outside .knobs.tile/.knobs.cat
+                raise RuntimeError(f"{name}: {len(insts)} sampled knobs, {len(chooser.asked)} asked for")
+            taken.append({k: _value(i, trace.decisions[i]) for k, i in zip(chooser.asked, insts)})
+    return sch, taken
+
+
+def annotate_knobs(sch: Schedule, knobs: list) -> Schedule:
+    """``sch`` with ``knobs`` (as :func:`knob_schedule` returns them) recorded on its root block, so
+    that a tuning record says which point of the templates' space it is (:func:`knobs_of`)."""
+    sch.annotate(sch.get_sblock("root"), KNOBS, json.dumps(knobs, sort_keys=True))
     return sch
+
+
+def knobs_of(func: tirx.PrimFunc) -> list | None:
+    """The knob values a scheduled task was made with (:func:`annotate_knobs`), or None (scheduled
+    elsewhere, or by an older version)."""
+    root = func.body.block if hasattr(func.body, "block") else None
+    ann = root.annotations.get(KNOBS) if root is not None and root.annotations else None
+    return None if ann is None else json.loads(str(ann))
+
+
+def knob_schedule(mod: tvm.IRModule, target, knobs: list | None, seed: int | None = None,
+                  vector_bits: int | None = None) -> tuple[Schedule, list]:
+    """``mod``'s "main" with its blocks of ours scheduled at ``knobs`` (a dict of decisions per
+    block, as this returns them; a missing key or block is sampled with ``seed``) or, with None,
+    at ``target``'s defaults (CPU: those of the family of ``vector_bits``): the schedule (not
+    annotated) and every knob's value. A given value that does not fit (a tile whose factors do
+    not multiply to its loop, a categorical that is not a candidate) raises ValueError."""
+    target = _as_target(target)
+    if knobs is None:
+        return _schedule(mod, target, _knobs(mod, target, vector_bits), seed)
+    given = iter(knobs)
+    return _schedule(mod, target, lambda *_: next(given, None), seed)
 
 
 def default_schedule(mod: tvm.IRModule, target, vector_bits: int | None = None) -> Schedule:
     """``mod``'s "main" with every block that carries one of our rules scheduled at ``target``'s
     default knobs (CPU: those of the family of ``vector_bits``, by default the width read off
     ``mod``)."""
-    target = _as_target(target)
-    return _schedule(mod, target, _knobs(mod, target, vector_bits))
+    sch, knobs = knob_schedule(mod, target, None, vector_bits=vector_bits)
+    return annotate_knobs(sch, knobs)
 
 
 def _generic_schedule(func: tirx.PrimFunc) -> tirx.PrimFunc:
@@ -123,7 +193,7 @@ def apply_default_schedules(mod: tvm.IRModule, target, vector_bits: int | None =
         if not isinstance(func, tirx.PrimFunc) or is_scheduled(func):
             continue
         if any(rule_of(b) for b in all_blocks(func)):
-            new[gv] = mark_scheduled(_schedule(tvm.IRModule({"main": func}), target, knobs).mod["main"])
+            new[gv] = mark_scheduled(annotate_knobs(*_schedule(tvm.IRModule({"main": func}), target, knobs)).mod["main"])
         elif cpu_target:
             new[gv] = mark_scheduled(_generic_schedule(func))
     mod = mod.clone()
@@ -140,7 +210,7 @@ def apply_sampled_schedules(mod: tvm.IRModule, target, seed: int) -> tvm.IRModul
     mod = mod.clone()
     for gv, func in list(mod.functions.items()):
         if isinstance(func, tirx.PrimFunc) and not is_scheduled(func) and any(rule_of(b) for b in all_blocks(func)):
-            sch = _schedule(tvm.IRModule({"main": func}), target, lambda *_: None, seed)
+            sch = annotate_knobs(*_schedule(tvm.IRModule({"main": func}), target, lambda *_: None, seed))
             mod[gv] = mark_scheduled(sch.mod["main"])
     return mod
 

@@ -7,6 +7,7 @@ without tuning; with none it samples, which is what MetaSchedule tunes.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable
 
 from tvm.s_tir import Schedule
@@ -68,14 +69,22 @@ class FamilyKnobs:
 
 
 def tile(sch: Schedule, loop, n: int, max_inner: int, d: dict | None, key: str):
-    """Knob ``key``: ``loop`` split into ``n`` factors (``d[key]``: the factor list)."""
+    """Knob ``key``: ``loop`` split into ``n`` factors (``d[key]``: the factor list, which must
+    multiply to the loop's extent: ValueError otherwise)."""
     dec = d.get(key) if d else None
+    if dec is not None:
+        extent = int(sch.get(loop).extent)
+        if len(dec) != n or math.prod(dec) != extent:
+            raise ValueError(f"knob {key}: {list(dec)} is not a {n}-factor tiling of {extent}")
     return sch.sample_perfect_tile(loop, n=n, max_innermost_factor=max_inner, decision=dec)
 
 
 def cat(sch: Schedule, cands: list, d: dict | None, key: str):
-    """Knob ``key``: one of ``cands`` (``d[key]``: the value, not its index)."""
+    """Knob ``key``: one of ``cands`` (``d[key]``: the value, not its index; ValueError if it is not
+    one of them)."""
     dec = d.get(key) if d else None
+    if dec is not None and dec not in cands:
+        raise ValueError(f"knob {key}: {dec} is not one of {list(cands)}")
     return sch.sample_categorical(cands, [1.0 / len(cands)] * len(cands),
                                   decision=None if dec is None else cands.index(dec))
 

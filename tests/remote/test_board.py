@@ -284,7 +284,7 @@ def _random_knob_db(cfg, w, profile, path, seed):
     from tvm import s_tir
     from tvm.s_tir import meta_schedule as ms
 
-    from mntvm.templates.defaults import default_schedule
+    from mntvm.templates.defaults import knob_schedule
     from mntvm.templates.lowering import lower
     from mntvm.templates.registry import all_blocks, rule_of, tunable_tasks
     from mntvm.tuning.database import META, task_mod
@@ -304,7 +304,9 @@ def _random_knob_db(cfg, w, profile, path, seed):
         assert rules, name
         for block, rule in rules:
             tvm.get_global_func(f"s_tir.meta_schedule.cpu.{rule}")(rand, rand.get_sblock(block))
-        dflt = default_schedule(wl, target, profile.vector_bits)  # what apply_default_schedules does
+        # what apply_default_schedules does, less the knob values it records on the root block (a
+        # record made as ApplyCustomRule makes one has none)
+        dflt, _ = knob_schedule(wl, target, None, vector_bits=profile.vector_bits)
         db.commit_tuning_record(ms.database.TuningRecord(
             rand.trace, db.commit_workload(wl), run_secs=[1e-3], target=target))
         report[name] = (_decisions(rand.trace), _decisions(dflt.trace),

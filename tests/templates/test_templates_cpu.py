@@ -303,7 +303,8 @@ def test_dw_pointwise_avx2_ragged_bands_have_no_mask():
         mod = tvm.IRModule({"main": te.create_prim_func([data, wd, bd, wp, bp, out])})
         sch = Schedule(mod)
         block = sch.get_sblock("conv_pw")
-        scheduler("cpu", RULE_DWPW)(sch, block, {**d, "rows": [2, h // 2]} if not extra else d)
+        bands = {"rows": [2, h // 2], "p": [h // 2 * h // d["p"][1], d["p"][1]]}  # (p: unused, but must fit)
+        scheduler("cpu", RULE_DWPW)(sch, block, {**d, **bands} if not extra else d)
         func = sch.mod["main"]
         masked = {name: [not isinstance(p, tvm.tirx.IntImm) for p in _predicates(func, name)]
                   for name in ("conv_pw_update", "conv_dw_update", "epilogue_1")}
