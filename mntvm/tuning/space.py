@@ -136,7 +136,9 @@ def without_tvm_intrinsics():
 def tune_space(target=None):
     """Space generator with only our custom rules (no ParallelVectorizeUnroll on the root block,
     whose postproc would reject our already-parallel schedules); for GPU targets, candidates that
-    break the target's limits (threads per block, shared memory) are rejected before building."""
+    break the target's limits (threads per block, shared memory) are rejected before building.
+    Our search (:mod:`mntvm.tuning.search`) takes its postprocs; it makes its own candidates, so
+    the one design space MetaSchedule makes from it and its mutator go unused."""
     from tvm.s_tir import meta_schedule as ms
 
     postprocs = [ms.postproc.DisallowDynamicLoop()]

@@ -1,8 +1,9 @@
 """Tune our templates' knobs (CPU and CUDA) with MetaSchedule into a schedules database.
 
-Every task is searched in our templates' space (:func:`mntvm.tuning.space.tune_space`), built by
-our builder, measured by our runner (:mod:`mntvm.tuning.measure`) and logged in the database
-format of :mod:`mntvm.tuning.database`, starting from a record of the template defaults.
+Every task is searched over our templates' knobs (:func:`mntvm.tuning.search.knob_search`: the
+template run at the knob values it tries), built by our builder, measured by our runner
+(:mod:`mntvm.tuning.measure`) and logged in the database format of :mod:`mntvm.tuning.database`,
+starting from a record of the template defaults.
 
 Tuning is resumable: records are appended per measured batch, a torn last line (kill -9) is dropped
 on the next open, and a re-run tunes only the trials a task still lacks. One tune at a time per
@@ -45,6 +46,7 @@ from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_
 from mntvm.tuning.lock import db_lock
 from mntvm.tuning.measure import publish_reference, reference_base
 from mntvm.tuning.measure import runner as measuring
+from mntvm.tuning.search import knob_search
 from mntvm.tuning.space import drop_artifact, ms_builder, tune_space, without_tvm_intrinsics
 from mntvm.tuning.verify import apply_checked
 
@@ -198,16 +200,6 @@ def _seed(db, mod, target, runner, sch, built, what: str) -> bool:
     db.commit_tuning_record(ms.database.TuningRecord(sch.trace, db.commit_workload(mod), ran.run_secs,
                                                      target, args))
     return True
-
-
-def _strategy():
-    """Evolutionary search sized for our spaces (tens to a few hundred points per task, not the
-    millions of a generic MetaSchedule space): TVM's default population of 512 x 4 generations
-    costs more time per batch than building and measuring it."""
-    from tvm.s_tir import meta_schedule as ms
-
-    return ms.search_strategy.EvolutionarySearch(population_size=128, init_min_unmeasured=32,
-                                                 genetic_num_iters=2)
 
 
 def _progress_callback(fn):
@@ -408,7 +400,7 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                     with tempfile.TemporaryDirectory() as work:
                         ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
                                     builder=builder, runner=runner, database=db, space=tune_space(ttarget),
-                                    strategy=_strategy(),
+                                    strategy=knob_search(vector_bits=None if profile.is_gpu else profile.vector_bits),
                                     measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
                                     + [_progress_callback(lambda name=name, mod=mod: (check(), show(name, mod)))])
                 added = _count(db, mod) - before

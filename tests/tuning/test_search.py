@@ -1,0 +1,97 @@
+"""How `mntvm tune` searches (``mntvm.tuning.search``): every candidate is the template run at knob
+values, so the knobs the template reads in Python (the fused template's ``kc``, ``ragged``,
+``prefetch``) take all their values, no candidate fails to replay, each record says its knobs, and
+no point is measured twice, also when a tune resumes."""
+from __future__ import annotations
+
+import collections
+import json
+
+import pytest
+import tvm
+import tvm_ffi
+from tvm import s_tir
+
+from mntvm.model import weights as W
+from mntvm.model.network import MobileNetConfig
+from mntvm.targets.profiles import get_profile
+from mntvm.templates.defaults import annotate_knobs, default_schedule, knob_schedule, knobs_of
+from mntvm.templates.lowering import lower
+from mntvm.templates.registry import tunable_tasks
+from mntvm.tuning.database import open_schedules, task_mod
+from mntvm.tuning.tune import tune_funcs
+
+CFG = MobileNetConfig(alpha=0.25, resolution=64)
+TASK = "mntvm_dwpw6"  # 4x4 positions, 128 -> 256 channels: 16 input blocks, every kc divides them
+
+
+@pytest.fixture(scope="module")
+def task():
+    profile = get_profile("x86")
+    low = lower(CFG, W.random_weights(CFG), profile)
+    return profile, {TASK: tunable_tasks(low)[TASK]}
+
+
+def _records(out, profile, func):
+    mod = task_mod(func)
+    db = open_schedules(out, profile).database()
+    recs = db.get_top_k(db.commit_workload(mod), 1 << 30)
+    replayed = []
+    for rec in recs:
+        sch = s_tir.Schedule(mod)
+        rec.trace.apply_to_schedule(sch, remove_postproc=True)
+        replayed.append(sch.mod)
+    return mod, replayed
+
+
+def test_the_search_takes_every_knob_and_every_record_says_its_knobs(task, tmp_path, capfd):
+    profile, funcs = task
+    target = profile.tvm_target()
+    out = tmp_path / "db"
+    summary = tune_funcs(funcs, profile, out, 16, progress=False, chunk=8)
+    err = capfd.readouterr().err
+    assert "Trace replay failed" not in err  # MetaSchedule's mutations of replayed traces printed hundreds
+    assert summary["tasks"][TASK]["trials"] == 16
+    mod, replayed = _records(out, profile, funcs[TASK])
+    values = collections.defaultdict(set)
+    for got in replayed:
+        knobs = knobs_of(got["main"])
+        assert knobs is not None and len(knobs) == 1
+        for key, v in knobs[0].items():
+            values[key].add(json.dumps(v))
+        # the record is the template at its knobs, nothing else
+        sch, taken = knob_schedule(mod, target, knobs)
+        assert taken == knobs
+        tvm.ir.assert_structural_equal(got, annotate_knobs(sch, taken).mod)
+    # the knobs only Python reads took more than one value (a replayed design space kept one)
+    assert len(values["kc"]) >= 2 and len(values["ragged"]) >= 2 and len(values["prefetch"]) == 2, values
+    # the template defaults are one of the records
+    assert any(tvm_ffi.structural_hash(got) == tvm_ffi.structural_hash(default_schedule(mod, target).mod)
+               for got in replayed)
+    # no point measured twice
+    assert len({tvm_ffi.structural_hash(got) for got in replayed}) == len(replayed)
+
+
+def test_a_resumed_search_measures_no_point_again(task, tmp_path):
+    profile, funcs = task
+    out = tmp_path / "db"
+    tune_funcs(funcs, profile, out, 8, progress=False, chunk=8)
+    summary = tune_funcs(funcs, profile, out, 16, progress=False, chunk=8)
+    assert summary["trials_run"] == 8 and summary["tasks"][TASK]["trials"] == 16
+    _, replayed = _records(out, profile, funcs[TASK])
+    assert len({tvm_ffi.structural_hash(got) for got in replayed}) == 16
+
+
+def test_knob_values_that_do_not_fit_are_refused(task):
+    profile, funcs = task
+    mod = task_mod(funcs[TASK])
+    target = profile.tvm_target()
+    _, knobs = knob_schedule(mod, target, None)
+    with pytest.raises(ValueError, match="knob kc: 5 is not one of"):
+        knob_schedule(mod, target, [{**knobs[0], "kc": 5}])
+    with pytest.raises(ValueError, match="knob rows: .* is not a 2-factor tiling of 4"):
+        knob_schedule(mod, target, [{**knobs[0], "rows": [3, 1]}])
+    # a knob left out is drawn: the same seed draws the same
+    part = [{k: v for k, v in knobs[0].items() if k != "kc"}]
+    a, b = knob_schedule(mod, target, part, seed=5), knob_schedule(mod, target, part, seed=5)
+    assert a[1] == b[1] and {k: v for k, v in a[1][0].items() if k != "kc"} == part[0]
