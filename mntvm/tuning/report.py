@@ -4,13 +4,15 @@ from __future__ import annotations
 
 def format_tune(r: dict) -> str:
     """Per task: rule, trials, best time (and the defaults' time it is scaled by, when candidates
-    were timed against them); then trials run, seconds and the database folder."""
+    were timed against them; whether its space ran out before its trials); then trials run,
+    seconds and the database folder."""
     lines = []
     for name, t in r["tasks"].items():
         best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
         d = t.get("defaults_ms")
         lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}"
-                     + (f"  (candidates timed side by side with the defaults, which ran {d:.4f} ms alone)" if d else ""))
+                     + (f"  (candidates timed side by side with the defaults, which ran {d:.4f} ms alone)" if d else "")
+                     + ("  - every point of its space measured" if name in r.get("exhausted", ()) else ""))
     lines.append(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
                  + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))
     c = r.get("check")

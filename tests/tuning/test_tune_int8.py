@@ -9,6 +9,7 @@ from mntvm.compile.build import compile_model
 from mntvm.model.network import MobileNetConfig
 from mntvm.model.qdq_import import import_qdq
 from mntvm.model.quantized import forward_int8
+from mntvm.tuning import format_tune
 from mntvm.tuning.tune import tune
 
 from conftest import run_cli
@@ -25,6 +26,8 @@ def test_int8_tuning_writes_records_that_compile_applies_to_another_model(tmp_pa
     # the pool template has no knobs: its one point (the defaults) is measured once, not again
     pool = [n for n, t in summary["tasks"].items() if t["rule"] == "mntvm_pool8"]
     assert trials == {"mntvm_dense8": 2, "mntvm_pool8": 1} and summary["exhausted"] == pool
+    said = [line for line in format_tune(summary).splitlines() if "every point of its space measured" in line]
+    assert [line.split()[0] for line in said] == pool
     # a model tune never saw: other weights, other calibration inputs
     q = tmp_path / "q.onnx"
     cal = tmp_path / "cal"
