@@ -4,7 +4,11 @@
 task's search with (its trace replays like a tuning record's); ``apply_default_schedules(mod,
 target)`` schedules every PrimFunc of a lowered module that is not scheduled yet (e.g. from a
 tuning database) and marks it scheduled (:func:`.registry.mark_scheduled`);
-``apply_sampled_schedules(mod, target, seed)`` does the same at randomly sampled knobs. On CPUs the
+``apply_sampled_schedules(mod, target, seed)`` does the same at randomly sampled knobs;
+``knob_schedule(mod, target, knobs, seed)`` schedules a task at given knob values (the rest drawn)
+and returns every knob's value, which is how ``mntvm tune`` makes its candidates. Each of them
+records the values on the task's root block (:func:`annotate_knobs`, read back by
+:func:`knobs_of`), so a tuning record or a compiled kernel says which knobs it was made with. On CPUs the
 PrimFuncs without a rule of ours (softmax, reshape) get a small generic schedule; on CUDA they
 are left to DLight (:func:`.gpu.compile_gpu`).
 

@@ -2,7 +2,9 @@
 
 A knob is a ``sample_perfect_tile`` / ``sample_categorical`` instruction: with ``decisions``
 (a dict, key -> value) it replays at a fixed value, which is how the defaults are applied
-without tuning; with none it samples, which is what MetaSchedule tunes.
+without tuning and how ``mntvm tune`` makes its candidates (:func:`.defaults.knob_schedule`); with
+none it samples. Every knob goes through :func:`tile` or :func:`cat`, which is how its value is
+found again (by key) in the trace.
 """
 from __future__ import annotations
 
