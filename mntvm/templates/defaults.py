@@ -143,6 +143,60 @@ def knob_schedule(mod: tvm.IRModule, target, knobs: list | None, seed: int | Non
     return _schedule(mod, target, lambda *_: next(given, None), seed)
 
 
+def _signature(inst) -> tuple:
+    """What a sampling instruction draws from: its kind and attributes (a tile's factor count and
+    innermost bound, a categorical's candidates)."""
+    return (inst.kind.name, tuple(int(a) for a in (inst.attrs[0] if inst.kind.name == "SampleCategorical"
+                                                   else inst.attrs)))
+
+
+RECOVER_TRIES = 64  # knob combinations recover_knobs tries for the knobs a trace no longer holds
+
+
+def recover_knobs(mod: tvm.IRModule, target, trace, vector_bits: int | None = None) -> list | None:
+    """The knob values of a record made before they were recorded (:func:`knobs_of`), from its
+    ``trace``: MetaSchedule simplifies a record's trace, so the knobs only Python read (``kc``,
+    ``prefetch``, an unused tile) are gone from it. Its sampling instructions are matched, in
+    order, to the template's knobs; a categorical that is gone is tried at each of its candidates,
+    a tile that is gone is drawn (it was unused). Only values that schedule ``mod`` to exactly the
+    trace's module are returned; None when none do (another template version, a foreign trace)."""
+    import itertools
+
+    import tvm_ffi
+
+    target = _as_target(target)
+    want = Schedule(mod)
+    try:
+        trace.apply_to_schedule(want, remove_postproc=True)
+    except Exception:  # noqa: BLE001 - not a trace of this task
+        return None
+    want = tvm_ffi.structural_hash(want.mod)
+    dflt, keys = knob_schedule(mod, target, None, vector_bits=vector_bits)
+    flat = [(b, k) for b, d in enumerate(keys) for k in d]
+    sigs = [_signature(i) for i in dflt.trace.insts if i.kind.name in SAMPLES]
+    held = [i for i in trace.insts if i.kind.name in SAMPLES]
+    knobs, gone, j = [{} for _ in keys], [], 0
+    for (b, k), sig in zip(flat, sigs):
+        if j < len(held) and _signature(held[j]) == sig:
+            knobs[b][k] = _value(held[j], trace.decisions[held[j]])
+            j += 1
+        elif sig[0] == "SampleCategorical":
+            gone.append((b, k, sig[1]))
+    if j != len(held):
+        return None
+    for combo in itertools.islice(itertools.product(*(c for _, _, c in gone)), RECOVER_TRIES):
+        given = [dict(d) for d in knobs]
+        for (b, k, _), v in zip(gone, combo):
+            given[b][k] = v
+        try:
+            sch, taken = knob_schedule(mod, target, given, seed=1)
+        except Exception:  # noqa: BLE001 - not this combination
+            continue
+        if tvm_ffi.structural_hash(sch.mod) == want:
+            return taken
+    return None
+
+
 def default_schedule(mod: tvm.IRModule, target, vector_bits: int | None = None) -> Schedule:
     """``mod``'s "main" with every block that carries one of our rules scheduled at ``target``'s
     default knobs (CPU: those of the family of ``vector_bits``, by default the width read off

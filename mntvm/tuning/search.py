@@ -14,7 +14,9 @@ a measured point with one or two of its knobs drawn anew (best points most often
 whole; points that schedule to a module already measured or proposed are dropped; MetaSchedule's
 cost model ranks the rest and most of a batch is its best, the rest drawn at random from the pool.
 Each candidate carries its knob values (:func:`mntvm.templates.defaults.annotate_knobs`), so a
-record is a point the search can start from again: on a resumed tune, or from another machine's log.
+record is a point the search can start from again: on a resumed tune, or from another machine's log
+(the best records made before that, by MetaSchedule's search, have theirs recovered from their
+traces where they can be: :func:`mntvm.templates.defaults.recover_knobs`).
 
 Public entry: :func:`knob_search` (the strategy :func:`mntvm.tuning.tune.tune_funcs` hands to
 MetaSchedule).
@@ -53,7 +55,7 @@ def _strategy_class():
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from mntvm.templates.defaults import annotate_knobs, knob_schedule, knobs_of
+    from mntvm.templates.defaults import annotate_knobs, knob_schedule, knobs_of, recover_knobs
 
     @derived_object
     class KnobSearch(ms.search_strategy.PySearchStrategy):
@@ -87,16 +89,20 @@ def _strategy_class():
             read) the points to start from."""
             if not database.has_workload(self.mod):
                 return
+            tries = PARENTS  # the best records without knob values: recovered from their traces
             for rec in database.get_top_k(database.commit_workload(self.mod), 1 << 30):
+                secs = _secs(rec.run_secs)
                 try:
                     sch = Schedule(self.mod)
                     rec.trace.apply_to_schedule(sch, remove_postproc=True)
                     knobs = knobs_of(sch.mod["main"])
+                    if knobs is None and tries > 0 and math.isfinite(secs):
+                        tries -= 1
+                        knobs = recover_knobs(self.mod, self.target, rec.trace, self.vector_bits)
                     if knobs is not None:
                         sch, knobs = knob_schedule(self.mod, self.target, knobs)
                 except Exception:  # noqa: BLE001 - a record of an older template: not ours to start from
                     continue
-                secs = _secs(rec.run_secs)
                 self.seen[self._hash(sch)] = secs
                 if knobs is not None and math.isfinite(secs):
                     self.points.append((secs, knobs))

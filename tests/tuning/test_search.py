@@ -95,3 +95,39 @@ def test_knob_values_that_do_not_fit_are_refused(task):
     part = [{k: v for k, v in knobs[0].items() if k != "kc"}]
     a, b = knob_schedule(mod, target, part, seed=5), knob_schedule(mod, target, part, seed=5)
     assert a[1] == b[1] and {k: v for k, v in a[1][0].items() if k != "kc"} == part[0]
+
+
+def test_the_knobs_of_a_record_made_without_them_are_recovered(task):
+    """A record of MetaSchedule's own search has no knob values, and its simplified trace has lost
+    the knobs only Python read (here ``kc`` and ``prefetch``): recover_knobs finds values that
+    schedule the task to exactly the record's module, so such a record can be a starting point."""
+    from tvm.s_tir import meta_schedule as ms  # noqa: F401 - registers the trace's instructions
+
+    from mntvm.templates.defaults import recover_knobs
+
+    profile, funcs = task
+    mod = task_mod(funcs[TASK])
+    target = profile.tvm_target()
+    recovered = 0
+    for seed in range(1, 9):
+        sch, taken = knob_schedule(mod, target, [{}], seed=seed)
+        trace = sch.trace.simplified(remove_postproc=True)
+        kinds = [i.kind.name for i in trace.insts if i.kind.name.startswith("Sample")]
+        assert len(kinds) < len(taken[0])  # knobs are gone from the trace
+        knobs = recover_knobs(mod, target, trace)
+        if knobs is None:
+            continue
+        recovered += 1
+        again, _ = knob_schedule(mod, target, knobs, seed=99)
+        tvm.ir.assert_structural_equal(again.mod, sch.mod)
+        if taken[0]["kc"] and 16 % taken[0]["kc"] == 0:  # a kc that changes the module is found again
+            assert knobs[0]["kc"] == taken[0]["kc"], (knobs, taken)
+    assert recovered >= 6
+    # a module the template does not make (its defaults and one step more): nothing
+    other, _ = knob_schedule(mod, target, None)
+    other.annotate(other.get_sblock("root"), "not_ours", 1)
+    assert recover_knobs(mod, target, other.trace.simplified(remove_postproc=True)) is None
+    # a trace that does not replay on the task: nothing
+    foreign, _ = knob_schedule(task_mod(tunable_tasks(lower(CFG, W.random_weights(CFG), profile))["mntvm_dwpw"]),
+                               target, None)
+    assert recover_knobs(mod, target, foreign.trace.simplified(remove_postproc=True)) is None
