@@ -52,6 +52,32 @@ def set_threads(n: int | None) -> None:
         _POOL.sized = True
     os.environ["TVM_NUM_THREADS"] = str(n)
     configure(1, n)  # 1 = kBig: pin to big cores
+    _POOL.n = n
+
+
+def current_threads() -> int | None:
+    """The thread count :func:`set_threads` last set for the calling thread (None: never)."""
+    return getattr(_POOL, "n", None)
+
+
+@contextlib.contextmanager
+def restored_threads():
+    """A block that may :func:`set_threads` for its own timings and leaves the calling thread's
+    count as it found it: what it set last, or (none set) ``TVM_NUM_THREADS`` as it was, else all
+    cores."""
+    before, env = current_threads(), os.environ.get("TVM_NUM_THREADS")
+    try:
+        yield
+    finally:
+        if before is not None:
+            set_threads(before)
+        elif current_threads() is not None:
+            set_threads(int(env) if env and env.isdigit() and 1 <= int(env) <= cores() else cores())
+            _POOL.n = None
+            if env is None:
+                os.environ.pop("TVM_NUM_THREADS", None)
+            else:
+                os.environ["TVM_NUM_THREADS"] = env
 
 
 def _pinned_cpu(task: str) -> int | None:

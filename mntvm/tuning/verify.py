@@ -36,7 +36,7 @@ import numpy as np
 
 from mntvm.core.atomic import write_text
 from mntvm.core.paths import cache_dir
-from mntvm.core.threads import caller_pinned, cores, set_threads
+from mntvm.core.threads import caller_pinned, cores, restored_threads, set_threads
 from mntvm.templates import prefetch
 from mntvm.templates.defaults import apply_default_schedules, defaults_key
 from mntvm.tuning.database import task_mod
@@ -142,11 +142,12 @@ def check_log(db, low, mod, covered: list[str], profile) -> dict:
                      _timer(apply_default_schedules(tvm.IRModule({"main": low[name]}), target,
                                                     profile.vector_bits)["main"], target)) for name in todo}
     rounds = {name: {str(c): [] for c in counts} for name in todo}
-    for _ in range(ROUNDS if todo else 0):
-        for n_threads in counts:  # the profile's count last: what runs next here runs on it
-            set_threads(n_threads)
-            for name in todo:
-                rounds[name][str(n_threads)].append(_time_pair(*timers[name]))
+    with restored_threads():  # the caller's thread count (e.g. a benchmark's 1) is its own again after
+        for _ in range(ROUNDS if todo else 0):
+            for n_threads in counts:
+                set_threads(n_threads)
+                for name in todo:
+                    rounds[name][str(n_threads)].append(_time_pair(*timers[name]))
     for name in todo:
         # per thread count, the round least slowed by the rest of the host (the smallest sum of the two)
         by = {c: [round(x * 1e3, 4) for x in min(r, key=sum)] for c, r in rounds[name].items()}

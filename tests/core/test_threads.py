@@ -43,6 +43,34 @@ def test_more_threads_after_fewer():
     assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stdout + p.stderr
 
 
+RESTORED = r'''
+import os
+os.environ.pop("TVM_NUM_THREADS", None)
+import tvm
+from mntvm.core.threads import cores, current_threads, restored_threads, set_threads
+
+pool = tvm.get_global_func("runtime.NumThreads")
+with restored_threads():  # none set before: back to the machine's cores, TVM_NUM_THREADS unset again
+    set_threads(1)
+    assert pool() == 1
+assert (pool(), current_threads(), os.environ.get("TVM_NUM_THREADS")) == (cores(), None, None)
+set_threads(1)
+with restored_threads():  # a caller's 1 stays 1 whatever the block sets
+    set_threads(cores())
+    assert pool() == cores()
+assert (pool(), current_threads(), os.environ["TVM_NUM_THREADS"]) == (1, 1, "1")
+print("ok")
+'''
+
+
+def test_a_block_that_sets_threads_gives_the_callers_back():
+    """compile's check of a log times each task on 1 thread and on the profile's count; it left the
+    pool on the last, so a benchmark that had set 1 thread timed everything after it on 2."""
+    p = subprocess.run([sys.executable, "-c", RESTORED], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                       env={k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"})
+    assert p.returncode == 0 and p.stdout.strip().endswith("ok"), p.stdout + p.stderr
+
+
 @pytest.mark.parametrize("n", [0, -1, True, 1.5])
 def test_bad_thread_counts_are_refused(n):
     with pytest.raises(MntvmError, match="threads must be an integer >= 1"):

@@ -183,9 +183,14 @@ def test_a_log_tuned_here_is_checked_here_too(tuned, tmp_path, monkeypatch):
     defaults). So compile
     checks this machine's own log as it checks another CPU's: each tuned task timed against its
     template defaults in alternation, the faster kept, the verdicts remembered."""
+    from mntvm.core.threads import current_threads, restored_threads, set_threads
+
     out, summary = tuned
     monkeypatch.setenv("MNTVM_CACHE", str(tmp_path / "cache"))
-    s = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out)).metadata["schedules"]
+    with restored_threads():
+        set_threads(1)
+        s = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out)).metadata["schedules"]
+        assert current_threads() == 1  # the check timed on 2 threads too, and gave the caller's 1 back
     c = s["log_check"]
     assert not s["database"]["stand_in"] and c["measured"] == len(summary["tasks"])
     assert sorted(s["tuned"] + c["reverted"]) == sorted(summary["tasks"]) and c["kept"] == len(s["tuned"])
