@@ -164,8 +164,17 @@ def format_compiled(out: str | os.PathLike) -> str:
         c = s.get("log_check")
         if c:
             how = f"timed {c['measured']} task(s) in {c['seconds']:.1f}s" if c["measured"] else "verdicts from an earlier check"
-            lines.append(f"schedules: checked here against the template defaults ({how}): {c['kept']} task(s) kept "
+            net = c.get("network")
+            passed = c["kept"] + len((net or {}).get("reverted", []))
+            lines.append(f"schedules: checked here against the template defaults ({how}): {passed} task(s) kept "
                          f"from the log, {len(c['reverted'])} back to defaults (faster here): "
                          f"{', '.join(c['reverted']) or 'none'}; tasks sum {c['log_ms']:.3f} ms with the log vs "
                          f"{c['default_ms']:.3f} ms with defaults")
+            if net:
+                times = ", ".join(f"{t} thread(s) {net['log_ms'][t]:.3f} vs {net['default_ms'][t]:.3f} ms"
+                                  for t in sorted(net["log_ms"], key=int))
+                verdict = ("so the log's tasks are kept" if net["keep"] == "log" else
+                           f"slower with the log, so its {len(net['reverted'])} task(s) go back to the defaults too")
+                lines.append(f"schedules: the network checked too ({'timed now' if net['measured'] else 'an earlier verdict'}"
+                             f"): with the log vs the defaults {times}: {verdict}")
     return "\n".join(lines)

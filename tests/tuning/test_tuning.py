@@ -193,7 +193,8 @@ def test_a_log_tuned_here_is_checked_here_too(tuned, tmp_path, monkeypatch):
         assert current_threads() == 1  # the check timed on 2 threads too, and gave the caller's 1 back
     c = s["log_check"]
     assert not s["database"]["stand_in"] and c["measured"] == len(summary["tasks"])
-    assert sorted(s["tuned"] + c["reverted"]) == sorted(summary["tasks"]) and c["kept"] == len(s["tuned"])
+    by_network = (c["network"] or {}).get("reverted", [])
+    assert sorted(s["tuned"] + c["reverted"] + by_network) == sorted(summary["tasks"]) and c["kept"] == len(s["tuned"])
     (verdicts,) = (tmp_path / "cache" / "log-checks").glob("*.json")
     v = json.loads(verdicts.read_text())["workloads"]
     assert len(v) == len(summary["tasks"])
@@ -205,6 +206,36 @@ def test_a_log_tuned_here_is_checked_here_too(tuned, tmp_path, monkeypatch):
         slower = [n for n, (log_ms, default_ms) in w["threads"].items() if log_ms > default_ms * 1.03]
         assert w["keep"] == ("default" if slower else "log"), w
     assert "schedules: checked here against the template defaults (timed" in format_compiled(tmp_path / "a")
+
+
+@pytest.mark.parametrize("network_margin", [-0.5, 10.0])
+def test_the_network_is_checked_too(tuned, tmp_path, monkeypatch, network_margin):
+    """Tasks that pass the check one by one can still make the network slower: the whole network
+    with the log's kept tasks is timed against the network on the defaults, on 1 thread and the
+    profile's count, and the log is dropped where its network is slower (here forced both ways
+    through the margin: -0.5, the log's network would have to run in half the time; 10, anything
+    goes). The verdict is remembered per network: the next compile times nothing."""
+    import mntvm.tuning.verify as verify
+
+    out, summary = tuned
+    monkeypatch.setenv("MNTVM_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(verify, "MARGIN", 10.0)  # every task passes its own check
+    monkeypatch.setattr(verify, "NETWORK_MARGIN", network_margin)
+    s = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out)).metadata["schedules"]
+    net = s["log_check"]["network"]
+    counts = {"1", str(min(get_profile("x86").threads, os.cpu_count()))}
+    assert net["measured"] and set(net["log_ms"]) == set(net["default_ms"]) == counts
+    assert all(v > 0 for v in [*net["log_ms"].values(), *net["default_ms"].values()])
+    if network_margin < 0:
+        assert net["keep"] == "default" and s["tuned"] == [] and net["reverted"] == sorted(summary["tasks"])
+        assert "slower with the log, so its" in format_compiled(tmp_path / "a")
+    else:
+        assert net["keep"] == "log" and sorted(s["tuned"]) == sorted(summary["tasks"]) and "reverted" not in net
+    again = load_artifact(compile_model(CFG, tmp_path / "b", schedules=out)).metadata["schedules"]
+    assert not again["log_check"]["network"]["measured"] and again["tuned"] == s["tuned"]
+    x = np.random.default_rng(1).standard_normal(CFG.input_shape).astype("float32")
+    ref = load_artifact(compile_model(CFG, tmp_path / "c", schedules=None))
+    np.testing.assert_allclose(load_artifact(tmp_path / "a").run(x), ref.run(x), rtol=0, atol=1e-5)
 
 
 def test_variants_share_workloads(tuned, tmp_path):
