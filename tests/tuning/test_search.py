@@ -18,7 +18,7 @@ from mntvm.targets.profiles import get_profile
 from mntvm.templates.defaults import annotate_knobs, default_schedule, knob_schedule, knobs_of
 from mntvm.templates.lowering import lower
 from mntvm.templates.registry import tunable_tasks
-from mntvm.tuning.database import open_schedules, task_mod
+from mntvm.tuning.database import open_schedules, task_mod, task_rule
 from mntvm.tuning.tune import tune_funcs
 
 CFG = MobileNetConfig(alpha=0.25, resolution=64)
@@ -131,3 +131,34 @@ def test_the_knobs_of_a_record_made_without_them_are_recovered(task):
     foreign, _ = knob_schedule(task_mod(tunable_tasks(lower(CFG, W.random_weights(CFG), profile))["mntvm_dwpw"]),
                                target, None)
     assert recover_knobs(mod, target, foreign.trace.simplified(remove_postproc=True)) is None
+
+
+def test_the_search_makes_cuda_candidates_that_fit_the_gpu():
+    """Without a GPU: the search's candidates for a CUDA task are the CUDA template at knob values,
+    through the space's VerifyGPUCode (threads per block, shared memory), all different, and each
+    builds to CUDA source."""
+    from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.analysis import verify_gpu_code
+
+    from mntvm.tuning.search import knob_search
+    from mntvm.tuning.space import tune_space, without_tvm_intrinsics
+
+    profile = get_profile("cuda-sm80")
+    target = profile.tvm_target()
+    low = lower(CFG, W.random_weights(CFG), profile)
+    mod = task_mod(next(f for _, f in sorted(tunable_tasks(low).items()) if task_rule(f) == "mntvm_pw"))
+    with without_tvm_intrinsics():
+        ctx = ms.TuneContext(mod=mod, target=target, space_generator=tune_space(target),
+                             search_strategy=knob_search(seed=3), task_name="pw", num_threads=1)
+        ctx.pre_tuning(max_trials=12, num_trials_per_iter=12, design_spaces=ctx.generate_design_space())
+        cands = ctx.generate_measure_candidates()
+    assert len(cands) == 12
+    limits = {"max_shared_memory_per_block": int(target.attrs["max_shared_memory_per_block"]),
+              "max_threads_per_block": int(target.attrs["max_threads_per_block"])}
+    seen = set()
+    for c in cands:
+        func = c.sch.mod["main"]
+        assert knobs_of(func) is not None and verify_gpu_code(func, limits)
+        seen.add(tvm_ffi.structural_hash(c.sch.mod))
+    assert len(seen) == 12
+    assert "__global__" in tvm.compile(cands[0].sch.mod, target=target).mod.imports[0].inspect_source()
