@@ -20,7 +20,8 @@ def format_tune(r: dict) -> str:
         n = len(c["log"]) + len(c["defaults"])
         lines.append(f"checked here against the template defaults, in alternation, as compile does (it reuses "
                      f"these verdicts): {len(c['log'])} of {n} task(s) keep the log's schedule (within 3 % of the "
-                     f"defaults or faster); compile uses the defaults for: {', '.join(c['defaults']) or 'none'}")
+                     f"defaults or faster); compile uses the defaults for: {', '.join(c['defaults']) or 'none'} "
+                     f"(and for all of them where the whole network runs slower with the rest: it checks that too)")
     s = r.get("started_from")
     if s:
         what = "the log standing in for this CPU" if s["stand_in"] else "the log"
