@@ -20,8 +20,14 @@ def format_tune(r: dict) -> str:
         n = len(c["log"]) + len(c["defaults"])
         lines.append(f"checked here against the template defaults, in alternation, as compile does (it reuses "
                      f"these verdicts): {len(c['log'])} of {n} task(s) keep the log's schedule (within 3 % of the "
-                     f"defaults or faster); compile uses the defaults for: {', '.join(c['defaults']) or 'none'} "
-                     f"(and for all of them where the whole network runs slower with the rest: it checks that too)")
+                     f"defaults or faster); compile uses the defaults for: {', '.join(c['defaults']) or 'none'}")
+        net = c.get("network")
+        if net:
+            times = ", ".join(f"{t} thread(s) {net['log_ms'][t]:.3f} vs {net['default_ms'][t]:.3f} ms"
+                              for t in sorted(net["log_ms"], key=int))
+            lines.append(f"the whole network with the log vs on the defaults: {times}: "
+                         + ("compile keeps the log's tasks" if net["keep"] == "log" else
+                            "slower with the log, so compile uses the defaults for every task"))
     s = r.get("started_from")
     if s:
         what = "the log standing in for this CPU" if s["stand_in"] else "the log"

@@ -249,7 +249,7 @@ def _open_or_create(path: Path, profile, force: bool) -> ScheduleDB:
 
 def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, label: str | None = None,
                tracker: str | None = None, key: str | None = None, chunk: int = 8, progress: bool = True,
-               force: bool = False, threads: int | None = None, start=None) -> dict:
+               force: bool = False, threads: int | None = None, start=None, network=None) -> dict:
     """Tune ``funcs`` ({task name: PrimFunc} of a module lowered for ``profile``, e.g. from
     :func:`mntvm.templates.registry.tunable_tasks`) up to ``trials`` measured trials each, into the
     schedules database folder ``out`` (created, or continued); returns a summary.
@@ -263,6 +263,10 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
     :class:`~mntvm.tuning.database.ScheduleDB`: e.g. another CPU's log), from that log's best
     record for its workload, both measured here first; the summary's ``started_from`` names the
     log and the tasks it seeded.
+
+    Tuned here, the log ends checked as compile checks it (:func:`mntvm.tuning.verify.apply_checked`):
+    its tasks against their defaults and, with ``network`` (the lowered module they come from), the
+    whole network too; the summary's ``check`` says what compile will use.
     """
     if trials < 1:
         raise MntvmError(f"trials must be >= 1 (got {trials})")
@@ -297,25 +301,32 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         sdb.meta = write_meta(path, meta)
     if summary["tasks"] and not tracker:
-        check = _check_against_defaults(sdb, profile, funcs)
+        check = _check_against_defaults(sdb, profile, funcs, network)
         if check is not None:
             summary["check"] = check
     summary["seconds"] = time.time() - t0
     return summary
 
 
-def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping) -> dict | None:
+def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping, network=None) -> dict | None:
     """The finished log's tasks timed against their template defaults here, in alternation, as
     compile does before it uses a log on this CPU (:func:`mntvm.tuning.verify.apply_checked`, which
-    decides when a check applies; same verdict cache: compile then times nothing). Each task's best
-    record was picked from single timings taken minutes apart; this says which of them really beat
-    the defaults. None when there was nothing to check here."""
+    decides when a check applies; same verdict cache: compile then times nothing); with ``network``
+    (a lowered network holding ``funcs``), the whole network with the tasks kept, too. Each task's
+    best record was picked from single timings taken minutes apart; this says which of them really
+    beat the defaults (``log`` / ``defaults``: the tasks' own verdicts), and ``network`` whether the
+    network with them does (where not, compile uses the defaults for all). None when there was
+    nothing to check here."""
     import tvm
 
-    _, kept, c = apply_checked(sdb, tvm.IRModule(dict(funcs)), profile)
+    _, kept, c = apply_checked(sdb, network if network is not None else tvm.IRModule(dict(funcs)), profile)
     if c is None:
         return None
-    return {"log": kept, "defaults": c["reverted"], "measured": c["measured"], "seconds": c["seconds"]}
+    kept = kept + (c.get("network") or {}).get("reverted", [])  # the tasks' own verdicts
+    if network is not None:  # the network holds tasks of other ops too: report this tune's
+        kept, c["reverted"] = [n for n in kept if n in funcs], [n for n in c["reverted"] if n in funcs]
+    return {"log": sorted(kept), "defaults": c["reverted"], "measured": c["measured"], "seconds": c["seconds"],
+            "network": c.get("network")}
 
 
 def _publish_defaults(folder: str, name: str, mod, built) -> None:
@@ -458,4 +469,4 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     start = open_schedules(start_from, profile, force=force)
     return tune_funcs(tasks, profile, out, trials,
                       label=cfg.tag, tracker=tracker, key=key, chunk=chunk, progress=progress, force=force,
-                      threads=threads, start=start)
+                      threads=threads, start=start, network=low)

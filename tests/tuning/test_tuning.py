@@ -70,7 +70,13 @@ def test_tiny_tuning_writes_a_database(tuned, tmp_path):
     assert sorted(c["log"] + c["defaults"]) == sorted(summary["tasks"]) and c["measured"] == len(summary["tasks"])
     s = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out)).metadata["schedules"]
     assert s["log_check"]["measured"] == 0 and s["log_check"]["reverted"] == c["defaults"]
-    assert s["tuned"] == c["log"]
+    # and the network with the tasks kept, as compile checks it (it reuses that verdict too)
+    net = c["network"]  # (none when no task kept the log's schedule)
+    assert (net is None) == (not c["log"]) and (s["log_check"]["network"] is None) == (net is None)
+    if net:
+        assert net["measured"] and not s["log_check"]["network"]["measured"]
+        assert s["log_check"]["network"]["keep"] == net["keep"]
+    assert s["tuned"] == (sorted(c["log"]) if net and net["keep"] == "log" else [])
 
 
 def test_each_task_search_starts_from_the_default_knobs(tuned):
@@ -298,7 +304,9 @@ def test_a_log_of_another_cpu_of_the_same_isa_stands_in(tuned, tmp_path, monkeyp
     assert s["database"]["name"] == "x86-othercpu" and s["database"]["stand_in"]
     # another CPU's log is checked here, task by task, against the template defaults (issue 15)
     c = s["log_check"]
-    assert sorted(s["tuned"] + c["reverted"]) == sorted(summary["tasks"]) and c["measured"] == len(summary["tasks"])
+    by_network = (c["network"] or {}).get("reverted", [])  # the network with them was slower: all back
+    assert sorted(s["tuned"] + c["reverted"] + by_network) == sorted(summary["tasks"])
+    assert c["measured"] == len(summary["tasks"])
     assert not set(s["tuned"]) & set(c["reverted"]) and set(c["reverted"]) <= set(s["defaults"])
     # ... and the verdicts are remembered for this machine: the next compile times nothing and
     # follows them (here doctored: every task faster at the defaults)
