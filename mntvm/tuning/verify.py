@@ -202,6 +202,12 @@ def _network_call(mod, profile):
     return lambda: vm["main"](x)
 
 
+def _network_keep(log_ms: dict, default_ms: dict) -> str:
+    """"log" where the log's network is within :data:`NETWORK_MARGIN` of the defaults' on every
+    thread count timed, else "default"."""
+    return "default" if any(log_ms[c] > default_ms[c] * (1 + NETWORK_MARGIN) for c in log_ms) else "log"
+
+
 def check_network(db, low, mod, kept: list[str], profile) -> dict:
     """The whole network with the log's schedules for ``kept`` (``mod``) against the network on the
     template defaults (``low``), timed interleaved on every thread count of :func:`_thread_counts`:
@@ -226,8 +232,10 @@ def check_network(db, low, mod, kept: list[str], profile) -> dict:
         networks = json.loads(path.read_text()).get("networks") or {}
     except (OSError, json.JSONDecodeError, AttributeError):
         networks = {}
-    if key in networks:
-        return {**networks[key], "measured": False, "seconds": round(time.perf_counter() - t0, 2)}
+    if key in networks:  # judged again from its times: the margin may have changed since
+        v = networks[key]
+        return {**v, "keep": _network_keep(v["log_ms"], v["default_ms"]), "measured": False,
+                "seconds": round(time.perf_counter() - t0, 2)}
     calls = {"log": _network_call(mod, profile), "defaults": _network_call(low, profile)}
     by = {}
     with restored_threads():
@@ -235,9 +243,8 @@ def check_network(db, low, mod, kept: list[str], profile) -> dict:
             set_threads(n_threads)
             t = time_interleaved(calls, NETWORK_ROUNDS, NETWORK_RUNS, warmup=2, pinned=tuple(calls), alternate=True)
             by[str(n_threads)] = {k: round(float(np.median(v)), 4) for k, v in t.items()}
-    slower = any(v["log"] > v["defaults"] * (1 + NETWORK_MARGIN) for v in by.values())
-    verdict = {"keep": "default" if slower else "log", "log_ms": {c: v["log"] for c, v in by.items()},
-               "default_ms": {c: v["defaults"] for c, v in by.items()}}
+    log_ms, default_ms = {c: v["log"] for c, v in by.items()}, {c: v["defaults"] for c, v in by.items()}
+    verdict = {"keep": _network_keep(log_ms, default_ms), "log_ms": log_ms, "default_ms": default_ms}
     networks[key] = verdict
     _write_verdicts(path, networks=networks)
     return {**verdict, "measured": True, "seconds": round(time.perf_counter() - t0, 2)}
