@@ -20,6 +20,7 @@ from mntvm.core.errors import MntvmError, one_line
 from mntvm.model.network import ALPHAS, RESOLUTIONS
 from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, check_destination_db, is_database_folder,
                                    load, log_hash, portable, target_diff, target_essentials, task_mod, task_rule)
+from mntvm.templates.defaults import KNOBS
 from mntvm.templates.registry import ALL_RULES
 from mntvm.tuning.lock import db_lock
 from mntvm.tuning.verify import verdicts_here
@@ -33,6 +34,20 @@ def record_seconds(rec) -> float:
     if not secs or all(s >= FAILED_SECS for s in secs):
         return float("inf")
     return sum(secs) / len(secs)
+
+
+def record_knobs(rec) -> list | None:
+    """The knob values a record was made at (the ``mntvm_knobs`` annotation in its trace:
+    :func:`mntvm.templates.defaults.annotate_knobs`), read from its JSON without TVM; None for a
+    record without them (made before they were recorded, or not by our templates)."""
+    try:
+        for inst in rec[0][0]:
+            if inst[0] == "Annotate" and list(inst[2]) == [KNOBS]:
+                value = inst[1][1]  # TVM writes a string input quoted, its own quotes as they are
+                return json.loads(value[1:-1] if value[:1] == value[-1:] == '"' else value)
+    except (TypeError, IndexError, KeyError, ValueError):
+        return None
+    return None
 
 
 def _target_summary(meta: dict) -> dict:
@@ -59,7 +74,8 @@ def _describe_workload(db: LoadedDB, line: int, w: list) -> dict:
 def show(path) -> dict:
     """What a database holds: its target, TVM version and, per workload (task), its name when
     ``tune`` recorded it, rule, shapes, trials (record lines), failed trials and best time in ms
-    (as tune measured it: one timing, possibly a lucky one), and ``here``: what this machine's
+    (as tune measured it: one timing, possibly a lucky one), the best record's ``knobs`` (None for
+    a record made before they were recorded), and ``here``: what this machine's
     check concluded (the log's schedule and the defaults timed in alternation, ms, and which one
     compile keeps), None where this machine has not checked the log (``checked_here`` False)."""
     db = load(path)
@@ -70,12 +86,13 @@ def show(path) -> dict:
         recs = [rec for _, wi, rec in db.records if wi == i]
         costs = [record_seconds(rec) for rec in recs]
         best = min(costs, default=float("inf"))
+        knobs = record_knobs(recs[costs.index(best)]) if recs else None
         name = names.get(w[0])
         tasks.append({"workload": i, "hash": w[0],
                       "name": ", ".join(name) if isinstance(name, list) else name,
                       **_describe_workload(db, line, w), "trials": len(recs),
                       "failed": sum(c == float("inf") for c in costs),
-                      "best_ms": 1e3 * best if best < float("inf") else None,
+                      "best_ms": 1e3 * best if best < float("inf") else None, "knobs": knobs,
                       "here": (verdicts or {}).get(w[0])})
     return {"path": str(db.path), "target": _target_summary(db.meta), "tvm_version": db.meta.get("tvm_version"),
             "tasks": tasks, "records": len(db.records), "checked_here": verdicts is not None}

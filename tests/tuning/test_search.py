@@ -21,6 +21,8 @@ from mntvm.templates.registry import tunable_tasks
 from mntvm.tuning.database import open_schedules, task_mod, task_rule
 from mntvm.tuning.tune import tune_funcs
 
+from conftest import cli_run
+
 CFG = MobileNetConfig(alpha=0.25, resolution=64)
 TASK = "mntvm_dwpw6"  # 4x4 positions, 128 -> 256 channels: 16 input blocks, every kc divides them
 
@@ -70,6 +72,9 @@ def test_the_search_takes_every_knob_and_every_record_says_its_knobs(task, tmp_p
                for got in replayed)
     # no point measured twice
     assert len({tvm_ffi.structural_hash(got) for got in replayed}) == len(replayed)
+    # `mntvm schedules show --json` says the best record's knobs (read from the log's JSON)
+    shown = json.loads(cli_run("schedules", "show", str(out), "--json").stdout)["tasks"]
+    assert [t["knobs"] for t in shown] == [knobs_of(replayed[0]["main"])]
 
 
 def test_a_resumed_search_measures_no_point_again(task, tmp_path):
