@@ -57,19 +57,14 @@ def main(argv=None) -> int:
     single_build_options(ap, threads=1, rounds=20)
     a = ap.parse_args(argv)
 
-    from benchmarks.common import artifact_runner, build_rows, families_with, model_and_reference, time_against_reference
-    from mntvm.compile.build import compile_model
+    from benchmarks.common import build_rows, family_builds, model_and_reference, print_builds, time_against_reference
     from mntvm.targets import get_profile
 
     cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     profile = get_profile("x86")
-    runners, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, panels in (("chunked", PANELS), ("whole", None)):
-            with families_with(chunk_panels=panels):  # the families' defaults, for this build
-                info[name] = {"chunked_kernels": _chunked_kernels(cfg, w, profile)}
-                out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
-            runners[name] = artifact_runner(out, x)
+        runners, info = family_builds(tmp, cfg, w, x, "chunk_panels", (("chunked", PANELS), ("whole", None)),
+                                      lambda out: {"chunked_kernels": _chunked_kernels(cfg, w, profile)})
         diffs, times = time_against_reference(runners, ref, a, alternate=True)
     rows = build_rows(times, diffs, info, "whole")
     if a.json:
@@ -78,10 +73,7 @@ def main(argv=None) -> int:
         return 0
     print(f"MobileNetV1 {a.alpha}/{a.resolution}, {a.threads} thread(s), x86 profile ({profile.vector_bits}-bit), "
           f"template defaults; chunked: panels over {PANELS >> 10} KB")
-    print(f"{'build':8s} {'median ms':>10s} {'p90 ms':>9s} {'x whole':>8s} {'max|diff|':>10s} {'chunked kernels':>16s}")
-    for k, r in rows.items():
-        print(f"{k:8s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['vs_whole']:8.3f} "
-              f"{r['max_abs_diff']:10.1e} {r['chunked_kernels']:>16d}")
+    print_builds(rows, "whole", [("chunked kernels", lambda r: str(r["chunked_kernels"]))])
     return 0
 
 

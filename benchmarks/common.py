@@ -125,3 +125,41 @@ def build_rows(times: dict, diffs: dict, info: dict, base: str) -> dict:
     key = "vs_" + base.replace("-", "_")
     return {k: {"median_ms": float(np.median(v)), "p90_ms": float(np.percentile(v, 90)), "runs": len(v),
                 key: float(np.median(v)) / ref, "max_abs_diff": diffs[k], **info[k]} for k, v in times.items()}
+
+
+def family_builds(tmp, cfg, w, x, field: str, settings, describe) -> tuple[dict, dict]:
+    """Per ``(name, value)`` of ``settings``: ``cfg`` compiled into ``tmp/name`` for this machine's
+    ``x86`` profile at the template defaults with the x86 families' ``field`` set to ``value``
+    (:func:`families_with`), and its runner (:func:`artifact_runner`); ``info[name]`` is
+    ``describe(out)``, taken while that value is in force. Returns ``(runners, info)``."""
+    from pathlib import Path
+
+    from mntvm.compile.build import compile_model
+
+    runners, info = {}, {}
+    for name, value in settings:
+        with families_with(**{field: value}):
+            out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
+            info[name] = describe(out)
+        runners[name] = artifact_runner(out, x)
+    return runners, info
+
+
+def print_builds(rows: dict, base: str, extras=()) -> None:
+    """The table of :func:`build_rows`: build, median and p90 ms, the ratio to ``base``'s median,
+    max |diff|, then ``extras``: ``(header, row -> text)`` columns, right-aligned (a header that
+    starts with a space: left-aligned, last)."""
+    ratio = "vs_" + base.replace("-", "_")
+    width = max(len(k) for k in ["build", *rows])
+    cells = {k: [f(r) for _, f in extras] for k, r in rows.items()}
+    widths = [max([len(h)] + [len(c[i]) for c in cells.values()]) for i, (h, _) in enumerate(extras)]
+
+    def line(first, stats, extra):
+        return " ".join([f"{first:{width}s}", *stats] + [(f"{e:{wd}s}" if h.startswith(" ") else f"{e:>{wd}s}")
+                                                         for (h, _), e, wd in zip(extras, extra, widths)]).rstrip()
+
+    print(line("build", [f"{'median ms':>10s}", f"{'p90 ms':>9s}", f"{'x ' + base:>12s}", f"{'max|diff|':>10s}"],
+               [h for h, _ in extras]))
+    for k, r in rows.items():
+        print(line(k, [f"{r['median_ms']:10.3f}", f"{r['p90_ms']:9.3f}", f"{r[ratio]:12.3f}",
+                       f"{r['max_abs_diff']:10.1e}"], cells[k]))

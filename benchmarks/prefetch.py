@@ -40,18 +40,13 @@ def main(argv=None) -> int:
     single_build_options(ap, threads=1, rounds=20)
     a = ap.parse_args(argv)
 
-    from benchmarks.common import artifact_runner, build_rows, families_with, model_and_reference, time_against_reference
-    from mntvm.compile.build import compile_model
+    from benchmarks.common import build_rows, family_builds, model_and_reference, print_builds, time_against_reference
 
     cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
-    runners, info = {}, {}
     threshold = 1 << 20
     with tempfile.TemporaryDirectory() as tmp:
-        for name, limit in (("prefetch", threshold), ("no-prefetch", None)):
-            with families_with(prefetch_weights=limit):  # the families' defaults, for this build
-                out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
-            info[name] = {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")}
-            runners[name] = artifact_runner(out, x)
+        runners, info = family_builds(tmp, cfg, w, x, "prefetch_weights", (("prefetch", threshold), ("no-prefetch", None)),
+                                      lambda out: {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")})
         diffs, times = time_against_reference(runners, ref, a, alternate=True)
     rows = build_rows(times, diffs, info, "no-prefetch")
     if a.json:
@@ -60,11 +55,8 @@ def main(argv=None) -> int:
         return 0
     print(f"MobileNetV1 {a.alpha}/{a.resolution}, {a.threads} thread(s), x86 profile, template defaults; "
           f"prefetch on layers with >= {threshold / 2**20:g} MB of pointwise weights")
-    print(f"{'build':12s} {'median ms':>10s} {'p90 ms':>9s} {'x no-pf':>8s} {'max|diff|':>10s} {'prefetches':>11s}")
-    for k, r in rows.items():
-        n = r["prefetch_instructions"]
-        print(f"{k:12s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['vs_no_prefetch']:8.3f} "
-              f"{r['max_abs_diff']:10.1e} {'?' if n is None else n:>11}")
+    print_builds(rows, "no-prefetch", [("prefetches", lambda r: "?" if r["prefetch_instructions"] is None
+                                        else str(r["prefetch_instructions"]))])
     return 0
 
 

@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     import tvm
     from tvm import relax
 
-    from benchmarks.common import build_rows, model_and_reference
+    from benchmarks.common import build_rows, model_and_reference, print_builds
     from mntvm.compile.artifact import load_artifact
     from mntvm.compile.build import compile_model
     from mntvm.core.threads import time_interleaved
@@ -86,11 +86,7 @@ def main(argv=None) -> int:
         return 0
     print(f"MobileNetV1 {a.alpha}/{a.resolution}, {a.threads} threads, x86 profile "
           f"({profile.to_metadata()['tvm_target'].get('mcpu')})")
-    print(f"{'build':12s} {'median ms':>10s} {'p90 ms':>9s} {'x shipped':>10s} {'max|diff|':>10s} "
-          f"{'build s':>8s}  schedules")
-    for k, r in rows.items():
-        print(f"{k:12s} {r['median_ms']:10.3f} {r['p90_ms']:9.3f} {r['vs_shipped']:10.2f} "
-              f"{r['max_abs_diff']:10.1e} {r['build_s']:8.1f}  {r['schedules']}")
+    print_builds(rows, "shipped", [("build s", lambda r: f"{r['build_s']:.1f}"), (" schedules", lambda r: r["schedules"])])
     return 0
 
 
