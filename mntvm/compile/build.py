@@ -37,6 +37,7 @@ from mntvm.templates.lowering_int8 import lower_int8, pointwise_kernel
 from mntvm.templates.registry import tunable_tasks
 from mntvm.tuning import open_schedules
 from mntvm.tuning import verify
+from mntvm.tuning.report import format_network_times
 
 
 def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: bool = True):
@@ -171,10 +172,8 @@ def format_compiled(out: str | os.PathLike) -> str:
                          f"{', '.join(c['reverted']) or 'none'}; tasks sum {c['log_ms']:.3f} ms with the log vs "
                          f"{c['default_ms']:.3f} ms with defaults")
             if net:
-                times = ", ".join(f"{t} thread(s) {net['log_ms'][t]:.3f} vs {net['default_ms'][t]:.3f} ms"
-                                  for t in sorted(net["log_ms"], key=int))
                 verdict = ("so the log's tasks are kept" if net["keep"] == "log" else
                            f"slower with the log, so its {len(net['reverted'])} task(s) go back to the defaults too")
                 lines.append(f"schedules: the network checked too ({'timed now' if net['measured'] else 'an earlier verdict'}"
-                             f"): with the log vs the defaults {times}: {verdict}")
+                             f"): with the log vs the defaults {format_network_times(net)}: {verdict}")
     return "\n".join(lines)

@@ -2,6 +2,13 @@
 from __future__ import annotations
 
 
+def format_network_times(net: dict) -> str:
+    """A network check's times (:func:`mntvm.tuning.verify.check_network`): per thread count, the
+    network with the log vs on the defaults."""
+    return ", ".join(f"{t} thread(s) {net['log_ms'][t]:.3f} vs {net['default_ms'][t]:.3f} ms"
+                     for t in sorted(net["log_ms"], key=int))
+
+
 def format_tune(r: dict) -> str:
     """Per task: rule, trials, best time (and the defaults' time it is scaled by, when candidates
     were timed against them; whether its space ran out before its trials); then trials run,
@@ -23,9 +30,7 @@ def format_tune(r: dict) -> str:
                      f"defaults or faster); compile uses the defaults for: {', '.join(c['defaults']) or 'none'}")
         net = c.get("network")
         if net:
-            times = ", ".join(f"{t} thread(s) {net['log_ms'][t]:.3f} vs {net['default_ms'][t]:.3f} ms"
-                              for t in sorted(net["log_ms"], key=int))
-            lines.append(f"the whole network with the log vs on the defaults: {times}: "
+            lines.append(f"the whole network with the log vs on the defaults: {format_network_times(net)}: "
                          + ("compile keeps the log's tasks" if net["keep"] == "log" else
                             "slower with the log, so compile uses the defaults for every task"))
     s = r.get("started_from")
