@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -57,16 +56,12 @@ def main(argv=None) -> int:
     single_build_options(ap, threads=1, rounds=20)
     a = ap.parse_args(argv)
 
-    from benchmarks.common import build_rows, family_builds, model_and_reference, print_builds, time_against_reference
+    from benchmarks.common import family_comparison, print_builds
     from mntvm.targets import get_profile
 
-    cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     profile = get_profile("x86")
-    with tempfile.TemporaryDirectory() as tmp:
-        runners, info = family_builds(tmp, cfg, w, x, "chunk_panels", (("chunked", PANELS), ("whole", None)),
-                                      lambda out: {"chunked_kernels": _chunked_kernels(cfg, w, profile)})
-        diffs, times = time_against_reference(runners, ref, a, alternate=True)
-    rows = build_rows(times, diffs, info, "whole")
+    cfg, rows = family_comparison(a, "chunk_panels", (("chunked", PANELS), ("whole", None)), "whole",
+                                  lambda out, cfg, w: {"chunked_kernels": _chunked_kernels(cfg, w, profile)})
     if a.json:
         print(json.dumps({"model": cfg.tag, "threads": a.threads, "chunk_panels_bytes": PANELS, "builds": rows},
                          indent=1))

@@ -127,22 +127,29 @@ def build_rows(times: dict, diffs: dict, info: dict, base: str) -> dict:
                 key: float(np.median(v)) / ref, "max_abs_diff": diffs[k], **info[k]} for k, v in times.items()}
 
 
-def family_builds(tmp, cfg, w, x, field: str, settings, describe) -> tuple[dict, dict]:
-    """Per ``(name, value)`` of ``settings``: ``cfg`` compiled into ``tmp/name`` for this machine's
-    ``x86`` profile at the template defaults with the x86 families' ``field`` set to ``value``
-    (:func:`families_with`), and its runner (:func:`artifact_runner`); ``info[name]`` is
-    ``describe(out)``, taken while that value is in force. Returns ``(runners, info)``."""
+def family_comparison(a, field: str, settings, base: str, describe) -> tuple:
+    """Builds of one model that differ in one default of the x86 knob families, timed against each
+    other in one process: per ``(name, value)`` of ``settings``, ``a``'s model (``a.alpha``,
+    ``a.resolution``, on ``a.threads``) compiled for this machine's ``x86`` profile at the template
+    defaults with the families' ``field`` set to ``value`` (:func:`families_with`); ``describe(out,
+    cfg, w)`` (the build's extra columns, a dict) taken while that value is in force; then all timed
+    interleaved (:func:`time_against_reference`, alternating). Returns ``(cfg, rows)``
+    (:func:`build_rows` against ``base``)."""
+    import tempfile
     from pathlib import Path
 
     from mntvm.compile.build import compile_model
 
+    cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     runners, info = {}, {}
-    for name, value in settings:
-        with families_with(**{field: value}):
-            out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
-            info[name] = describe(out)
-        runners[name] = artifact_runner(out, x)
-    return runners, info
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, value in settings:
+            with families_with(**{field: value}):
+                out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
+                info[name] = describe(out, cfg, w)
+            runners[name] = artifact_runner(out, x)
+        diffs, times = time_against_reference(runners, ref, a, alternate=True)
+    return cfg, build_rows(times, diffs, info, base)
 
 
 def print_builds(rows: dict, base: str, extras=()) -> None:

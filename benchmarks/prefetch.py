@@ -18,7 +18,6 @@ import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,15 +39,12 @@ def main(argv=None) -> int:
     single_build_options(ap, threads=1, rounds=20)
     a = ap.parse_args(argv)
 
-    from benchmarks.common import build_rows, family_builds, model_and_reference, print_builds, time_against_reference
+    from benchmarks.common import family_comparison, print_builds
 
-    cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     threshold = 1 << 20
-    with tempfile.TemporaryDirectory() as tmp:
-        runners, info = family_builds(tmp, cfg, w, x, "prefetch_weights", (("prefetch", threshold), ("no-prefetch", None)),
-                                      lambda out: {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")})
-        diffs, times = time_against_reference(runners, ref, a, alternate=True)
-    rows = build_rows(times, diffs, info, "no-prefetch")
+    cfg, rows = family_comparison(
+        a, "prefetch_weights", (("prefetch", threshold), ("no-prefetch", None)), "no-prefetch",
+        lambda out, cfg, w: {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")})
     if a.json:
         print(json.dumps({"model": cfg.tag, "threads": a.threads, "threshold_bytes": threshold, "builds": rows},
                          indent=1))
