@@ -232,11 +232,15 @@ def test_the_network_is_checked_too(tuned, tmp_path, monkeypatch, network_margin
     counts = {"1", str(min(get_profile("x86").threads, os.cpu_count()))}
     assert net["measured"] and set(net["log_ms"]) == set(net["default_ms"]) == counts
     assert all(v > 0 for v in [*net["log_ms"].values(), *net["default_ms"].values()])
+    # (a task can still lose its own check, margin or not, when a stall hits the log's timings: the
+    # other test worker shares this machine's two cores)
+    passed = sorted(set(summary["tasks"]) - set(s["log_check"]["reverted"]))
+    assert passed
     if network_margin < 0:
-        assert net["keep"] == "default" and s["tuned"] == [] and net["reverted"] == sorted(summary["tasks"])
+        assert net["keep"] == "default" and s["tuned"] == [] and net["reverted"] == passed
         assert "slower with the log, so its" in format_compiled(tmp_path / "a")
     else:
-        assert net["keep"] == "log" and sorted(s["tuned"]) == sorted(summary["tasks"]) and "reverted" not in net
+        assert net["keep"] == "log" and sorted(s["tuned"]) == passed and "reverted" not in net
     again = load_artifact(compile_model(CFG, tmp_path / "b", schedules=out)).metadata["schedules"]
     assert not again["log_check"]["network"]["measured"] and again["tuned"] == s["tuned"]
     x = np.random.default_rng(1).standard_normal(CFG.input_shape).astype("float32")
