@@ -6,12 +6,14 @@ sampled or replayed at ``decisions``. The pointwise and FC reductions end in a (
 target) names a dot instruction, that tile is tensorized with it (:data:`DOT_INTRINSICS`: the
 annotation -> the registered TensorIntrin; ARM adds its ``sdot`` entry here), else the 16 lanes
 are plain widening int32 multiply-adds (exact on any ISA). x86 without VNNI has its own (``avx2``):
-the 4 activations widened to int16 and repeated, each 8 lanes' weights sign-extended (``vpmovsxbw``,
-hoisted out of the position loop by LLVM), two ``vpmaddwd`` give each lane two pair sums,
-``vphaddd`` adds them and ``vpermq`` restores the lane order: exact, unlike ``vpmaddubsw`` (which
-saturates int16 and is never used). 1.0/224 uint8 on the x86-avx2 profile, template defaults, this
-machine, 1 thread: 37-44 ms -> 30-32 ms; the pointwise layers 33 -> 44 GOP/s. The accumulator
-tile is in "local" scope (registers after unrolling): the intrinsics here declare it so.
+the 4 activations widened to int16 and repeated, each 4 lanes' weights sign-extended (``vpmovsxbw``),
+one ``vpmaddwd`` gives each of the 4 lanes its two pair sums: exact, unlike ``vpmaddubsw`` (which
+saturates int16 and is never used). The pointwise conv keeps those pair sums apart in its
+accumulators (:func:`.compute_int8.pw_pairs`, tile :data:`PAIRS_INTRIN`) and adds them once in the
+epilogue; the stem and FC fold them in each step (``vphaddd``, then ``vpermd`` for the lane order).
+1.0/224 uint8 on a Zen 2, template defaults, 1 thread: 26.1 ms with the fold in the pointwise layers
+too (their 46-48 GOP/s), 16.4 ms with the pairs kept (76-86 GOP/s past the first three layers).
+The accumulator tile is in "local" scope (registers after unrolling): the intrinsics here declare it so.
 
 The dot instructions are registered here under our own names, with the description of TVM's
 ``dot_16x4_vnni``: importing ``tvm.s_tir.tensor_intrin`` loads every target's intrinsics (CUDA's
@@ -27,7 +29,7 @@ import tvm
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY, dot_16x4_desc
+from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY, dot_16x4_desc, pairs_16x4_desc, pw_pairs
 from mntvm.templates.knobs import FamilyKnobs, buffer_shape, cat, rows_and_columns, single_consumer_epilogue, \
     taps_outside, tile
 from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8, RULE_STEM8, mark_scheduled, rule
@@ -81,6 +83,25 @@ def _dot_16x4_u8i8i32_avx2(
 
 
 @T.prim_func(s_tir=True)
+def _pairs_16x4_u8i8i32_avx2(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    C: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16, 0:2])
+        # (a0, a1, a2, a3) as int16, repeated: vpmaddwd pairs them with 4 lanes' 4 weights, giving
+        # (lane, pair) sums in C's own order: accumulated as they come, no horizontal add
+        a = T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x4", A.vload([0], "uint8x4")), dtype="int64"), 4),
+                          dtype="int16x16")
+        for q in T.unroll(4):  # lanes 4q .. 4q+3
+            C[q * 4, T.ramp(T.int32(0), 1, 8)] = C.vload([q * 4, 0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a,
+                T.Cast("int16x16", B.vload([q * 4, 0], dtype="int8x16")), dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
 def _dw_4taps_desc(
     A: T.Buffer((4, 16), "uint8", offset_factor=1),
     B: T.Buffer((16, 4), "int8", offset_factor=1),
@@ -125,6 +146,9 @@ DOT_INTRINSICS = {VNNI: ("mntvm_dot_16x4_vnni", 16, "uint8"), AVX2: ("mntvm_dot_
                   SDOT: (SDOT_INTRIN, 16, "int8")}  # sdot: .arm_int8
 TensorIntrin.register(DOT_INTRINSICS[VNNI][0], dot_16x4_desc("uint8"), _dot_16x4_u8i8i32_vnni, override=True)
 TensorIntrin.register(DOT_INTRINSICS[AVX2][0], dot_16x4_desc("uint8"), _dot_16x4_u8i8i32_avx2, override=True)
+# the pointwise tile where :func:`.compute_int8.pw_pairs` (AVX2): 16 lanes x 2 pair sums
+PAIRS_INTRIN = "mntvm_pairs_16x4_avx2"
+TensorIntrin.register(PAIRS_INTRIN, pairs_16x4_desc("uint8"), _pairs_16x4_u8i8i32_avx2, override=True)
 
 
 def dot_of(sch: Schedule, block) -> str:
@@ -166,14 +190,22 @@ def schedule_pointwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     sch.vectorize(v)
     sch.unroll(p2)
     sch.unroll(ob1)
-    c_n, c_ob, c_p, c_v, c_ib, c_k4, c_i4 = sch.get_loops(conv)[-7:]
-    sch.reorder(c_ib, c_k4, c_n, c_ob, c_p, c_v, c_i4)
     sch.set_scope(conv, 0, "local")
+    if pw_pairs(dot):  # (lanes x 2 pair sums) accumulators, :func:`.compute_int8.pointwise_int8_te`
+        c_n, c_ob, c_p, c_v, c_h, c_ib, c_k4, c_j = sch.get_loops(conv)[-8:]
+        sch.reorder(c_ib, c_k4, c_n, c_ob, c_p, c_v, c_h, c_j)
+    else:
+        c_n, c_ob, c_p, c_v, c_ib, c_k4, c_i4 = sch.get_loops(conv)[-7:]
+        sch.reorder(c_ib, c_k4, c_n, c_ob, c_p, c_v, c_i4)
     sch.unroll(c_p)
     sch.unroll(c_ob)
     sch.unroll(c_n)
     sch.unroll(c_k4)
-    _dot_tail(sch, conv, c_v, c_i4, dot, c_ib)
+    if pw_pairs(dot):
+        sch.decompose_reduction(conv, c_ib)
+        sch.tensorize(c_v, PAIRS_INTRIN)
+    else:
+        _dot_tail(sch, conv, c_v, c_i4, dot, c_ib)
     return sch
 
 
@@ -299,7 +331,7 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
     dot = dot_of(sch, block)
     out = buffer_shape(b.writes[0].source)
     if name == RULE_PW8:
-        _, ob, p, _ = out
+        ob, p = out[1], out[2]  # (N, OB, P, V), or (N, OB, P, V, 2) with pair sums
         ib = buffer_shape(b.reads[0].source)[1]
         for r in b.reads:
             if r.source.dtype in ("uint8", "int8") and len(r.source.shape) == 4:

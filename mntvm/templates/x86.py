@@ -104,8 +104,13 @@ def int8_pw_defaults(ob: int, p: int, ib: int, dot: str, num_regs: int) -> dict:
         return {**d, "p": [rest // p_mid, p_mid, p_t]}
     if num_regs >= 32:
         return pointwise_tiles(ob, p, [(2, 8), (2, 7), (4, 4), (1, 8), (1, 7), (2, 4), (1, 4), (1, 2), (1, 1)])
-    if dot != "none":  # AVX2 vpmaddwd pairs: 2 ymm accumulators a position, 4 for the widened weights
-        return pointwise_tiles(ob, p, [(1, 4), (1, 5), (1, 3), (1, 2), (1, 1)])
+    if dot != "none":
+        # AVX2 vpmaddwd on split (lane, pair) accumulators: 4 ymm per (16 lanes x 1 position), 4
+        # for a vector's widened weights. Zen 2, 1 thread, alone (GOP/s, 2x1 / 1x2 / 1x1 / 4x1):
+        # 56^2 128->128 76 / 75 / 71 / 73, 28^2 256->256 83 / 81 / 81 / 79, 7^2 1024->1024 87 / - /
+        # 89 / 84, 4^2 512->1024 85 / 84 / 85 / 81: the one multiply pipe (1 vpmaddwd a cycle) is
+        # the limit at ~83 % of it; 2x2 spills (50-78)
+        return pointwise_tiles(ob, p, [(2, 1), (1, 2), (1, 1)])
     return pointwise_tiles(ob, p, [(1, 7), (1, 6), (1, 4), (1, 2), (1, 1)])
 
 

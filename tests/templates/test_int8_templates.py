@@ -153,8 +153,9 @@ def test_requantization_rounds_ties_to_even_and_saturates(profile):
 @pytest.mark.parametrize("profile,has_dot", [(("x86", "sapphirerapids"), True), (("x86-avx2", None), False)])
 def test_generated_code_uses_the_dot_instruction(profile, has_dot):
     """VNNI build: vpdpbusd in the pointwise kernel and a vectorized (zmm) requantization; the
-    AVX2 build: vpmaddwd on int16-widened pairs, their sums folded by vphaddd (our AVX2
-    intrinsic), neither vpdpbusd nor the int16-saturating vpmaddubsw. Compile-only (named CPUs):
+    AVX2 build: vpmaddwd on int16-widened pairs, its (lane, pair) sums accumulated as they come
+    (no vphaddd in the reduction: the pairs are added once, in the epilogue), neither vpdpbusd nor
+    the int16-saturating vpmaddubsw. Compile-only (named CPUs):
     the kernels' results are checked where they run, above."""
     rng = np.random.RandomState(1)
     data = rng.randint(0, 256, (1, 1, 16, 16)).astype("uint8")
@@ -165,6 +166,7 @@ def test_generated_code_uses_the_dot_instruction(profile, has_dot):
     assert ("vpdpbusd" in asm) == has_dot
     assert "vpmaddubsw" not in asm
     if not has_dot:
-        assert "vpmaddwd" in asm and "vphaddd" in asm and "vpmovsxbw" in asm
+        assert "vpmaddwd" in asm and "vpmovsxbw" in asm
+        assert "vphaddd" not in asm and "vpermd" not in asm, "pair sums folded in the reduction"
     if has_dot:
         assert "vrndscaleps\t$12, %zmm" in asm or "vrndscaleps\t$4, %zmm" in asm, "requantization not vectorized"
