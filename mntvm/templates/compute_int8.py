@@ -75,12 +75,12 @@ def dot_16x4_desc(act_dtype: str):
 def pairs_16x4_desc(act_dtype: str):
     """The pointwise tile of :func:`pw_pairs` as a TensorIntrin description: ``C[i, h] +=
     sum_j int32(A[2h + j]) * int32(B[i, 2h + j])``, ``A`` 4 activations, ``B`` the (16, 4) weight
-    tile, ``C`` 16 lanes x 2 pair sums."""
+    tile (int16: the int8 weights widened when packed), ``C`` 16 lanes x 2 pair sums."""
 
     @T.prim_func(s_tir=True)
     def desc(
         A: T.Buffer((4,), act_dtype, offset_factor=1),
-        B: T.Buffer((16, 4), "int8", offset_factor=1),
+        B: T.Buffer((16, 4), "int16", offset_factor=1),
         C: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
     ) -> None:
         with T.sblock("root"):
@@ -176,12 +176,20 @@ def dw_taps4(dot: str) -> bool:
     return dot == "vnni"
 
 
+def dw_pairs(dot: str) -> bool:
+    """Whether the depthwise kernel takes its taps two at a time with dot instruction ``dot``: a
+    kernel row's 3 (+1 zero-weight) taps as two pairs of columns, each one ``vpmaddwd`` per 8
+    channels on the two columns' values interleaved as int16 (AVX2)."""
+    return dot == "avx2"
+
+
 def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512, dot="none"):
     """Depthwise KHxKW conv of (N, CB, H*W, V) 8-bit ``data``; the padding holds the input's zero
-    point ``qp[3]``. Weight (CB, KH, KW, V), or with :func:`dw_taps4` (CB, KH, V, 4) (KW <= 4, the
-    taps past KW zero): the input is then first padded into (N, CB, Hp, Wp, V), so the 4
-    consecutive columns of a kernel row are 64 contiguous bytes, one dot step."""
-    if dw_taps4(dot):
+    point ``qp[3]``. Weight (CB, KH, KW, V), or with :func:`dw_taps4` (CB, KH, V, 4), with
+    :func:`dw_pairs` (CB, KH, 2, V, 2) (KW <= 4, the taps past KW zero): the input is then first
+    padded into (N, CB, Hp, Wp, V), so the 4 consecutive columns of a kernel row are 64 contiguous
+    bytes, one dot step."""
+    if dw_taps4(dot) or dw_pairs(dot):
         return _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot)
     n_, cb_, _, v_ = data.shape
     _, kh_, kw_, _ = weight.shape
@@ -203,7 +211,11 @@ def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512,
 def _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot):
     """:func:`depthwise_int8_te` with weight (CB, K, V, 4) (a square K x K kernel): a padding
     block ``pad_dw`` (N, CB, Hp, Wp, V) (Wp also covers the zero-weight 4th tap of the last
-    column), then per kernel row one dot step over 4 consecutive padded columns."""
+    column), then per kernel row one dot step over 4 consecutive padded columns. With
+    :func:`dw_pairs` (weight (CB, K, 2, V, 2)) the padding block is ``pad_pairs`` (N, CB, Hp, Wp - 1,
+    V) int32: at column ``j`` each lane's value there (low 16 bits) and in the next column (high), the
+    operand of ``vpmaddwd`` as it is loaded; a kernel row is then two steps (columns ``j`` and
+    ``j + 2``)."""
     n_, cb_, _, v_ = data.shape
     k_ = int(weight.shape[1])
     ho, wo, _ = _window(h, w, k_, k_, stride, pad)
@@ -211,17 +223,29 @@ def _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot)
     hp, wp = (ho - 1) * stride + k_, max((wo - 1) * stride + 4, w + pl)
     fill = qp[3].astype(data.dtype)
 
-    def fp(n, cb, i, j, v):
+    def padded(n, cb, i, j, v):
         inside = tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl)
         return tirx.if_then_else(inside, data[n, cb, (i - pt) * w + j - pl, v], fill)
 
-    xp = te.compute((n_, cb_, hp, wp, v_), fp, name="pad_dw")
     kh = te.reduce_axis((0, k_), "kh")
-    k4 = te.reduce_axis((0, 4), "k4")
+    if dw_pairs(dot):
+        def pair(n, cb, i, j, v):  # the 8-bit values at columns j and j + 1 as two int16 halves
+            return padded(n, cb, i, j, v).astype("int32") | (padded(n, cb, i, j + 1, v).astype("int32") << 16)
 
-    def f(n, cb, p, v):
-        x = xp[n, cb, (p // wo) * stride + kh, (p % wo) * stride + k4, v]
-        return te.sum(x.astype("int32") * weight[cb, kh, v, k4].astype("int32"), axis=[kh, k4])
+        xp = te.compute((n_, cb_, hp, wp - 1, v_), pair, name="pad_pairs")
+        t2 = te.reduce_axis((0, 2), "t2")
+
+        def f(n, cb, p, v):
+            x = xp[n, cb, (p // wo) * stride + kh, (p % wo) * stride + 2 * t2, v]
+            return te.sum((x & 0xFFFF) * weight[cb, kh, t2, v, 0].astype("int32")
+                          + (x >> 16) * weight[cb, kh, t2, v, 1].astype("int32"), axis=[kh, t2])
+    else:
+        xp = te.compute((n_, cb_, hp, wp, v_), padded, name="pad_dw")
+        k4 = te.reduce_axis((0, 4), "k4")
+
+        def f(n, cb, p, v):
+            x = xp[n, cb, (p // wo) * stride + kh, (p % wo) * stride + k4, v]
+            return te.sum(x.astype("int32") * weight[cb, kh, v, k4].astype("int32"), axis=[kh, k4])
 
     acc = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
                      attrs=_attrs(RULE_DW8, dot, bits, mntvm_wo=wo))
@@ -241,8 +265,10 @@ def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512):
     With :func:`pw_pairs` the int32 accumulators are (N, OB, P, V, 2): lane ``o``'s sums over the
     first and the second pair of each 4 inputs (axes (ib, k4, j), input channel ib*V + 4*k4 + 2h + j),
     added in the epilogue. That is ``vpmaddwd``'s output as it comes (two pair sums per lane), so
-    the reduction needs no horizontal add: 1.0/224's pointwise layers on Zen 2, 1 thread, alone,
-    46-48 -> 76-89 GOP/s (exact either way)."""
+    the reduction needs no horizontal add; and the weights come int16 (the int8 values widened when
+    packed, :mod:`.lowering_int8`), ``vpmaddwd``'s memory operand as they are. 1.0/224's pointwise
+    layers on Zen 2, 1 thread, alone: 46-48 GOP/s folding the pairs in each step, 76-89 with split
+    accumulators, 87-95 with int16 weights too (exact in every case)."""
     n_, ib_, p_, v_ = data.shape
     ob_, _, k4_ = weight.shape[:3]
     ib = te.reduce_axis((0, ib_), "ib")

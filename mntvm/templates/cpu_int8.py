@@ -29,7 +29,7 @@ import tvm
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY, dot_16x4_desc, pairs_16x4_desc, pw_pairs
+from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY, dot_16x4_desc, dw_pairs, pairs_16x4_desc, pw_pairs
 from mntvm.templates.knobs import FamilyKnobs, buffer_shape, cat, rows_and_columns, single_consumer_epilogue, \
     taps_outside, tile
 from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8, RULE_STEM8, mark_scheduled, rule
@@ -83,22 +83,22 @@ def _dot_16x4_u8i8i32_avx2(
 
 
 @T.prim_func(s_tir=True)
-def _pairs_16x4_u8i8i32_avx2(
+def _pairs_16x4_u8i16i32_avx2(
     A: T.Buffer((4,), "uint8", offset_factor=1),
-    B: T.Buffer((16, 4), "int8", offset_factor=1),
+    B: T.Buffer((16, 4), "int16", offset_factor=1),
     C: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
 ) -> None:
     with T.sblock("root"):
         T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
         T.writes(C[0:16, 0:2])
-        # (a0, a1, a2, a3) as int16, repeated: vpmaddwd pairs them with 4 lanes' 4 weights, giving
-        # (lane, pair) sums in C's own order: accumulated as they come, no horizontal add
+        # (a0, a1, a2, a3) as int16, repeated: vpmaddwd pairs them with 4 lanes' 4 (int16) weights,
+        # giving (lane, pair) sums in C's own order: accumulated as they come, no horizontal add
         a = T.reinterpret(T.broadcast(T.reinterpret(T.Cast("int16x4", A.vload([0], "uint8x4")), dtype="int64"), 4),
                           dtype="int16x16")
         for q in T.unroll(4):  # lanes 4q .. 4q+3
             C[q * 4, T.ramp(T.int32(0), 1, 8)] = C.vload([q * 4, 0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a,
-                T.Cast("int16x16", B.vload([q * 4, 0], dtype="int8x16")), dtype="int32x8")
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a, B.vload([q * 4, 0], dtype="int16x16"),
+                dtype="int32x8")
 
 
 @T.prim_func(s_tir=True)
@@ -135,12 +135,49 @@ def _dw_4taps_vnni(
             C.vload([0], dtype="int32x16"), a, B.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
 
+@T.prim_func(s_tir=True)
+def _dw_pairs_desc(
+    A: T.Buffer((16,), "int32", offset_factor=1),
+    B: T.Buffer((16, 2), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:16], B[0:16, 0:2])
+        T.writes(C[0:16])
+        for i in T.serial(0, 16):
+            with T.sblock("update"):
+                vi = T.axis.remap("S", [i])
+                C[vi] = C[vi] + (T.bitwise_and(A[vi], 65535) * T.cast(B[vi, 0], "int32")
+                                 + T.shift_right(A[vi], 16) * T.cast(B[vi, 1], "int32"))
+
+
+@T.prim_func(s_tir=True)
+def _dw_pairs_avx2(
+    A: T.Buffer((16,), "int32", offset_factor=1),
+    B: T.Buffer((16, 2), "int8", offset_factor=1),
+    C: T.Buffer((16,), "int32", offset_factor=1, scope="local"),
+) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:16], A[0:16], B[0:16, 0:2])
+        T.writes(C[0:16])
+        for h in T.unroll(2):  # channels 8h .. 8h+7: (column, next column) as the int16 halves of a lane
+            C[T.ramp(h * 8, 1, 8)] = C.vload([h * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"),
+                T.reinterpret(A.vload([h * 8], dtype="int32x8"), dtype="int16x16"),
+                T.Cast("int16x16", B.vload([h * 8, 0], dtype="int8x16")), dtype="int32x8")
+
+
 VNNI = "vnni"
 AVX2 = "avx2"  # no VNNI: vpmaddwd on int16-widened pairs, exact (never vpmaddubsw, which saturates)
 # the depthwise 4-tap step (:func:`.compute_int8.dw_taps4`): 4 columns x 16 channels (64 contiguous
 # bytes) transposed by ``vpermb`` into 16 lanes x 4 taps, then one ``vpdpbusd``
 DW_4TAPS_INTRIN = "mntvm_dw_4taps_vnni"
 TensorIntrin.register(DW_4TAPS_INTRIN, _dw_4taps_desc, _dw_4taps_vnni, override=True)
+# the depthwise pair of taps (:func:`.compute_int8.dw_pairs`, AVX2): 16 channels x (a column, the next)
+# as int16 from the ``pad_pairs`` block, one ``vpmaddwd`` per 8 channels
+DW_PAIRS_INTRIN = "mntvm_dw_pairs_avx2"
+TensorIntrin.register(DW_PAIRS_INTRIN, _dw_pairs_desc, _dw_pairs_avx2, override=True)
+DW_INTRINSICS = {VNNI: DW_4TAPS_INTRIN, AVX2: DW_PAIRS_INTRIN}  # mntvm_dot of a depthwise block -> its tile
 # mntvm_dot annotation -> (TensorIntrin name, output lanes, activation dtype). "none": no entry.
 DOT_INTRINSICS = {VNNI: ("mntvm_dot_16x4_vnni", 16, "uint8"), AVX2: ("mntvm_dot_16x4_avx2", 16, "uint8"),
                   SDOT: (SDOT_INTRIN, 16, "int8")}  # sdot: .arm_int8
@@ -148,7 +185,7 @@ TensorIntrin.register(DOT_INTRINSICS[VNNI][0], dot_16x4_desc("uint8"), _dot_16x4
 TensorIntrin.register(DOT_INTRINSICS[AVX2][0], dot_16x4_desc("uint8"), _dot_16x4_u8i8i32_avx2, override=True)
 # the pointwise tile where :func:`.compute_int8.pw_pairs` (AVX2): 16 lanes x 2 pair sums
 PAIRS_INTRIN = "mntvm_pairs_16x4_avx2"
-TensorIntrin.register(PAIRS_INTRIN, pairs_16x4_desc("uint8"), _pairs_16x4_u8i8i32_avx2, override=True)
+TensorIntrin.register(PAIRS_INTRIN, pairs_16x4_desc("uint8"), _pairs_16x4_u8i16i32_avx2, override=True)
 
 
 def dot_of(sch: Schedule, block) -> str:
@@ -240,20 +277,26 @@ def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     counters in these VMs) the dot step's 64-byte loads span four 16-byte pad stores, which the
     CPU cannot forward while they are in flight: now they were stored rows earlier."""
     conv = block
-    if dot_of(sch, conv) != VNNI:
+    if dot_of(sch, conv) not in DW_INTRINSICS:
         _row_tiles(sch, conv, d, "cb")
         taps_outside(sch, conv, 2)
         return sch
-    (pad,) = [p for p in sch.get_producers(conv) if sch.get(p).name_hint == "pad_dw"]
+    (pad,) = [p for p in sch.get_producers(conv) if sch.get(p).name_hint in ("pad_dw", "pad_pairs")]
     task = _row_tiles(sch, conv, d, "cb")
     sch.compute_at(pad, task, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(pad)[-1])
-    c_n, c_cb, c_p, c_v, c_kh, c_k4 = sch.get_loops(conv)[-6:]
-    sch.reorder(c_kh, c_n, c_cb, c_p, c_v, c_k4)
-    for loop in (c_kh, c_n, c_cb, c_p):
+    if dw_pairs(dot_of(sch, conv)):
+        c_n, c_cb, c_p, c_v, c_kh, c_t2 = sch.get_loops(conv)[-6:]
+        sch.reorder(c_kh, c_t2, c_n, c_cb, c_p, c_v)
+        outer = (c_kh, c_t2, c_n, c_cb, c_p)
+    else:
+        c_n, c_cb, c_p, c_v, c_kh, c_k4 = sch.get_loops(conv)[-6:]
+        sch.reorder(c_kh, c_n, c_cb, c_p, c_v, c_k4)
+        outer = (c_kh, c_n, c_cb, c_p)
+    for loop in outer:
         sch.unroll(loop)
     sch.decompose_reduction(conv, c_kh)
-    sch.tensorize(c_v, DW_4TAPS_INTRIN)
+    sch.tensorize(c_v, DW_INTRINSICS[dot_of(sch, conv)])
     return sch
 
 

@@ -31,8 +31,8 @@ from tvm import relax
 from mntvm.core.errors import MntvmError
 from mntvm.model.quantized import QLayer, QuantizedNet, qrange
 from mntvm.templates.amx_int8 import amx_supported, pointwise_int8_amx
-from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, dw_taps4, pointwise_int8_te,
-                                          pool_int8_te, quantize_te, stem_int8_te)
+from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, dw_pairs, dw_taps4,
+                                          pointwise_int8_te, pool_int8_te, pw_pairs, quantize_te, stem_int8_te)
 from mntvm.templates.arm_int8 import SDOT
 from mntvm.templates.cpu_int8 import AVX2, DOT_INTRINSICS, VNNI, schedule_quantize
 from mntvm.templates.lowering import legalize_and_fuse
@@ -149,9 +149,11 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
                           x, wp, bias, mult, qp, primfunc_name_hint="mntvm_stem8")
     if layer.kind == "depthwise":
         wl = _lanes(w[:, 0])  # (CB, KH, KW, V)
-        dw_dot = dot if dw_taps4(dot) and w.shape[2] == w.shape[3] <= 4 else "none"
+        dw_dot = dot if (dw_taps4(dot) or dw_pairs(dot)) and w.shape[2] == w.shape[3] <= 4 else "none"
         if dw_dot != "none":  # (CB, KH, V, 4): a kernel row's taps per dot step, those past KW zero
             wl = _pad(wl.transpose(0, 1, 3, 2), 4, axis=3)
+            if dw_pairs(dw_dot):  # (CB, KH, 2, V, 2): the row's two pairs of taps, each 16 lanes x 2
+                wl = wl.reshape(wl.shape[:3] + (2, 2)).transpose(0, 1, 3, 2, 4)
         wp = relax.const(np.ascontiguousarray(wl))
         return bb.emit_te(lambda d, w_, b, m, q: depthwise_int8_te(d, w_, b, m, q, hw, hw, layer.stride,
                                                                    (p, p, p, p), bits, dw_dot),
@@ -160,7 +162,9 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
     ob_ = _up(w.shape[0]) // V
     use_amx = amx and amx_supported(n_, ib_, p_, ob_)
     wk = _k4(w[:, :, 0, 0], use_amx or dot_packs_k4(dot))  # (OB, IB*4, ...) -> (OB, IB, 4, ...)
-    wp = relax.const(wk.reshape((wk.shape[0], -1, V // 4) + wk.shape[2:]))
+    wk = wk.reshape((wk.shape[0], -1, V // 4) + wk.shape[2:])
+    # pairs (AVX2): int16, vpmaddwd's operand as loaded (:func:`.compute_int8.pointwise_int8_te`)
+    wp = relax.const(wk.astype(np.int16) if pw_pairs(dot) and not use_amx else wk)
     if use_amx:  # the AMX kernel: VNNI-packed weights (OB, IB, 4, V, 4), same parameters and output
         gv = bb.add_func(pointwise_int8_amx(n_, ib_, p_, ob_), "mntvm_pw8")
         return bb.emit(relax.call_tir(gv, [x, wp, bias, mult, qp],

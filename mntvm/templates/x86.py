@@ -105,12 +105,12 @@ def int8_pw_defaults(ob: int, p: int, ib: int, dot: str, num_regs: int) -> dict:
     if num_regs >= 32:
         return pointwise_tiles(ob, p, [(2, 8), (2, 7), (4, 4), (1, 8), (1, 7), (2, 4), (1, 4), (1, 2), (1, 1)])
     if dot != "none":
-        # AVX2 vpmaddwd on split (lane, pair) accumulators: 4 ymm per (16 lanes x 1 position), 4
-        # for a vector's widened weights. Zen 2, 1 thread, alone (GOP/s, 2x1 / 1x2 / 1x1 / 4x1):
-        # 56^2 128->128 76 / 75 / 71 / 73, 28^2 256->256 83 / 81 / 81 / 79, 7^2 1024->1024 87 / - /
-        # 89 / 84, 4^2 512->1024 85 / 84 / 85 / 81: the one multiply pipe (1 vpmaddwd a cycle) is
-        # the limit at ~83 % of it; 2x2 spills (50-78)
-        return pointwise_tiles(ob, p, [(2, 1), (1, 2), (1, 1)])
+        # AVX2 vpmaddwd on split (lane, pair) accumulators, int16 weights as its memory operand: 4
+        # ymm per (16 lanes x 1 position). Zen 2, 1 thread, alone (GOP/s, 2x1 / 1x1 / 1x2 / 2x2):
+        # 56^2 128->128 87 / 78 / 74 / 73, 28^2 256->256 93 / 88 / 80 / 77, 7^2 1024->1024 93 / 96 /
+        # - / -; 112^2 32->64 57 / 53 / 54 / 49 (the epilogue's share). The one multiply pipe (1
+        # vpmaddwd a cycle: 105 GOP/s at 3.3 GHz) is the limit.
+        return pointwise_tiles(ob, p, [(2, 1), (1, 1)])
     return pointwise_tiles(ob, p, [(1, 7), (1, 6), (1, 4), (1, 2), (1, 1)])
 
 
@@ -119,9 +119,11 @@ def int8_dw_defaults(cb: int, ho: int, wo: int, num_regs: int) -> dict:
     # (:func:`.cpu_int8.schedule_depthwise_int8`). Measured on Emerald Rapids, interleaved A/B over
     # the 9 distinct layers of 1.0/224: 1 thread 0.97 ms (1 row, padded per row) -> 0.66 ms (8 rows),
     # 2 threads 0.37 (4 rows) / 0.32 (8) / 0.32 ms (16).
+    # AVX2 (the pairs of taps, :func:`.compute_int8.dw_pairs`, also padded per task), Zen 2, 1 thread,
+    # alone: 8 rows a task (7 on 7x7 and 14x14 maps) 1.2-2x faster than 1 over the 9 distinct layers
     wt = 7 if wo % 7 == 0 else largest_divisor_le(wo, 8 if num_regs >= 32 else 4)
     ct = 2 if wo <= 14 and cb % 2 == 0 and num_regs >= 32 else 1
-    ht = largest_divisor_le(ho, 8) if num_regs >= 32 else 1
+    ht = largest_divisor_le(ho, 8)
     return {"cb": split2(cb, ct), "h": split2(ho, ht), "w": split2(wo, wt)}
 
 

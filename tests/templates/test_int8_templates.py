@@ -15,7 +15,7 @@ from tvm import te
 from int8_check import check_network, small_net, with_zero_point
 from mntvm.core.errors import MntvmError
 from mntvm.targets.profiles import get_profile
-from mntvm.templates.compute_int8 import pointwise_int8_te
+from mntvm.templates.compute_int8 import pointwise_int8_te, pw_pairs
 from mntvm.templates.defaults import apply_sampled_schedules, default_schedule
 from mntvm.templates.lowering_int8 import dot_for, lower_int8
 from mntvm.templates.registry import INT8_RULES, all_blocks, rule_of, tunable_tasks
@@ -104,7 +104,8 @@ def _pointwise_module(profile, mult, zp, lo, hi, bias, data, weight, run=True):
     dot = dot_for(target, "uint8")
     d = te.placeholder(data.shape, "uint8", name="data")
     w_shape = (2, 1, 4, 16, 4) if dot != "none" else (2, 1, 4, 4, 16)
-    w = te.placeholder(w_shape, "int8", name="w")
+    w_dtype = "int16" if pw_pairs(dot) else "int8"  # the pairs template takes the int8 values widened
+    w = te.placeholder(w_shape, w_dtype, name="w")
     b = te.placeholder((2, 16), "int32", name="b")
     m = te.placeholder((2, 16), "float32", name="m")
     q = te.placeholder((4,), "int32", name="q")
@@ -117,7 +118,7 @@ def _pointwise_module(profile, mult, zp, lo, hi, bias, data, weight, run=True):
     # weight (O, I) -> the packed layout the block's dot instruction takes
     wo = weight.reshape(2, 16, 4, 4)  # (OB, o, k4, i4)
     wp = wo.transpose(0, 2, 1, 3) if dot != "none" else wo.transpose(0, 2, 3, 1)
-    args = [data, np.ascontiguousarray(wp)[:, None], bias.reshape(2, 16), mult.reshape(2, 16),
+    args = [data, np.ascontiguousarray(wp)[:, None].astype(w_dtype), bias.reshape(2, 16), mult.reshape(2, 16),
             np.array([zp, lo, hi, 0], np.int32), np.zeros((1, 2, data.shape[2], 16), "uint8")]
     args = [tvm.runtime.tensor(a, DEV) for a in args]
     rt["main"](*args)
@@ -153,8 +154,9 @@ def test_requantization_rounds_ties_to_even_and_saturates(profile):
 @pytest.mark.parametrize("profile,has_dot", [(("x86", "sapphirerapids"), True), (("x86-avx2", None), False)])
 def test_generated_code_uses_the_dot_instruction(profile, has_dot):
     """VNNI build: vpdpbusd in the pointwise kernel and a vectorized (zmm) requantization; the
-    AVX2 build: vpmaddwd on int16-widened pairs, its (lane, pair) sums accumulated as they come
-    (no vphaddd in the reduction: the pairs are added once, in the epilogue), neither vpdpbusd nor
+    AVX2 build: vpmaddwd on int16 pairs (the weights packed as int16, not widened in the kernel),
+    its (lane, pair) sums accumulated as they come (no vphaddd in the reduction: the pairs are
+    added once, in the epilogue), neither vpdpbusd nor
     the int16-saturating vpmaddubsw. Compile-only (named CPUs):
     the kernels' results are checked where they run, above."""
     rng = np.random.RandomState(1)
@@ -166,7 +168,8 @@ def test_generated_code_uses_the_dot_instruction(profile, has_dot):
     assert ("vpdpbusd" in asm) == has_dot
     assert "vpmaddubsw" not in asm
     if not has_dot:
-        assert "vpmaddwd" in asm and "vpmovsxbw" in asm
+        assert "vpmaddwd" in asm
+        assert "vpmovsxbw" not in asm, "weights widened in the kernel (they come int16)"
         assert "vphaddd" not in asm and "vpermd" not in asm, "pair sums folded in the reduction"
     if has_dot:
         assert "vrndscaleps\t$12, %zmm" in asm or "vrndscaleps\t$4, %zmm" in asm, "requantization not vectorized"
