@@ -133,6 +133,12 @@ def _epilogue(acc, bias, mult, qp, dtype):
                       name="epilogue")
 
 
+def _epilogue_pairs(acc, bias, mult, qp, dtype):
+    """(N, CB, P, V, 2) int32 pair sums (:func:`pw_pairs`) -> requantized 8-bit ``dtype``."""
+    return te.compute(acc.shape[:4], lambda n, cb, p, v: requant(acc[n, cb, p, v, 0] + acc[n, cb, p, v, 1] + bias[cb, v],
+                                                                mult[cb, v], qp, dtype), name="epilogue")
+
+
 def _window(h, w, kh_, kw_, stride, pad):
     """(ho, wo, tap): ``tap(p, kh, kw)`` = input row, column and whether inside, for output ``p``."""
     pt, pl, pb, pr = pad
@@ -150,12 +156,20 @@ def _window(h, w, kh_, kw_, stride, pad):
 def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=512):
     """groups=1 KHxKW conv of the padded 8-bit (N, Hp, Wp, 4) ``data`` (:func:`quantize_te`): per
     tap one (lanes x 4 channels) dot step, as the pointwise one; weight (OB, KH, KW, V, 4) (``dot``
-    packs k4) or (OB, KH, KW, 4, V), its 4th input channel zero."""
+    packs k4; int16 with :func:`pw_pairs`, whose accumulators are split in pairs as the pointwise
+    conv's) or (OB, KH, KW, 4, V), its 4th input channel zero."""
     n_, hp, wp, _ = (int(x) for x in data.shape)
     ob_, kh_, kw_ = (int(x) for x in weight.shape[:3])
     ho, wo, _ = _window(hp, wp, kh_, kw_, stride, (0, 0, 0, 0))
     kh = te.reduce_axis((0, kh_), "kh")
     kw = te.reduce_axis((0, kw_), "kw")
+    if pw_pairs(dot):  # split (lane, pair) accumulators and int16 weights, as the pointwise conv
+        j = te.reduce_axis((0, 2), "j")
+        acc = te.compute((n_, ob_, ho * wo, int(weight.shape[3]), 2), lambda n, ob, p, o, h: te.sum(
+            data[n, (p // wo) * stride + kh, (p % wo) * stride + kw, h * 2 + j].astype("int32")
+            * weight[ob, kh, kw, o, h * 2 + j].astype("int32"), axis=[kh, kw, j]),
+            name="conv_stem", attrs=_attrs(RULE_STEM8, dot, bits, mntvm_wo=wo))
+        return _epilogue_pairs(acc, bias, mult, qp, dtype)
     i4 = te.reduce_axis((0, 4), "i4")
     packed = dot_packs_k4(dot)
 
@@ -278,8 +292,7 @@ def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512):
         acc = te.compute((n_, ob_, p_, v_, 2), lambda n, ob, p, o, h: te.sum(
             data[n, ib, p, k4 * 4 + h * 2 + j].astype("int32") * weight[ob, ib, k4, o, h * 2 + j].astype("int32"),
             axis=[ib, k4, j]), name="conv_pw", attrs=_attrs(RULE_PW8, dot, bits))
-        return te.compute((n_, ob_, p_, v_), lambda n, cb, p, v: requant(
-            acc[n, cb, p, v, 0] + acc[n, cb, p, v, 1] + bias[cb, v], mult[cb, v], qp, data.dtype), name="epilogue")
+        return _epilogue_pairs(acc, bias, mult, qp, data.dtype)
     i4 = te.reduce_axis((0, 4), "i4")
     packed = dot_packs_k4(dot)
 

@@ -9,8 +9,9 @@ are plain widening int32 multiply-adds (exact on any ISA). x86 without VNNI has 
 the 4 activations widened to int16 and repeated, each 4 lanes' weights sign-extended (``vpmovsxbw``),
 one ``vpmaddwd`` gives each of the 4 lanes its two pair sums: exact, unlike ``vpmaddubsw`` (which
 saturates int16 and is never used). The pointwise conv keeps those pair sums apart in its
-accumulators (:func:`.compute_int8.pw_pairs`, tile :data:`PAIRS_INTRIN`) and adds them once in the
-epilogue; the stem and FC fold them in each step (``vphaddd``, then ``vpermd`` for the lane order).
+accumulators (:func:`.compute_int8.pw_pairs`, tile :data:`PAIRS_INTRIN`; the stem too) and adds
+them once in the epilogue; the FC folds them in each step (``vphaddd``, then ``vpermd`` for the
+lane order). The depthwise conv pairs its taps (:data:`DW_PAIRS_INTRIN`).
 1.0/224 uint8 on a Zen 2, template defaults, 1 thread: 26.1 ms with the fold in the pointwise layers
 too (their 46-48 GOP/s), 16.4 ms with the pairs kept (76-86 GOP/s past the first three layers).
 The accumulator tile is in "local" scope (registers after unrolling): the intrinsics here declare it so.
@@ -306,11 +307,19 @@ def schedule_stem_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
     rows per parallel task; each tap one (lanes x 4 channels) dot step, taps unrolled outside."""
     conv, dot = block, dot_of(sch, block)
     _row_tiles(sch, conv, d, "ob")
-    c_n, c_ob, c_p, c_v, c_kh, c_kw, c_i4 = sch.get_loops(conv)[-7:]
-    sch.reorder(c_kh, c_kw, c_n, c_ob, c_p, c_v, c_i4)
+    if pw_pairs(dot):  # (lanes x 2 pair sums) accumulators, as the pointwise conv's
+        c_n, c_ob, c_p, c_v, c_h, c_kh, c_kw, c_j = sch.get_loops(conv)[-8:]
+        sch.reorder(c_kh, c_kw, c_n, c_ob, c_p, c_v, c_h, c_j)
+    else:
+        c_n, c_ob, c_p, c_v, c_kh, c_kw, c_i4 = sch.get_loops(conv)[-7:]
+        sch.reorder(c_kh, c_kw, c_n, c_ob, c_p, c_v, c_i4)
     for loop in (c_kh, c_kw, c_n, c_ob, c_p):
         sch.unroll(loop)
-    _dot_tail(sch, conv, c_v, c_i4, dot, c_kh)
+    if pw_pairs(dot):
+        sch.decompose_reduction(conv, c_kh)
+        sch.tensorize(c_v, PAIRS_INTRIN)
+    else:
+        _dot_tail(sch, conv, c_v, c_i4, dot, c_kh)
     return sch
 
 
@@ -381,7 +390,7 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
                 ib = buffer_shape(r.source)[1]
         return table.pw(ob, p, ib, dot, fam.num_regs)
     if name in (RULE_DW8, RULE_STEM8):
-        _, cb, p, _ = out
+        cb, p = out[1], out[2]  # (N, CB, P, V), or (N, OB, P, V, 2) with pair sums
         wo = int(b.annotations["mntvm_wo"])
         f = table.dw if name == RULE_DW8 else table.stem
         return f(cb, p // wo, wo, fam.num_regs)

@@ -143,7 +143,8 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
     p = layer.padding
     w = layer.weight
     if layer.kind == "conv":  # x: the padded (N, H+2p, W+2p, 4) input of quantize_te
-        wp = relax.const(_stem_weight(w, dot_packs_k4(dot)))
+        ws = _stem_weight(w, dot_packs_k4(dot))
+        wp = relax.const(ws.astype(np.int16) if pw_pairs(dot) else ws)  # pairs: int16, as the pointwise
         return bb.emit_te(lambda d, w_, b, m, q: stem_int8_te(d, w_, b, m, q, layer.output.dtype, layer.stride,
                                                               dot, bits),
                           x, wp, bias, mult, qp, primfunc_name_hint="mntvm_stem8")
