@@ -12,8 +12,10 @@ saturates int16 and is never used). The pointwise conv keeps those pair sums apa
 accumulators (:func:`.compute_int8.pw_pairs`, tile :data:`PAIRS_INTRIN`; the stem too) and adds
 them once in the epilogue; the FC folds them in each step (``vphaddd``, then ``vpermd`` for the
 lane order). The depthwise conv pairs its taps (:data:`DW_PAIRS_INTRIN`).
-1.0/224 uint8 on a Zen 2, template defaults, 1 thread: 26.1 ms with the fold in the pointwise layers
-too (their 46-48 GOP/s), 16.4 ms with the pairs kept (76-86 GOP/s past the first three layers).
+1.0/224 uint8 on a Zen 2, template defaults, 1 thread: 26.1 ms with the fold in every layer (the
+pointwise ones at 46-48 GOP/s), 16.4 ms with the pointwise pairs kept (76-86 GOP/s), 14.4 ms with
+int16 pointwise weights, the depthwise taps in pairs and the stem on pairs too (ONNX Runtime int8:
+14.5-14.9 ms in the same runs).
 The accumulator tile is in "local" scope (registers after unrolling): the intrinsics here declare it so.
 
 The dot instructions are registered here under our own names, with the description of TVM's

@@ -48,6 +48,29 @@ def test_network_exact_at_random_knobs_on_avx2(small):
     check_network(small, get_profile("x86-avx2"), lambda m: apply_sampled_schedules(m, "llvm", 3))
 
 
+def test_avx2_kernels_multiply_int16_pairs(small):
+    """On AVX2 without VNNI every int8 conv multiplies int16 pairs with vpmaddwd (exact; never the
+    int16-saturating vpmaddubsw): the stem and pointwise keep the pair sums apart until the epilogue
+    (no vphaddd) and take their weights as int16 (no vpmovsxbw); the depthwise takes its kernel taps
+    in pairs (no per-tap vpmullw). Compile-only (Haswell), each kernel on its own."""
+    profile = get_profile("x86-avx2")
+    target = profile.tvm_target()
+    seen = set()
+    for name, func in sorted(tunable_tasks(lower_int8(small, profile)).items()):
+        kind = next(r for r in map(rule_of, all_blocks(func)) if r)
+        if kind not in ("mntvm_stem8", "mntvm_dw8", "mntvm_pw8"):
+            continue
+        mod = default_schedule(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target).mod
+        asm = tvm.compile(mod, target=target).mod.inspect_source("asm")
+        assert "vpmaddwd" in asm and "vpmaddubsw" not in asm, name
+        if kind == "mntvm_dw8":
+            assert "vpmullw" not in asm, name
+        else:
+            assert "vphaddd" not in asm and "vpmovsxbw" not in asm, name
+        seen.add(kind)
+    assert seen == {"mntvm_stem8", "mntvm_dw8", "mntvm_pw8"}
+
+
 def test_full_width_network_exact():
     """alpha 1.0 (1024 channels, 64 input blocks per pointwise reduction) at resolution 32."""
     check_network(small_net(1.0, 32, seed=1), get_profile("x86"))
