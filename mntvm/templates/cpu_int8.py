@@ -383,6 +383,10 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
     b = sch.get(block)
     table = INT8_FAMILIES[fam.name]
     dot = dot_of(sch, block)
+    # the AVX2 kernels are 256-bit code, their tiles sized for 16 ymm (measured on a Zen 2), also
+    # where an AVX-512 CPU without VNNI (Skylake-X: family "avx512", 32 registers) runs them: the
+    # VNNI tiles would need four times the registers with pair sums kept apart
+    num_regs = min(fam.num_regs, 16) if dot == AVX2 else fam.num_regs
     out = buffer_shape(b.writes[0].source)
     if name == RULE_PW8:
         ob, p = out[1], out[2]  # (N, OB, P, V), or (N, OB, P, V, 2) with pair sums
@@ -390,14 +394,14 @@ def default_knobs(sch: Schedule, block, name: str, fam: FamilyKnobs) -> dict:
         for r in b.reads:
             if r.source.dtype in ("uint8", "int8") and len(r.source.shape) == 4:
                 ib = buffer_shape(r.source)[1]
-        return table.pw(ob, p, ib, dot, fam.num_regs)
+        return table.pw(ob, p, ib, dot, num_regs)
     if name in (RULE_DW8, RULE_STEM8):
         cb, p = out[1], out[2]  # (N, CB, P, V), or (N, OB, P, V, 2) with pair sums
         wo = int(b.annotations["mntvm_wo"])
         f = table.dw if name == RULE_DW8 else table.stem
-        return f(cb, p // wo, wo, fam.num_regs)
+        return f(cb, p // wo, wo, num_regs)
     if name == RULE_DENSE8:
-        return table.dense(out[1], dot, fam.num_regs)
+        return table.dense(out[1], dot, num_regs)
     return {}
 
 

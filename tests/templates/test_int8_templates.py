@@ -16,7 +16,7 @@ from int8_check import check_network, small_net, with_zero_point
 from mntvm.core.errors import MntvmError
 from mntvm.targets.profiles import get_profile
 from mntvm.templates.compute_int8 import pointwise_int8_te, pw_pairs
-from mntvm.templates.defaults import apply_sampled_schedules, default_schedule
+from mntvm.templates.defaults import apply_sampled_schedules, default_schedule, knob_schedule
 from mntvm.templates.lowering_int8 import dot_for, lower_int8
 from mntvm.templates.registry import INT8_RULES, all_blocks, rule_of, tunable_tasks
 
@@ -69,6 +69,20 @@ def test_avx2_kernels_multiply_int16_pairs(small):
             assert "vphaddd" not in asm and "vpmovsxbw" not in asm, name
         seen.add(kind)
     assert seen == {"mntvm_stem8", "mntvm_dw8", "mntvm_pw8"}
+
+
+def test_avx512_without_vnni_takes_the_avx2_tiles(small):
+    """Skylake-X (AVX-512, no VNNI) runs the AVX2 int8 kernels: their default tiles are the AVX2
+    family's (sized for 16 ymm), not the 32-register VNNI ones that would spill there."""
+    knobs = {}
+    for prof in ("x86-avx512", "x86-avx2"):
+        profile = get_profile(prof)
+        target = profile.tvm_target()
+        tasks = tunable_tasks(lower_int8(small, profile))
+        knobs[prof] = {name: knob_schedule(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target,
+                                           None, vector_bits=profile.vector_bits)[1]
+                       for name, f in tasks.items() if name.startswith(("mntvm_pw8", "mntvm_stem8", "mntvm_dw8"))}
+    assert knobs["x86-avx512"] == knobs["x86-avx2"] and len(knobs["x86-avx2"]) >= 3
 
 
 def test_full_width_network_exact():
