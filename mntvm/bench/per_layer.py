@@ -27,7 +27,7 @@ _POOL_WORDS = ("mean", "pool")
 
 
 def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype: str = "float32",
-                     pointwise_peak: float | None = None) -> dict:
+                     pointwise_peak: float | None = None, peak_kind: str | None = None) -> dict:
     """Per-kernel and per-layer times from :func:`mntvm.remote.vm_profile.profile_vm`'s output.
 
     Kernels are the VM calls that are not VM builtins (``vm.*``), in call order. Convolution
@@ -40,7 +40,8 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
     ``peak_gflops`` (the FMA peak measured at the artifact's vector width and thread count, see
     :func:`mntvm.core.machine.measure_peak`) adds each layer's ``pct_peak``. For an int8 artifact
     (``dtype``) the same numbers are GOP/s (integer multiply-adds x 2) against the int8 dot-product
-    peak; ``pointwise_peak`` (an AMX build: the AMX-INT8 peak) is the pointwise layers' instead.
+    peak (``peak_kind`` names its instruction, :func:`mntvm.core.machine.int8_peak_kind`);
+    ``pointwise_peak`` (an AMX build: the AMX-INT8 peak) is the pointwise layers' instead.
     """
     layers = cost_report(cfg)["layers"]
     convs = [ly for ly in layers if ly["type"] != "fc"]
@@ -129,6 +130,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
         "kernels": kernels,
         "layers": by_layer,
         "peak_gflops": peak_gflops,
+        "peak_kind": peak_kind,
         "pointwise_peak_gflops": pointwise_peak,
         "dtype": dtype,
     }
@@ -171,6 +173,9 @@ def _kernel(idx, name, layer, main, kind, mean_s, total_s, madds, shapes) -> dic
             "arg_shapes": shapes}
 
 
+_PEAK_NAMES = {"vnni512": "AVX512-VNNI vpdpbusd", "pairs256": "AVX2 vpmaddwd"}  # int8_peak_kind -> words
+
+
 def format_per_layer(r: dict, top: int = 12) -> str:
     pl = r["per_layer"]
     int8 = pl.get("dtype") == "int8"
@@ -178,7 +183,8 @@ def format_per_layer(r: dict, top: int = 12) -> str:
     rows = [f"per layer ({pl['runs']} instrumented runs; kernels {pl['kernel_total_ms']:.3f} ms + "
             f"VM builtins {pl['vm_builtin_ms']:.3f} ms):"]
     if pl.get("peak_gflops"):
-        what = "int8 dot-product (VNNI) peak" if int8 else "FMA peak"
+        what = (f"int8 multiply-add peak ({_PEAK_NAMES.get(pl.get('peak_kind'), 'int8')})" if int8
+                else "FMA peak")
         rows.append(f"  measured {what} here at the artifact's vector width: {pl['peak_gflops']:.1f} {unit}")
     if pl.get("pointwise_peak_gflops"):
         rows.append(f"  pointwise layers on AMX: %peak of the measured AMX-INT8 (tdpbusd) peak, "

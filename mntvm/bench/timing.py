@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mntvm.bench.checks import reference_output
-from mntvm.core.machine import measure_peak
+from mntvm.core.machine import int8_peak_kind, measure_peak
 from mntvm.bench.per_layer import format_per_layer, per_layer_report
 from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
 from mntvm.core import arch
@@ -165,9 +165,10 @@ def benchmark(
         # an AMX build's pointwise layers against the AMX peak (:mod:`mntvm.templates.amx_int8`)
         amx = dtype == "int8" and (art.metadata.get("quantization") or {}).get("pointwise") == "amx"
         pw_peak = measure_peak(result["threads"], bits, dtype=dtype, amx=True) if amx and peak else None
+        kind = int8_peak_kind(bits) if peak and dtype == "int8" else None
         result["per_layer"] = per_layer_report(json.loads(result.pop("_profile")),
                                                MobileNetConfig.from_dict(model), peak_gflops=peak, dtype=dtype,
-                                               pointwise_peak=pw_peak)
+                                               pointwise_peak=pw_peak, peak_kind=kind)
     return result
 
 

@@ -2,7 +2,9 @@
 peak, the CPU flags that decide our code, and how many 512-bit FMA ports a core has.
 
 The FMA peak is taken at the vector width an artifact uses (float32), the int8 one with
-AVX512-VNNI ``vpdpbusd`` (64 u8 x s8 multiply-adds per instruction) or, for the AMX pointwise
+AVX512-VNNI ``vpdpbusd`` (64 u8 x s8 multiply-adds per instruction), AVX2 ``vpmaddwd`` where there
+is no VNNI (16 int16 multiply-adds: our AVX2 int8 kernels' instruction; a Zen 2 core issues one a
+cycle, as many multiply-adds as its two 8-lane FMAs) or, for the AMX pointwise
 kernels (:mod:`mntvm.templates.amx_int8`), AMX-INT8 ``tdpbusd`` (16 x 16 x 64 per instruction).
 On the Emerald Rapids guests the AMX figure is bimodal from one process to the next: 5.3-5.9 or
 2.2-2.5 TOP/s a core (VNNI: a steady ~0.55), with or without 20-40 ms of warm-up first: read
@@ -22,7 +24,7 @@ flags in ``/proc/cpuinfo`` that change the code, and the 512-bit FMA ports: two 
 stream runs ~2x a ymm one, as on Sapphire/Emerald Rapids; one on Zen4, which splits zmm in two),
 and what ``mntvm tune`` records of the machine it tuned on.
 
-Public entries: :func:`measure_peak`, :func:`cpu_flags`, :func:`machine_facts`.
+Public entries: :func:`measure_peak`, :func:`int8_peak_kind`, :func:`cpu_flags`, :func:`machine_facts`.
 """
 from __future__ import annotations
 
@@ -46,6 +48,12 @@ PEAK_C = r"""
 #include <unistd.h>
 #include <sys/syscall.h>
 #if defined(AMX)
+#elif defined(PAIRS)
+typedef __m256i vec; enum {L=16, CH=12};  /* multiply-adds per vpmaddwd (16 int16 products, summed in pairs) */
+static volatile int one = 1;  /* no operand a constant (SET(1e-9f) would be 0): the compiler must not fold the chains */
+#define FMA(a,b,c) _mm256_madd_epi16(a,b)
+#define SET(x) _mm256_set1_epi32(one + (int)(x))
+#define RED(x) (float)_mm256_extract_epi32(x, 0)
 #elif defined(INT8)
 typedef __m512i vec; enum {L=64, CH=24};   /* multiply-adds per vpdpbusd; chains */
 #define FMA _mm512_dpbusd_epi32
@@ -120,19 +128,33 @@ int main(int argc,char**argv){
 """
 # peak program -> gcc flags (one source, PEAK_C)
 _PROGRAMS = {"fma512": ["-mavx512f"], "fma256": ["-mavx2", "-mfma"],
-             "vnni512": ["-mavx512f", "-mavx512vnni", "-DINT8"], "amx": ["-mamx-tile", "-mamx-int8", "-DAMX"]}
+             "vnni512": ["-mavx512f", "-mavx512vnni", "-DINT8"], "pairs256": ["-mavx2", "-DPAIRS"],
+             "amx": ["-mamx-tile", "-mamx-int8", "-DAMX"]}
+
+
+def int8_peak_kind(vector_bits: int, amx: bool = False) -> str | None:
+    """Which int8 peak fits a build here of ``vector_bits`` (the instruction its kernels multiply
+    with, as :func:`mntvm.templates.lowering_int8.dot_for` picks it): "amx", "vnni512" (AVX512-VNNI
+    ``vpdpbusd``), "pairs256" (AVX2 ``vpmaddwd`` on int16 pairs: x86 without AVX512-VNNI), or None."""
+    if amx:
+        return "amx" if vector_bits == 512 and _cpu_has("amx_int8") else None
+    if vector_bits == 512 and _cpu_has("avx512_vnni"):
+        return "vnni512"
+    return "pairs256" if _cpu_has("avx2") else None
 
 def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000, dtype: str = "float32",
                  amx: bool = False) -> float | None:
     """fp32 FMA peak in GFLOP/s on ``threads`` threads with ``vector_bits``-wide vectors (512: AVX-512,
-    256: AVX2+FMA); ``dtype="int8"``: the AVX512-VNNI dot-product peak in GOP/s (2 ops per
-    multiply-add; 512-bit only), with ``amx`` the AMX-INT8 ``tdpbusd`` one. None where it cannot be
-    measured here (not x86, no gcc, no such ISA)."""
+    256: AVX2+FMA); ``dtype="int8"``: the int8 multiply-add peak in GOP/s (2 ops per multiply-add)
+    of the instruction a build of that width multiplies with (:func:`int8_peak_kind`: AVX512-VNNI
+    ``vpdpbusd``, else AVX2 ``vpmaddwd``), with ``amx`` the AMX-INT8 ``tdpbusd`` one. None where it
+    cannot be measured here (not x86, no gcc, no such ISA)."""
     if platform.machine() not in ("x86_64", "AMD64") or vector_bits not in (256, 512):
         return None
-    if dtype == "int8" and (vector_bits != 512 or not _cpu_has("amx_int8" if amx else "avx512_vnni")):
+    kind = int8_peak_kind(vector_bits, amx) if dtype == "int8" else f"fma{vector_bits}"
+    if kind is None:
         return None
-    exe = _binary(("amx" if amx else f"vnni{vector_bits}") if dtype == "int8" else f"fma{vector_bits}")
+    exe = _binary(kind)
     if exe is None:
         return None
     try:
