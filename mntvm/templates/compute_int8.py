@@ -25,10 +25,12 @@ in float32 before the cast, so huge values saturate. The kernels multiply the ra
 (:meth:`QLayer.input_zero_correction`) and the padding holds ``z_x`` (``qp[3]``), which is
 exactly ``sum((x_q - z_x) * w) + bias_q``.
 
-Weights (re-packed by :mod:`.lowering_int8`), int8:
+Weights (re-packed by :mod:`.lowering_int8`), int8 (the stem and pointwise ones int16 on AVX2,
+:func:`pw_pairs`: the values widened once when packed):
 
 * stem (groups=1): ``(O/V, KH, KW, V, 4)`` (dot) or ``(O/V, KH, KW, 4, V)``; depthwise: ``(C/V, KH, KW, V)``,
-  or ``(C/V, KH, V, 4)`` (:func:`dw_taps4`: a kernel row's taps, the 4th zero, per 4-byte dot step)
+  or ``(C/V, KH, V, 4)`` (:func:`dw_taps4`: a kernel row's taps, the 4th zero, per 4-byte dot step),
+  or ``(C/V, KH, 2, V, 2)`` (:func:`dw_pairs`: the same 4 taps as two pairs)
 * pointwise ``(O/V, I/V, V/4, V, 4)`` when the block's dot instruction (``mntvm_dot``) takes the
   16 x 4 weight tile of ``dot_16x4_vnni`` (output lanes x 4 consecutive inputs, 64 bytes), else
   ``(O/V, I/V, V/4, 4, V)`` (the 16 output lanes contiguous for plain vector multiply-adds)

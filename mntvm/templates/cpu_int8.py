@@ -6,12 +6,13 @@ sampled or replayed at ``decisions``. The pointwise and FC reductions end in a (
 target) names a dot instruction, that tile is tensorized with it (:data:`DOT_INTRINSICS`: the
 annotation -> the registered TensorIntrin; ARM adds its ``sdot`` entry here), else the 16 lanes
 are plain widening int32 multiply-adds (exact on any ISA). x86 without VNNI has its own (``avx2``):
-the 4 activations widened to int16 and repeated, each 4 lanes' weights sign-extended (``vpmovsxbw``),
-one ``vpmaddwd`` gives each of the 4 lanes its two pair sums: exact, unlike ``vpmaddubsw`` (which
-saturates int16 and is never used). The pointwise conv keeps those pair sums apart in its
-accumulators (:func:`.compute_int8.pw_pairs`, tile :data:`PAIRS_INTRIN`; the stem too) and adds
-them once in the epilogue; the FC folds them in each step (``vphaddd``, then ``vpermd`` for the
-lane order). The depthwise conv pairs its taps (:data:`DW_PAIRS_INTRIN`).
+the 4 activations widened to int16 and repeated, one ``vpmaddwd`` on 4 lanes' 4 int16 weights gives
+each lane two pair sums: exact, unlike ``vpmaddubsw`` (which saturates int16 and is never used).
+The pointwise conv and the stem keep those pair sums apart in their accumulators
+(:func:`.compute_int8.pw_pairs`, tile :data:`PAIRS_INTRIN`) and add them once in the epilogue, their
+weights packed as int16 (``vpmaddwd``'s memory operand); the FC sign-extends its int8 weights
+(``vpmovsxbw``) and folds the pairs in each step (``vphaddd``, then ``vpermd`` for the lane order).
+The depthwise conv pairs its taps (:data:`DW_PAIRS_INTRIN`).
 1.0/224 uint8 on a Zen 2, template defaults, 1 thread: 26.1 ms with the fold in every layer (the
 pointwise ones at 46-48 GOP/s), 16.4 ms with the pointwise pairs kept (76-86 GOP/s), 14.4 ms with
 int16 pointwise weights, the depthwise taps in pairs and the stem on pairs too (ONNX Runtime int8:
