@@ -256,6 +256,12 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
     if names:
         hashes = {w[0] for w in wl_rows}
         meta["tasks"] = {h: n for h, n in names.items() if h in hashes}
+    # "merged" describes this merge/prune; the earlier ones (what they dropped and why) stay in
+    # "merge_history", oldest first
+    history = [db.meta["merged"] for db in dbs if isinstance(db.meta.get("merged"), dict)]
+    history = [h for db in dbs for h in (db.meta.get("merge_history") or [])] + history
+    if history:
+        meta["merge_history"] = history
     meta["merged"] = {"sources": [db.path.name for db in dbs], "top_k": top_k,
                       "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     if drop_reverted:

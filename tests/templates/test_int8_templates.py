@@ -34,7 +34,8 @@ def _names(net):
 
 @pytest.mark.parametrize("profile", ["x86", "x86-avx2"])
 def test_network_exact_at_default_knobs(small, profile):
-    """This machine (AVX512-VNNI: dot instruction) and Haswell (no VNNI: plain int32 multiply-adds)."""
+    """This machine's CPU (whatever dot instruction it has: VNNI, or AVX2's vpmaddwd pairs) and Haswell
+    (AVX2, no VNNI: the vpmaddwd pairs)."""
     check_network(small, get_profile(profile))
 
 

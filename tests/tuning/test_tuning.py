@@ -609,6 +609,10 @@ def test_prune_can_drop_what_no_variant_produces(tuned, tmp_path):
     assert f"left out the records of {len(hashes) - 1} workload(s) that no variant produces" in p.stdout
     meta = json.loads((tmp_path / "fc" / META).read_text())["merged"]["dropped_unused"]
     assert meta == {"alphas": [0.25], "resolutions": [64], "workloads": sorted(hashes - fc)}
+    # a later prune keeps the record of this one (what it dropped) in the history
+    cli_run("schedules", "prune", str(tmp_path / "fc"), "--top-k", "1", "-o", str(tmp_path / "fc2"))
+    later = json.loads((tmp_path / "fc2" / META).read_text())
+    assert later["merge_history"][-1]["dropped_unused"] == meta and "dropped_unused" not in later["merged"]
     cfg = MobileNetConfig(alpha=0.25, resolution=64)
     built = [load_artifact(compile_model(cfg, tmp_path / f"a{i}", schedules=db, check_log=False)).metadata["schedules"]
              for i, db in enumerate((out, tmp_path / "fc"))]
