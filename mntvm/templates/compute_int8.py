@@ -74,28 +74,6 @@ def dot_16x4_desc(act_dtype: str):
     return desc
 
 
-def pairs_16x4_desc(act_dtype: str):
-    """The pointwise tile of :func:`pw_pairs` as a TensorIntrin description: ``C[i, h] +=
-    sum_j int32(A[2h + j]) * int32(B[i, 2h + j])``, ``A`` 4 activations, ``B`` the (16, 4) weight
-    tile (int16: the int8 weights widened when packed), ``C`` 16 lanes x 2 pair sums."""
-
-    @T.prim_func(s_tir=True)
-    def desc(
-        A: T.Buffer((4,), act_dtype, offset_factor=1),
-        B: T.Buffer((16, 4), "int16", offset_factor=1),
-        C: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
-    ) -> None:
-        with T.sblock("root"):
-            T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
-            T.writes(C[0:16, 0:2])
-            for i, h, j in T.grid(16, 2, 2):
-                with T.sblock("update"):
-                    vi, vh, vj = T.axis.remap("SSR", [i, h, j])
-                    C[vi, vh] = C[vi, vh] + T.cast(A[vh * 2 + vj], "int32") * T.cast(B[vi, vh * 2 + vj], "int32")
-
-    return desc
-
-
 def dot_packs_k4(dot: str) -> bool:
     """Whether dot instruction ``dot`` takes weights as (lanes, 4 inputs) tiles ("none": no)."""
     return dot != "none"
@@ -130,15 +108,13 @@ def _attrs(rule: str, dot: str, bits: int, **extra) -> dict:
 
 
 def _epilogue(acc, bias, mult, qp, dtype):
-    """(N, CB, P, V) int32 -> requantized 8-bit ``dtype`` (``qp``: the layer's params)."""
-    return te.compute(acc.shape, lambda n, cb, p, v: requant(acc[n, cb, p, v] + bias[cb, v], mult[cb, v], qp, dtype),
-                      name="epilogue")
+    """(N, CB, P, V) int32 -> requantized 8-bit ``dtype`` (``qp``: the layer's params); an (N, CB, P,
+    V, 2) ``acc`` holds each lane's two pair sums (:func:`pw_pairs`), added here."""
+    def total(n, cb, p, v):
+        return acc[n, cb, p, v, 0] + acc[n, cb, p, v, 1] if len(acc.shape) == 5 else acc[n, cb, p, v]
 
-
-def _epilogue_pairs(acc, bias, mult, qp, dtype):
-    """(N, CB, P, V, 2) int32 pair sums (:func:`pw_pairs`) -> requantized 8-bit ``dtype``."""
-    return te.compute(acc.shape[:4], lambda n, cb, p, v: requant(acc[n, cb, p, v, 0] + acc[n, cb, p, v, 1] + bias[cb, v],
-                                                                mult[cb, v], qp, dtype), name="epilogue")
+    return te.compute(acc.shape[:4], lambda n, cb, p, v: requant(total(n, cb, p, v) + bias[cb, v], mult[cb, v], qp,
+                                                                 dtype), name="epilogue")
 
 
 def _window(h, w, kh_, kw_, stride, pad):
@@ -171,7 +147,7 @@ def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=5
             data[n, (p // wo) * stride + kh, (p % wo) * stride + kw, h * 2 + j].astype("int32")
             * weight[ob, kh, kw, o, h * 2 + j].astype("int32"), axis=[kh, kw, j]),
             name="conv_stem", attrs=_attrs(RULE_STEM8, dot, bits, mntvm_wo=wo))
-        return _epilogue_pairs(acc, bias, mult, qp, dtype)
+        return _epilogue(acc, bias, mult, qp, dtype)
     i4 = te.reduce_axis((0, 4), "i4")
     packed = dot_packs_k4(dot)
 
@@ -294,7 +270,7 @@ def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512):
         acc = te.compute((n_, ob_, p_, v_, 2), lambda n, ob, p, o, h: te.sum(
             data[n, ib, p, k4 * 4 + h * 2 + j].astype("int32") * weight[ob, ib, k4, o, h * 2 + j].astype("int32"),
             axis=[ib, k4, j]), name="conv_pw", attrs=_attrs(RULE_PW8, dot, bits))
-        return _epilogue_pairs(acc, bias, mult, qp, data.dtype)
+        return _epilogue(acc, bias, mult, qp, data.dtype)
     i4 = te.reduce_axis((0, 4), "i4")
     packed = dot_packs_k4(dot)
 

@@ -33,7 +33,7 @@ import tvm
 from tvm.s_tir import Schedule, TensorIntrin
 from tvm.script import tirx as T
 
-from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY, dot_16x4_desc, dw_pairs, pairs_16x4_desc, pw_pairs
+from mntvm.templates.compute_int8 import BITS_KEY, DOT_KEY, dot_16x4_desc, dw_pairs, pw_pairs
 from mntvm.templates.knobs import FamilyKnobs, buffer_shape, cat, rows_and_columns, single_consumer_epilogue, \
     taps_outside, tile
 from mntvm.templates.registry import RULE_DENSE8, RULE_DW8, RULE_POOL8, RULE_PW8, RULE_STEM8, mark_scheduled, rule
@@ -84,6 +84,22 @@ def _dot_16x4_u8i8i32_avx2(
                                            dtype="int32x8")  # lanes (0, 1, 4, 5 | 2, 3, 6, 7) of the 8
             C[T.ramp(h * 8, 1, 8)] = C.vload([h * 8], dtype="int32x8") + T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx2.permd"), sums, perm, dtype="int32x8")
+
+
+@T.prim_func(s_tir=True)
+def _pairs_16x4_desc(
+    A: T.Buffer((4,), "uint8", offset_factor=1),
+    B: T.Buffer((16, 4), "int16", offset_factor=1),
+    C: T.Buffer((16, 2), "int32", offset_factor=1, scope="local"),
+) -> None:
+    # the pointwise / stem tile of :func:`.compute_int8.pw_pairs`: C[i, h] += sum_j A[2h + j] * B[i, 2h + j]
+    with T.sblock("root"):
+        T.reads(C[0:16, 0:2], A[0:4], B[0:16, 0:4])
+        T.writes(C[0:16, 0:2])
+        for i, h, j in T.grid(16, 2, 2):
+            with T.sblock("update"):
+                vi, vh, vj = T.axis.remap("SSR", [i, h, j])
+                C[vi, vh] = C[vi, vh] + T.cast(A[vh * 2 + vj], "int32") * T.cast(B[vi, vh * 2 + vj], "int32")
 
 
 @T.prim_func(s_tir=True)
@@ -189,7 +205,7 @@ TensorIntrin.register(DOT_INTRINSICS[VNNI][0], dot_16x4_desc("uint8"), _dot_16x4
 TensorIntrin.register(DOT_INTRINSICS[AVX2][0], dot_16x4_desc("uint8"), _dot_16x4_u8i8i32_avx2, override=True)
 # the pointwise tile where :func:`.compute_int8.pw_pairs` (AVX2): 16 lanes x 2 pair sums
 PAIRS_INTRIN = "mntvm_pairs_16x4_avx2"
-TensorIntrin.register(PAIRS_INTRIN, pairs_16x4_desc("uint8"), _pairs_16x4_u8i16i32_avx2, override=True)
+TensorIntrin.register(PAIRS_INTRIN, _pairs_16x4_desc, _pairs_16x4_u8i16i32_avx2, override=True)
 
 
 def dot_of(sch: Schedule, block) -> str:
@@ -198,10 +214,14 @@ def dot_of(sch: Schedule, block) -> str:
     return str(ann[DOT_KEY]) if DOT_KEY in ann else "none"
 
 
-def _dot_tail(sch: Schedule, block, lane_loop, k_loop, dot: str, reduce_loop):
-    """The innermost (lanes x 4 inputs) tile: tensorized with ``dot``'s intrinsic, or the 4 inputs
-    unrolled around 16-lane vector multiply-adds; the accumulators' init split off at ``reduce_loop``."""
-    if dot in DOT_INTRINSICS:
+def _dot_tail(sch: Schedule, block, lane_loop, k_loop, dot: str, reduce_loop, pairs: bool = False):
+    """The innermost (lanes x 4 inputs) tile: tensorized with ``dot``'s intrinsic (``pairs``: the
+    split pair accumulators' :data:`PAIRS_INTRIN`), or the 4 inputs unrolled around 16-lane vector
+    multiply-adds; the accumulators' init split off at ``reduce_loop``."""
+    if pairs:
+        sch.decompose_reduction(block, reduce_loop)
+        sch.tensorize(lane_loop, PAIRS_INTRIN)
+    elif dot in DOT_INTRINSICS:
         sch.decompose_reduction(block, reduce_loop)
         sch.tensorize(lane_loop, DOT_INTRINSICS[dot][0])
     else:
@@ -209,6 +229,19 @@ def _dot_tail(sch: Schedule, block, lane_loop, k_loop, dot: str, reduce_loop):
         sch.unroll(k_loop)
         sch.vectorize(lane_loop)
         sch.decompose_reduction(block, reduce_loop)
+
+
+def _reduction_outside(sch: Schedule, conv, dot: str):
+    """The last loops of a pointwise or stem conv computed at its register tile, ``(n, o, p, v[,
+    h], r0, r1, i)`` (``h``: the pair sums of :func:`.compute_int8.pw_pairs`), reordered to ``(r0,
+    r1, n, o, p, v[, h], i)``: the reductions over the tile. Returns ``(r0, r1, n, o, p, v, i,
+    pairs)``."""
+    pairs = pw_pairs(dot)
+    loops = sch.get_loops(conv)[-(7 + pairs):]
+    n, o, p, v = loops[:4]
+    r0, r1, i = loops[-3:]
+    sch.reorder(r0, r1, n, o, p, v, *loops[4:4 + pairs], i)
+    return r0, r1, n, o, p, v, i, pairs
 
 
 @rule("cpu", RULE_PW8)
@@ -232,21 +265,12 @@ def schedule_pointwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     sch.unroll(p2)
     sch.unroll(ob1)
     sch.set_scope(conv, 0, "local")
-    if pw_pairs(dot):  # (lanes x 2 pair sums) accumulators, :func:`.compute_int8.pointwise_int8_te`
-        c_n, c_ob, c_p, c_v, c_h, c_ib, c_k4, c_j = sch.get_loops(conv)[-8:]
-        sch.reorder(c_ib, c_k4, c_n, c_ob, c_p, c_v, c_h, c_j)
-    else:
-        c_n, c_ob, c_p, c_v, c_ib, c_k4, c_i4 = sch.get_loops(conv)[-7:]
-        sch.reorder(c_ib, c_k4, c_n, c_ob, c_p, c_v, c_i4)
+    c_ib, c_k4, c_n, c_ob, c_p, c_v, c_i4, pairs = _reduction_outside(sch, conv, dot)
     sch.unroll(c_p)
     sch.unroll(c_ob)
     sch.unroll(c_n)
     sch.unroll(c_k4)
-    if pw_pairs(dot):
-        sch.decompose_reduction(conv, c_ib)
-        sch.tensorize(c_v, PAIRS_INTRIN)
-    else:
-        _dot_tail(sch, conv, c_v, c_i4, dot, c_ib)
+    _dot_tail(sch, conv, c_v, c_i4, dot, c_ib, pairs)
     return sch
 
 
@@ -310,19 +334,10 @@ def schedule_stem_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
     rows per parallel task; each tap one (lanes x 4 channels) dot step, taps unrolled outside."""
     conv, dot = block, dot_of(sch, block)
     _row_tiles(sch, conv, d, "ob")
-    if pw_pairs(dot):  # (lanes x 2 pair sums) accumulators, as the pointwise conv's
-        c_n, c_ob, c_p, c_v, c_h, c_kh, c_kw, c_j = sch.get_loops(conv)[-8:]
-        sch.reorder(c_kh, c_kw, c_n, c_ob, c_p, c_v, c_h, c_j)
-    else:
-        c_n, c_ob, c_p, c_v, c_kh, c_kw, c_i4 = sch.get_loops(conv)[-7:]
-        sch.reorder(c_kh, c_kw, c_n, c_ob, c_p, c_v, c_i4)
+    c_kh, c_kw, c_n, c_ob, c_p, c_v, c_i4, pairs = _reduction_outside(sch, conv, dot)
     for loop in (c_kh, c_kw, c_n, c_ob, c_p):
         sch.unroll(loop)
-    if pw_pairs(dot):
-        sch.decompose_reduction(conv, c_kh)
-        sch.tensorize(c_v, PAIRS_INTRIN)
-    else:
-        _dot_tail(sch, conv, c_v, c_i4, dot, c_kh)
+    _dot_tail(sch, conv, c_v, c_i4, dot, c_kh, pairs)
     return sch
 
 
