@@ -40,7 +40,7 @@ def per_layer_report(profile: dict, cfg, peak_gflops: float | None = None, dtype
     ``peak_gflops`` (the FMA peak measured at the artifact's vector width and thread count, see
     :func:`mntvm.core.machine.measure_peak`) adds each layer's ``pct_peak``. For an int8 artifact
     (``dtype``) the same numbers are GOP/s (integer multiply-adds x 2) against the int8 dot-product
-    peak (``peak_kind`` names its instruction, :func:`mntvm.core.machine.int8_peak_kind`);
+    peak (``peak_kind``: the instruction it was measured with, the build's dot: "vnni", "avx2");
     ``pointwise_peak`` (an AMX build: the AMX-INT8 peak) is the pointwise layers' instead.
     """
     layers = cost_report(cfg)["layers"]
@@ -173,7 +173,7 @@ def _kernel(idx, name, layer, main, kind, mean_s, total_s, madds, shapes) -> dic
             "arg_shapes": shapes}
 
 
-_PEAK_NAMES = {"vnni512": "AVX512-VNNI vpdpbusd", "pairs256": "AVX2 vpmaddwd"}  # int8_peak_kind -> words
+_PEAK_NAMES = {"vnni": "AVX512-VNNI vpdpbusd", "avx2": "AVX2 vpmaddwd"}  # an int8 build's dot -> words
 
 
 def format_per_layer(r: dict, top: int = 12) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mntvm.bench.checks import reference_output
-from mntvm.core.machine import int8_peak_kind, measure_peak
+from mntvm.core.machine import measure_peak
 from mntvm.bench.per_layer import format_per_layer, per_layer_report
 from mntvm.compile.artifact import deterministic_input, load_artifact, top_k
 from mntvm.core import arch
@@ -161,14 +161,16 @@ def benchmark(
         # CPU is not this one)
         bits = art.metadata["target"].get("vector_bits")
         dtype = art.metadata.get("dtype", "float32")
-        peak = None if tracker is not None or not bits else measure_peak(result["threads"], bits, dtype=dtype)
-        # an AMX build's pointwise layers against the AMX peak (:mod:`mntvm.templates.amx_int8`)
-        amx = dtype == "int8" and (art.metadata.get("quantization") or {}).get("pointwise") == "amx"
-        pw_peak = measure_peak(result["threads"], bits, dtype=dtype, amx=True) if amx and peak else None
-        kind = int8_peak_kind(bits) if peak and dtype == "int8" else None
+        # int8: the peak of what the build multiplies with (it records it); an AMX build's pointwise
+        # layers against the AMX peak (:mod:`mntvm.templates.amx_int8`), its other layers on VNNI
+        kernel = (art.metadata.get("quantization") or {}).get("pointwise") if dtype == "int8" else None
+        dot = "vnni" if kernel == "amx" else kernel
+        peak = None if tracker is not None or not bits else measure_peak(result["threads"], bits, dtype=dtype,
+                                                                        dot=dot or "none")
+        pw_peak = measure_peak(result["threads"], bits, dtype=dtype, dot="amx") if kernel == "amx" and peak else None
         result["per_layer"] = per_layer_report(json.loads(result.pop("_profile")),
                                                MobileNetConfig.from_dict(model), peak_gflops=peak, dtype=dtype,
-                                               pointwise_peak=pw_peak, peak_kind=kind)
+                                               pointwise_peak=pw_peak, peak_kind=dot if peak else None)
     return result
 
 

@@ -24,7 +24,7 @@ flags in ``/proc/cpuinfo`` that change the code, and the 512-bit FMA ports: two 
 stream runs ~2x a ymm one, as on Sapphire/Emerald Rapids; one on Zen4, which splits zmm in two),
 and what ``mntvm tune`` records of the machine it tuned on.
 
-Public entries: :func:`measure_peak`, :func:`int8_peak_kind`, :func:`cpu_flags`, :func:`machine_facts`.
+Public entries: :func:`measure_peak`, :func:`cpu_flags`, :func:`machine_facts`.
 """
 from __future__ import annotations
 
@@ -132,28 +132,22 @@ _PROGRAMS = {"fma512": ["-mavx512f"], "fma256": ["-mavx2", "-mfma"],
              "amx": ["-mamx-tile", "-mamx-int8", "-DAMX"]}
 
 
-def int8_peak_kind(vector_bits: int, amx: bool = False) -> str | None:
-    """Which int8 peak fits a build here of ``vector_bits`` (the instruction its kernels multiply
-    with, as :func:`mntvm.templates.lowering_int8.dot_for` picks it): "amx", "vnni512" (AVX512-VNNI
-    ``vpdpbusd``), "pairs256" (AVX2 ``vpmaddwd`` on int16 pairs: x86 without AVX512-VNNI), or None."""
-    if amx:
-        return "amx" if vector_bits == 512 and _cpu_has("amx_int8") else None
-    if vector_bits == 512 and _cpu_has("avx512_vnni"):
-        return "vnni512"
-    return "pairs256" if _cpu_has("avx2") else None
-
 def measure_peak(threads: int, vector_bits: int, iterations: int = 200_000, dtype: str = "float32",
-                 amx: bool = False) -> float | None:
+                 dot: str = "vnni") -> float | None:
     """fp32 FMA peak in GFLOP/s on ``threads`` threads with ``vector_bits``-wide vectors (512: AVX-512,
     256: AVX2+FMA); ``dtype="int8"``: the int8 multiply-add peak in GOP/s (2 ops per multiply-add)
-    of the instruction a build of that width multiplies with (:func:`int8_peak_kind`: AVX512-VNNI
-    ``vpdpbusd``, else AVX2 ``vpmaddwd``), with ``amx`` the AMX-INT8 ``tdpbusd`` one. None where it
-    cannot be measured here (not x86, no gcc, no such ISA)."""
+    of instruction ``dot``, as an int8 build records what its kernels multiply with: "vnni"
+    (AVX512-VNNI ``vpdpbusd``, 512-bit builds), "avx2" (``vpmaddwd`` on int16 pairs), "amx"
+    (AMX-INT8 ``tdpbusd``). None where it cannot be measured here (not x86, no gcc, no such ISA)."""
     if platform.machine() not in ("x86_64", "AMD64") or vector_bits not in (256, 512):
         return None
-    kind = int8_peak_kind(vector_bits, amx) if dtype == "int8" else f"fma{vector_bits}"
-    if kind is None:
-        return None
+    if dtype == "int8":
+        kind, flag = {"vnni": ("vnni512", "avx512_vnni"), "avx2": ("pairs256", "avx2"),
+                      "amx": ("amx", "amx_int8")}.get(dot, (None, None))
+        if kind is None or not _cpu_has(flag) or (dot != "avx2" and vector_bits != 512):
+            return None
+    else:
+        kind = f"fma{vector_bits}"
     exe = _binary(kind)
     if exe is None:
         return None

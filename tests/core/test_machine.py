@@ -41,19 +41,19 @@ def test_peak_is_positive_where_the_isa_is_there(bits):
 
 
 def test_int8_peaks_where_the_isa_is_there():
-    """The int8 peak of a build's instruction: VNNI (vpdpbusd) for 512-bit builds where the CPU has
-    it, else AVX2's vpmaddwd (what our int8 kernels multiply with there), AMX (tdpbusd) where the
-    CPU has it, None elsewhere; a tdpbusd does 256x the multiply-adds of a vpdpbusd, so its peak is
-    the larger by far. A vpmaddwd does 16 multiply-adds, as two 8-lane FMAs: cores issue one or
-    two a cycle, so its peak is within 0.3-3x the 256-bit FMA one (a folded loop reads ~25x)."""
+    """The int8 peak of the instruction a build multiplies with (it records it): VNNI (vpdpbusd),
+    AVX2's vpmaddwd (our int8 kernels without VNNI), AMX (tdpbusd), each where the CPU has it, None
+    elsewhere; a tdpbusd does 256x the multiply-adds of a vpdpbusd, so its peak is the larger by
+    far. A vpmaddwd does 16 multiply-adds, as two 8-lane FMAs: cores issue one or two a cycle, so
+    its peak is within 0.3-3x the 256-bit FMA one (a folded loop reads ~25x)."""
     flags = machine.cpu_flags()
-    wide = machine.measure_peak(1, 512, dtype="int8")
-    pairs = machine.measure_peak(1, 256, dtype="int8")
-    amx = machine.measure_peak(1, 512, dtype="int8", amx=True)
+    wide = machine.measure_peak(1, 512, dtype="int8", dot="vnni")
+    pairs = machine.measure_peak(1, 256, dtype="int8", dot="avx2")
+    amx = machine.measure_peak(1, 512, dtype="int8", dot="amx")
     vnni = {"avx512f", "avx512_vnni"} <= flags
-    assert machine.int8_peak_kind(512) == ("vnni512" if vnni else "pairs256" if "avx2" in flags else None)
-    assert (wide is not None and wide > 1.0) if vnni or "avx2" in flags else wide is None
+    assert (wide is not None and wide > 1.0) if vnni else wide is None
     assert (pairs is not None and pairs > 1.0) if "avx2" in flags else pairs is None
+    assert machine.measure_peak(1, 512, dtype="int8", dot="sdot") is None
     assert (amx is not None and amx > 1.0) if "amx_int8" in flags else amx is None
     if pairs and {"avx2", "fma"} <= flags:
         assert 0.3 < pairs / machine.measure_peak(1, 256) < 3
