@@ -174,7 +174,6 @@ def check_log(db, low, mod, covered: list[str], profile) -> dict:
         known[key[name]] = {"log_ms": log_ms, "default_ms": def_ms, "threads": by,
                             "keep": "default" if slower else "log"}
     if todo:
-        path.parent.mkdir(parents=True, exist_ok=True)
         _write_verdicts(path, workloads=known)
     return {"tasks": {n: known[key[n]] for n in covered}, "measured": len(todo),
             "seconds": round(time.perf_counter() - t0, 2), "file": path.name}
