@@ -12,7 +12,7 @@ from mntvm.core.errors import MntvmError
 from mntvm.export.onnx import build_onnx
 from mntvm.model.network import MobileNetConfig
 
-from conftest import ROOT, ort_run, run_cli
+from conftest import ROOT, cli_run, ort_run, run_cli
 
 VARIANTS = [(0.25, 96), (0.25, 160), (1.0, 96), (1.0, 160)]
 
@@ -193,7 +193,7 @@ def test_vulkan_is_refused_cleanly(tmp_path):
 
 
 def test_cli_targets_and_user_profile(tmp_path):
-    listed = {p["name"] for p in json.loads(run_cli("targets", "--json").stdout)}
+    listed = {p["name"] for p in json.loads(cli_run("targets", "--json").stdout)}
     from mntvm.core.paths import data_dir
 
     assert listed == {p.stem for p in data_dir("targets").glob("*.toml")}
@@ -201,16 +201,16 @@ def test_cli_targets_and_user_profile(tmp_path):
                      for line in (data_dir("targets") / "aarch64.toml").read_text().splitlines())
     (tmp_path / "boards").mkdir()
     (tmp_path / "boards" / "myboard.toml").write_text(text)
-    assert "myboard" in run_cli("targets", "--targets-dir", str(tmp_path / "boards")).stdout
+    assert "myboard" in cli_run("targets", "--targets-dir", str(tmp_path / "boards")).stdout
     out = tmp_path / "art"
-    run_cli("compile", "--alpha", "0.25", "--resolution", "64", "--target", "myboard",
+    cli_run("compile", "--alpha", "0.25", "--resolution", "64", "--target", "myboard",
             "--targets-dir", str(tmp_path / "boards"), "--mcpu", "cortex-a55", "--mattr", "+neon,+dotprod",
             "-o", str(out))
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["target"]["name"] == "myboard"
     assert meta["target"]["overrides"] == {"mcpu": "cortex-a55", "mattr": ["+neon", "+dotprod"]}
     assert meta["target"]["tvm_target"]["mcpu"] == "cortex-a55"
-    bad = run_cli("compile", "--target", "nope", "-o", str(tmp_path / "x"), check=False)
+    bad = cli_run("compile", "--target", "nope", "-o", str(tmp_path / "x"), check=False)
     assert bad.returncode == 2 and "x86" in bad.stderr and "rpi4-aarch64" in bad.stderr
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import ort_run, run_cli
+from conftest import cli_run, ort_run
 from mntvm.compile import load_artifact
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "digits"
@@ -35,8 +35,8 @@ def test_compiled_int8_top1_within_a_point_of_fp32(split, tmp_path):
     cal.mkdir()
     for i, img in enumerate(x_calib):
         np.save(cal / f"{i:03d}.npy", img)
-    run_cli("compile", *ARGS, "--weights", str(MODEL), "-o", str(tmp_path / "fp32"))
-    p = run_cli("compile", *ARGS, "--weights", str(MODEL), "--dtype", "int8", "--calibration", str(cal),
+    cli_run("compile", *ARGS, "--weights", str(MODEL), "-o", str(tmp_path / "fp32"))
+    p = cli_run("compile", *ARGS, "--weights", str(MODEL), "--dtype", "int8", "--calibration", str(cal),
                 "--calibration-count", "0", "-o", str(tmp_path / "int8"))
     assert "calibration minmax on calibration/ x 64" in p.stdout
     fp32 = _predict(tmp_path / "fp32", x_test)
@@ -64,7 +64,7 @@ def test_onnx_runtime_quantized_digits_import_and_build(split, tmp_path):
 
     quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    run_cli("compile", *ARGS, "--weights", str(q), "-o", str(tmp_path / "art"))
+    cli_run("compile", *ARGS, "--weights", str(q), "-o", str(tmp_path / "art"))
     ours = _predict(tmp_path / "art", x_test)
     theirs = np.array([ort_run(q, x_test[i:i + 1]).argmax() for i in range(len(x_test))])
     fp32 = np.array([ort_run(MODEL, x_test[i:i + 1]).argmax() for i in range(len(x_test))])

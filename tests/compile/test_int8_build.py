@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tvm
 
-from conftest import ort_run, run_cli
+from conftest import cli_run, ort_run, run_cli
 from mntvm.compile import deterministic_input, load_artifact
 from mntvm.model.calibration import load_calibration
 from mntvm.model.network import MobileNetConfig
@@ -30,7 +30,7 @@ def _inputs(n=3):
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("int8") / "art"
-    p = run_cli("compile", *SMALL, "--dtype", "int8", "-o", str(out))
+    p = cli_run("compile", *SMALL, "--dtype", "int8", "-o", str(out))
     assert "int8, uint8 activations, calibration minmax" in p.stdout
     return out
 
@@ -56,10 +56,10 @@ def test_int8_build_computes_the_integer_reference_and_what_ort_computes_on_its_
 
 def test_quantize_then_compile_the_file_builds_the_same_network(int8_artifact, tmp_path):
     q = tmp_path / "q.onnx"
-    p = run_cli("quantize", *SMALL, "-o", str(q))
+    p = cli_run("quantize", *SMALL, "-o", str(q))
     assert "int8 QDQ: uint8 activations" in p.stdout and q.is_file()
     out = tmp_path / "from-file"
-    p = run_cli("compile", *SMALL, "--weights", str(q), "-o", str(out))  # no --dtype: follows the file
+    p = cli_run("compile", *SMALL, "--weights", str(q), "-o", str(out))  # no --dtype: follows the file
     assert "calibration imported" in p.stdout
     a, b = load_artifact(out), load_artifact(int8_artifact)
     assert a.metadata["dtype"] == "int8"
@@ -88,7 +88,7 @@ def test_a_model_quantized_by_onnx_runtime_builds_and_agrees_with_it(tmp_path):
     quantize_static(str(pre), str(q), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                     activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
     out = tmp_path / "art"
-    run_cli("compile", *SMALL, "--weights", str(q), "-o", str(out))
+    cli_run("compile", *SMALL, "--weights", str(q), "-o", str(out))
     art = load_artifact(out)
     net = import_qdq(q, CFG)
     for x in _inputs(2):
@@ -110,7 +110,7 @@ def test_int8_refusals_are_one_line_and_write_nothing(tmp_path, args, needle):
     args = [str(tmp_path / a) if a in ("EMPTY", "CAL") else a for a in args]
     needle = str(tmp_path / needle) if needle == "EMPTY" else needle
     out = tmp_path / "art"
-    p = run_cli("compile", *SMALL, *args, "-o", str(out), check=False)
+    p = cli_run("compile", *SMALL, *args, "-o", str(out), check=False)
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0], p.stderr
@@ -119,10 +119,10 @@ def test_int8_refusals_are_one_line_and_write_nothing(tmp_path, args, needle):
 
 def test_a_quantized_file_refuses_float32_and_quantize_refuses_it(tmp_path):
     q = tmp_path / "q.onnx"
-    run_cli("quantize", *SMALL, "-o", str(q))
+    cli_run("quantize", *SMALL, "-o", str(q))
     for cmd in (["compile", *SMALL, "--weights", str(q), "--dtype", "float32", "-o", str(tmp_path / "a")],
                 ["quantize", *SMALL, "--weights", str(q), "-o", str(tmp_path / "q2.onnx")]):
-        p = run_cli(*cmd, check=False)
+        p = cli_run(*cmd, check=False)
         assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
         assert "quantized" in p.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "q2.onnx").exists()
@@ -147,7 +147,7 @@ def test_bench_checks_an_int8_artifact_against_the_network_it_carries(int8_artif
     # the carried QDQ file swapped for another quantization: refused in one line, not mis-measured
     fake = tmp_path / "art"
     shutil.copytree(int8_artifact, fake)
-    run_cli("quantize", *SMALL, "--seed", "9", "-o", str(tmp_path / "other.onnx"))
+    cli_run("quantize", *SMALL, "--seed", "9", "-o", str(tmp_path / "other.onnx"))
     shutil.copy(tmp_path / "other.onnx", fake / "model.qdq.onnx")
     p = run_cli("bench", str(fake), "--repeat", "3", check=False)
     assert p.returncode == 2 and "does not match" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -25,7 +25,7 @@ from mntvm.model.network import MobileNetConfig
 from mntvm.tuning import merge, prune, show, tune
 from mntvm.tuning.database import META, RECORDS, WORKLOADS
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_run
 
 CFG = MobileNetConfig(alpha=0.25, resolution=32)
 TINY = ["--alpha", "0.25", "--resolution", "32"]
@@ -241,8 +241,8 @@ def test_compile_names_the_line_of_a_broken_log(seeded, tmp_path, broken):
         bad = [wi, rec[:3]] if broken == "record of 3 fields" else [wi, "x"]
         (db / RECORDS).write_text("\n".join([line, json.dumps(bad), line]) + "\n")
         want = f"{db / RECORDS}: line 2 is not a tuning record"
-    p = run_cli("compile", *TINY, "--schedules", str(db), "-o", str(tmp_path / "art"), check=False)
+    p = cli_run("compile", *TINY, "--schedules", str(db), "-o", str(tmp_path / "art"), check=False)
     assert p.returncode == 2 and p.stdout == "" and p.stderr == f"mntvm: error: corrupt schedules log {want}\n"
     assert not (tmp_path / "art").exists()
-    p = run_cli("schedules", "show", str(db), check=False)
+    p = cli_run("schedules", "show", str(db), check=False)
     assert p.returncode == 2 and p.stderr == f"mntvm: error: corrupt schedules log {want}\n"

@@ -12,7 +12,7 @@ from mntvm.model.quantized import forward_int8
 from mntvm.tuning import format_tune
 from mntvm.tuning.tune import tune
 
-from conftest import run_cli
+from conftest import cli_run
 
 CFG = MobileNetConfig(alpha=0.25, resolution=32)
 
@@ -34,7 +34,7 @@ def test_int8_tuning_writes_records_that_compile_applies_to_another_model(tmp_pa
     cal.mkdir()
     for i in range(3):
         np.save(cal / f"{i}.npy", deterministic_input((1,) + CFG.input_shape[1:], seed=40 + i)[0] * 0.5)
-    run_cli("quantize", "--alpha", "0.25", "--resolution", "32", "--seed", "7", "--calibration", str(cal),
+    cli_run("quantize", "--alpha", "0.25", "--resolution", "32", "--seed", "7", "--calibration", str(cal),
             "-o", str(q))
     art = load_artifact(compile_model(CFG, tmp_path / "art", weights=q, schedules=out, check_log=False))
     s = art.metadata["schedules"]

@@ -268,7 +268,7 @@ def test_the_network_is_checked_too(tuned, tmp_path, monkeypatch):
 
 def test_variants_share_workloads(tuned, tmp_path):
     out, _ = tuned
-    p = run_cli("compile", "--alpha", "0.25", "--resolution", "64", "--schedules", str(out), "--no-log-check",
+    p = cli_run("compile", "--alpha", "0.25", "--resolution", "64", "--schedules", str(out), "--no-log-check",
                 "-o", str(tmp_path / "b"))
     meta = json.loads((tmp_path / "b" / "metadata.json").read_text())["schedules"]
     # the FC's workload depends only on channels and is reused; every spatial size differs, so the
