@@ -60,9 +60,9 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
     low = lower_int8(weights, profile) if int8 else lower(cfg, weights, profile)
     tasks = sorted(tunable_tasks(low))
     info = {"kind": "templates", "tasks": len(tasks), "tuned": [], "defaults": tasks, "database": None}
-    mod, ex = low, None
+    mod = low
     if schedules is not None:
-        mod, tuned, check, ex = verify.apply_checked(schedules, low, profile, check_log)
+        mod, tuned, check = verify.apply_checked(schedules, low, profile, check_log)
         if check:
             info["log_check"] = check
         info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
@@ -71,9 +71,8 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
         # kernels without a template (softmax, reshape) get DLight rules, recorded in "rules"
         ex, info["rules"] = compile_gpu(apply_default_schedules(mod, target), target)
         return ex, info
-    if ex is None:  # else the network check built this very module
-        ex = prefetch.compile_cpu(apply_default_schedules(mod, target, profile.vector_bits), target)
-    return ex, info
+    mod = apply_default_schedules(mod, target, profile.vector_bits)
+    return prefetch.compile_cpu(mod, target), info
 
 
 def compile_model(

@@ -188,9 +188,8 @@ NETWORK_RUNS = 5
 
 
 def _network_call(mod, profile):
-    """``(call, executable)``: a callable running the whole lowered network ``mod`` (its Relax
-    ``main``) once on a random input, and its executable, built as compile builds it (template
-    defaults for what ``mod`` leaves unscheduled)."""
+    """A callable running the whole lowered network ``mod`` (its Relax ``main``) once, built as
+    compile builds it (template defaults for what ``mod`` leaves unscheduled), on a random input."""
     import tvm
     from tvm import relax
 
@@ -199,7 +198,7 @@ def _network_call(mod, profile):
     vm = relax.VirtualMachine(ex, tvm.cpu())
     shape = [int(d) for d in mod["main"].params[0].ty.shape]
     x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"), tvm.cpu())
-    return (lambda: vm["main"](x)), ex
+    return lambda: vm["main"](x)
 
 
 def _network_keep(log_ms: dict, default_ms: dict) -> str:
@@ -208,7 +207,7 @@ def _network_keep(log_ms: dict, default_ms: dict) -> str:
     return "default" if any(log_ms[c] > default_ms[c] * (1 + NETWORK_MARGIN) for c in log_ms) else "log"
 
 
-def check_network(db, low, mod, kept: list[str], profile, built: dict | None = None) -> dict:
+def check_network(db, low, mod, kept: list[str], profile) -> dict:
     """The whole network with the log's schedules for ``kept`` (``mod``) against the network on the
     template defaults (``low``), timed interleaved on every thread count of :func:`_thread_counts`:
     ``keep`` is "log" only where the log's network is not slower by more than
@@ -217,9 +216,7 @@ def check_network(db, low, mod, kept: list[str], profile, built: dict | None = N
     1.0/224 network 1.02x / 1.01x slower at 1 / 2 threads (the weights of a layer come from DRAM in
     the network, and the tasks' small losses add up). Returns ``{"keep", "log_ms", "default_ms",
     "measured", "seconds"}`` (medians per thread count); the verdict is kept in the log's verdict
-    file per network (its tasks' workloads and which of them use the log). ``built`` (a dict), when
-    the networks are timed now: filled with their executables (``"log"``, ``"defaults"``), the very
-    builds compile would make of them."""
+    file per network (its tasks' workloads and which of them use the log)."""
     import tvm_ffi
 
     from mntvm.core.threads import time_interleaved
@@ -238,11 +235,7 @@ def check_network(db, low, mod, kept: list[str], profile, built: dict | None = N
         v = networks[key]
         return {**v, "keep": _network_keep(v["log_ms"], v["default_ms"]), "measured": False,
                 "seconds": round(time.perf_counter() - t0, 2)}
-    calls = {}
-    for k, m in (("log", mod), ("defaults", low)):
-        calls[k], ex = _network_call(m, profile)
-        if built is not None:
-            built[k] = ex
+    calls = {"log": _network_call(mod, profile), "defaults": _network_call(low, profile)}
     by = {}
     with restored_threads():
         for n_threads in _thread_counts(profile):
@@ -269,28 +262,25 @@ def apply_checked(db, low, profile, check: bool = True):
     (:func:`check_log`) and those the defaults beat are left unscheduled (the template defaults
     schedule them later); then, for a whole network with tasks still on the log, the network is
     checked too (:func:`check_network`) and, where the log's is slower, all of it goes back to
-    the defaults. Returns ``(module, tuned task names kept, check summary or None, executable or
-    None)``; the summary: ``kept``, ``reverted`` (names, by the tasks' check), ``measured``,
-    ``seconds``, ``file``, the tasks' summed ``log_ms`` / ``default_ms``, and ``network``
-    (:func:`check_network`'s verdict, with ``reverted``: the tasks it sent back; or None); the
-    executable: the returned module as compile builds it, where the network check has just built
-    it (compile then does not build the network a third time)."""
+    the defaults. Returns ``(module, tuned task names kept, check summary or None)``; the
+    summary: ``kept``, ``reverted`` (names, by the tasks' check), ``measured``, ``seconds``, ``file``,
+    the tasks' summed ``log_ms`` / ``default_ms``, and ``network`` (:func:`check_network`'s verdict,
+    with ``reverted``: the tasks it sent back; or None)."""
     mod, tuned = db.apply(low, profile.tvm_target())
     if not (check and tuned and not profile.is_gpu and profile.detected.get("mcpu")):
-        return mod, tuned, None, None
+        return mod, tuned, None
     c = check_log(db, low, mod, tuned, profile)
     reverted = sorted(n for n, v in c["tasks"].items() if v["keep"] == "default")
     mod = mod.clone()
     for name in reverted:
         mod[name] = low[name]
     tuned = [n for n in tuned if n not in reverted]
-    network, built = None, {}
+    network = None
     if tuned and _is_network(low):
-        network = check_network(db, low, mod, tuned, profile, built)
+        network = check_network(db, low, mod, tuned, profile)
         if network["keep"] == "default":  # the whole network on the defaults
             network["reverted"], tuned, mod = sorted(tuned), [], low
-    ex = built.get("log" if tuned else "defaults")
     return mod, tuned, {"kept": len(tuned), "reverted": reverted, "measured": c["measured"], "seconds": c["seconds"],
                         "network": network,
                         "file": c["file"], "log_ms": round(sum(v["log_ms"] for v in c["tasks"].values()), 4),
-                        "default_ms": round(sum(v["default_ms"] for v in c["tasks"].values()), 4)}, ex
+                        "default_ms": round(sum(v["default_ms"] for v in c["tasks"].values()), 4)}
