@@ -107,6 +107,30 @@ def _strays(mark: str) -> list[str]:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def a_cache_of_the_suites_own(tmp_path_factory):
+    """``MNTVM_CACHE`` is a folder of the suite's own (one per test worker), for this process and
+    every process it starts: tests neither find what earlier runs or the user left in the cache
+    (log verdicts, measured peaks, artifacts: a first compile on a fresh machine is what CI runs)
+    nor leave theirs behind (each tuned test log's verdicts, in the user's cache, piled up run by
+    run). The emulated board's userland (a minute to build, read-only once built) stays in the
+    user's cache, linked in, so it is built once per machine."""
+    from mntvm.core.paths import cache_dir
+    from mntvm.remote.userland import board_dir
+
+    user, own = cache_dir(), tmp_path_factory.mktemp("cache")
+    shared = board_dir("aarch64", user)
+    shared.mkdir(parents=True, exist_ok=True)  # built there, under its lock, by the first test that needs it
+    board_dir("aarch64", own).symlink_to(shared, target_is_directory=True)
+    saved = os.environ.get("MNTVM_CACHE")
+    os.environ["MNTVM_CACHE"] = str(own)
+    yield
+    if saved is None:
+        os.environ.pop("MNTVM_CACHE", None)
+    else:
+        os.environ["MNTVM_CACHE"] = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def temporary_files_in_the_test_area(tmp_path_factory):
     """The suite's temporary files, and those of every process it starts, go to a folder of pytest's
     own temporary area (which pytest prunes), not to /tmp: tests that SIGKILL a tune, an RPC server
