@@ -23,7 +23,9 @@ def compiled(tmp_path_factory):
     out = {}
     for alpha, res in VARIANTS:
         cfg = MobileNetConfig(alpha=alpha, resolution=res)
-        out[(alpha, res)] = (cfg, compile_model(cfg, root / f"{alpha}_{res}", target="x86"))
+        # the shipped log applied as it is, every record it has for these shapes (not only those that
+        # win here: compile's timing check, tests/tuning, would pick per machine and per run)
+        out[(alpha, res)] = (cfg, compile_model(cfg, root / f"{alpha}_{res}", target="x86", check_log=False))
     return out
 
 
