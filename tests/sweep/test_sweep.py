@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, cli_run, run_cli
 from rpc_fixtures import listening
 
 ALPHAS, RESOLUTIONS = (0.25, 0.5), (96, 128)
@@ -437,13 +437,15 @@ def test_sweep_touches_what_it_uses_and_prunes_the_cache(swept, tmp_path):
     (["--target", "x86", "--resume"], "--resume needs --out"),
     (["--target", "rpi4-aarch64"], "benchmark it on its board with --tracker"),
 ])
-def test_bad_input_one_line_before_compiling(args, message, boards, tmp_path):
+def test_bad_input_one_line_before_compiling(args, message, boards, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
+    monkeypatch.setenv("MNTVM_CACHE", str(cache))
     out = tmp_path / "out.jsonl"
     args = [a.format(closed=_free_port(), tracker=boards.tracker) for a in args]
     if "--resume" not in args:
         args += ["--out", str(out)]
-    p = _sweep(cache, *args, *(["--resolutions", "96"] if "--resolutions" not in args else []), timeout=120)
+    # in this process (the CLI's own parsing and printing, without a TVM import per case)
+    p = cli_run("sweep", *args, *(["--resolutions", "96"] if "--resolutions" not in args else []), check=False)
     assert p.returncode == 2, p.stderr
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("mntvm: error:") and message in err[0], p.stderr
