@@ -15,6 +15,8 @@ Public entry: :func:`compile_model`.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Mapping
@@ -40,8 +42,10 @@ from mntvm.tuning import verify
 from mntvm.tuning.report import format_network_times
 
 
-def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: bool = True):
-    """Lower, schedule and build; returns ``(relax.Executable, schedule_info dict)``.
+def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: bool = True, libs=None):
+    """Lower, schedule and build; returns ``(built, schedule_info dict)``: ``built`` a
+    ``relax.Executable``, or the path of the library the log's network check just exported for the
+    network it chose (in the folder ``libs``, when given: the same build, not made a third time).
 
     ``weights``: fp32 weights (a dict) or a :class:`QuantizedNet` (int8, CPU targets only).
     CPU families and CUDA: our templates (:mod:`mntvm.templates`), with tuned records from
@@ -60,9 +64,9 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
     low = lower_int8(weights, profile) if int8 else lower(cfg, weights, profile)
     tasks = sorted(tunable_tasks(low))
     info = {"kind": "templates", "tasks": len(tasks), "tuned": [], "defaults": tasks, "database": None}
-    mod = low
+    mod, lib = low, None
     if schedules is not None:
-        mod, tuned, check = verify.apply_checked(schedules, low, profile, check_log)
+        mod, tuned, check, lib = verify.apply_checked(schedules, low, profile, check_log, libs)
         if check:
             info["log_check"] = check
         info.update(kind="templates+database", tuned=tuned, database=schedules.identity(),
@@ -71,6 +75,8 @@ def build(cfg: MobileNetConfig, weights, profile, schedules=None, check_log: boo
         # kernels without a template (softmax, reshape) get DLight rules, recorded in "rules"
         ex, info["rules"] = compile_gpu(apply_default_schedules(mod, target), target)
         return ex, info
+    if lib is not None:  # the network check built and exported this very network already
+        return lib, info
     mod = apply_default_schedules(mod, target, profile.vector_bits)
     return prefetch.compile_cpu(mod, target), info
 
@@ -110,36 +116,40 @@ def compile_model(
     db = open_schedules(schedules, profile, force=force_schedules) if has_templates(profile) else None
     w, quant = network_for(cfg, profile, weights, seed, dtype, calibration, method, calibration_count)
     t0 = time.perf_counter()
-    ex, sched_info = build(cfg, w, profile, db, check_log=check_log)
-    build_s = time.perf_counter() - t0
-    out_dir = Path(out_dir)
-    with write_artifact(out_dir) as tmp:
-        profile.export_library(ex, tmp / LIB_NAME)
-        int8 = isinstance(w, QuantizedNet)
-        if int8:
-            export_qdq(w, tmp / QDQ_NAME)
-            quant = {**quant, "pointwise": pointwise_kernel(profile.tvm_target(), w.act_dtype)}
-        meta = {
-            "format": 1,
-            "library": library_record(tmp / LIB_NAME),
-            "model": cfg.to_dict(),
-            "target": profile.to_metadata(),
-            "tvm_version": tvm.__version__,
-            "tvm_ffi_version": tvm_ffi.__version__,
-            "dtype": quant["dtype"],
-            "quantization": {k: v for k, v in quant.items() if k != "dtype"} or None,
-            "weights_sha256": quantized_digest(w) if int8 else W.digest(w),
-            # relative to the artifact: no absolute path in what we write; bench --compare finds it
-            "weights_source": os.path.relpath(os.path.abspath(weights), out_dir.resolve())
-                              if isinstance(weights, (str, os.PathLike)) else
-                              ("dict" if weights is not None else f"random(seed={seed})"),
-            "input": {"name": "data", "shape": list(cfg.input_shape), "dtype": cfg.dtype},
-            "output": {"name": "prob", "shape": list(cfg.output_shape), "dtype": cfg.dtype},
-            "schedules": sched_info,
-            "build_seconds": round(build_s, 3),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        write_json_atomic(tmp / META_NAME, meta)
+    with tempfile.TemporaryDirectory(prefix="mntvm-") as libs:
+        built, sched_info = build(cfg, w, profile, db, check_log=check_log, libs=libs)
+        build_s = time.perf_counter() - t0
+        out_dir = Path(out_dir)
+        with write_artifact(out_dir) as tmp:
+            if isinstance(built, Path):  # the network check's export of this very network
+                shutil.copyfile(built, tmp / LIB_NAME)
+            else:
+                profile.export_library(built, tmp / LIB_NAME)
+            int8 = isinstance(w, QuantizedNet)
+            if int8:
+                export_qdq(w, tmp / QDQ_NAME)
+                quant = {**quant, "pointwise": pointwise_kernel(profile.tvm_target(), w.act_dtype)}
+            meta = {
+                "format": 1,
+                "library": library_record(tmp / LIB_NAME),
+                "model": cfg.to_dict(),
+                "target": profile.to_metadata(),
+                "tvm_version": tvm.__version__,
+                "tvm_ffi_version": tvm_ffi.__version__,
+                "dtype": quant["dtype"],
+                "quantization": {k: v for k, v in quant.items() if k != "dtype"} or None,
+                "weights_sha256": quantized_digest(w) if int8 else W.digest(w),
+                # relative to the artifact: no absolute path in what we write; bench --compare finds it
+                "weights_source": os.path.relpath(os.path.abspath(weights), out_dir.resolve())
+                                  if isinstance(weights, (str, os.PathLike)) else
+                                  ("dict" if weights is not None else f"random(seed={seed})"),
+                "input": {"name": "data", "shape": list(cfg.input_shape), "dtype": cfg.dtype},
+                "output": {"name": "prob", "shape": list(cfg.output_shape), "dtype": cfg.dtype},
+                "schedules": sched_info,
+                "build_seconds": round(build_s, 3),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            write_json_atomic(tmp / META_NAME, meta)
     return out_dir
 
 

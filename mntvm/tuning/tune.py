@@ -319,7 +319,7 @@ def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping, network=No
     nothing to check here."""
     import tvm
 
-    _, kept, c = apply_checked(sdb, network if network is not None else tvm.IRModule(dict(funcs)), profile)
+    _, kept, c, _ = apply_checked(sdb, network if network is not None else tvm.IRModule(dict(funcs)), profile)
     if c is None:
         return None
     kept = kept + (c.get("network") or {}).get("reverted", [])  # the tasks' own verdicts

@@ -32,9 +32,11 @@ Public entries: :func:`apply_checked` (a log applied to a lowered module, checke
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -187,15 +189,19 @@ NETWORK_ROUNDS = 6  # interleaved rounds per thread count, each a block of NETWO
 NETWORK_RUNS = 5
 
 
-def _network_call(mod, profile):
-    """A callable running the whole lowered network ``mod`` (its Relax ``main``) once, built as
-    compile builds it (template defaults for what ``mod`` leaves unscheduled), on a random input."""
+def _network_call(mod, profile, lib: Path):
+    """A callable running the whole lowered network ``mod`` (its Relax ``main``) once on a random
+    input, built and exported to ``lib`` as compile builds and exports it (template defaults for what
+    ``mod`` leaves unscheduled), and loaded from that file: the check times the very library an
+    artifact ships, and compile can take it as it is. (A VM is never made from the in-memory
+    executable: exported after a VM loaded it, it prints a "Scope Saving" warning per constant.)"""
     import tvm
     from tvm import relax
 
     target = profile.tvm_target()
     ex = prefetch.compile_cpu(apply_default_schedules(mod, target, profile.vector_bits), target)
-    vm = relax.VirtualMachine(ex, tvm.cpu())
+    profile.export_library(ex, lib)
+    vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
     shape = [int(d) for d in mod["main"].params[0].ty.shape]
     x = tvm.runtime.tensor(np.random.default_rng(0).standard_normal(shape).astype("float32"), tvm.cpu())
     return lambda: vm["main"](x)
@@ -207,7 +213,7 @@ def _network_keep(log_ms: dict, default_ms: dict) -> str:
     return "default" if any(log_ms[c] > default_ms[c] * (1 + NETWORK_MARGIN) for c in log_ms) else "log"
 
 
-def check_network(db, low, mod, kept: list[str], profile) -> dict:
+def check_network(db, low, mod, kept: list[str], profile, libs: str | Path | None = None) -> dict:
     """The whole network with the log's schedules for ``kept`` (``mod``) against the network on the
     template defaults (``low``), timed interleaved on every thread count of :func:`_thread_counts`:
     ``keep`` is "log" only where the log's network is not slower by more than
@@ -216,7 +222,9 @@ def check_network(db, low, mod, kept: list[str], profile) -> dict:
     1.0/224 network 1.02x / 1.01x slower at 1 / 2 threads (the weights of a layer come from DRAM in
     the network, and the tasks' small losses add up). Returns ``{"keep", "log_ms", "default_ms",
     "measured", "seconds"}`` (medians per thread count); the verdict is kept in the log's verdict
-    file per network (its tasks' workloads and which of them use the log)."""
+    file per network (its tasks' workloads and which of them use the log). The two networks timed
+    now are exported as ``log.so`` and ``defaults.so`` in the folder ``libs`` (a temporary one when
+    None), the libraries compile would export for them."""
     import tvm_ffi
 
     from mntvm.core.threads import time_interleaved
@@ -235,13 +243,15 @@ def check_network(db, low, mod, kept: list[str], profile) -> dict:
         v = networks[key]
         return {**v, "keep": _network_keep(v["log_ms"], v["default_ms"]), "measured": False,
                 "seconds": round(time.perf_counter() - t0, 2)}
-    calls = {"log": _network_call(mod, profile), "defaults": _network_call(low, profile)}
     by = {}
-    with restored_threads():
-        for n_threads in _thread_counts(profile):
-            set_threads(n_threads)
-            t = time_interleaved(calls, NETWORK_ROUNDS, NETWORK_RUNS, warmup=2, pinned=tuple(calls), alternate=True)
-            by[str(n_threads)] = {k: round(float(np.median(v)), 4) for k, v in t.items()}
+    with contextlib.ExitStack() as stack:
+        folder = Path(libs if libs is not None else stack.enter_context(tempfile.TemporaryDirectory(prefix="mntvm-")))
+        calls = {k: _network_call(m, profile, folder / f"{k}.so") for k, m in (("log", mod), ("defaults", low))}
+        with restored_threads():
+            for n_threads in _thread_counts(profile):
+                set_threads(n_threads)
+                t = time_interleaved(calls, NETWORK_ROUNDS, NETWORK_RUNS, warmup=2, pinned=tuple(calls), alternate=True)
+                by[str(n_threads)] = {k: round(float(np.median(v)), 4) for k, v in t.items()}
     log_ms, default_ms = {c: v["log"] for c, v in by.items()}, {c: v["defaults"] for c, v in by.items()}
     verdict = {"keep": _network_keep(log_ms, default_ms), "log_ms": log_ms, "default_ms": default_ms}
     networks[key] = verdict
@@ -256,31 +266,36 @@ def _is_network(mod) -> bool:
     return any(gv.name_hint == "main" and isinstance(f, relax.Function) for gv, f in mod.functions.items())
 
 
-def apply_checked(db, low, profile, check: bool = True):
+def apply_checked(db, low, profile, check: bool = True, libs: str | Path | None = None):
     """``db``'s records applied to the lowered module ``low`` (:meth:`ScheduleDB.apply`); when
     ``profile`` is this machine's CPU and ``check``, every tuned task is first checked here
     (:func:`check_log`) and those the defaults beat are left unscheduled (the template defaults
     schedule them later); then, for a whole network with tasks still on the log, the network is
     checked too (:func:`check_network`) and, where the log's is slower, all of it goes back to
-    the defaults. Returns ``(module, tuned task names kept, check summary or None)``; the
-    summary: ``kept``, ``reverted`` (names, by the tasks' check), ``measured``, ``seconds``, ``file``,
-    the tasks' summed ``log_ms`` / ``default_ms``, and ``network`` (:func:`check_network`'s verdict,
-    with ``reverted``: the tasks it sent back; or None)."""
+    the defaults. Returns ``(module, tuned task names kept, check summary or None, library or
+    None)``; the summary: ``kept``, ``reverted`` (names, by the tasks' check), ``measured``,
+    ``seconds``, ``file``, the tasks' summed ``log_ms`` / ``default_ms``, and ``network``
+    (:func:`check_network`'s verdict, with ``reverted``: the tasks it sent back; or None); the
+    library: where the network check built and timed the returned module just now and ``libs``
+    (a folder) was given, its exported file there, which compile ships instead of building the
+    network a third time."""
     mod, tuned = db.apply(low, profile.tvm_target())
     if not (check and tuned and not profile.is_gpu and profile.detected.get("mcpu")):
-        return mod, tuned, None
+        return mod, tuned, None, None
     c = check_log(db, low, mod, tuned, profile)
     reverted = sorted(n for n, v in c["tasks"].items() if v["keep"] == "default")
     mod = mod.clone()
     for name in reverted:
         mod[name] = low[name]
     tuned = [n for n in tuned if n not in reverted]
-    network = None
+    network, lib = None, None
     if tuned and _is_network(low):
-        network = check_network(db, low, mod, tuned, profile)
+        network = check_network(db, low, mod, tuned, profile, libs)
         if network["keep"] == "default":  # the whole network on the defaults
             network["reverted"], tuned, mod = sorted(tuned), [], low
+        if network["measured"] and libs is not None:
+            lib = Path(libs) / ("log.so" if tuned else "defaults.so")
     return mod, tuned, {"kept": len(tuned), "reverted": reverted, "measured": c["measured"], "seconds": c["seconds"],
                         "network": network,
                         "file": c["file"], "log_ms": round(sum(v["log_ms"] for v in c["tasks"].values()), 4),
-                        "default_ms": round(sum(v["default_ms"] for v in c["tasks"].values()), 4)}
+                        "default_ms": round(sum(v["default_ms"] for v in c["tasks"].values()), 4)}, lib

@@ -223,13 +223,26 @@ def test_the_network_is_checked_too(tuned, tmp_path, monkeypatch):
     time with the other test worker compiling on the same two cores); then -1, the log's network
     would have to take no time. The verdict is remembered per network with its times, and judged
     again from them under the margin in force: the second compile times nothing and drops the log."""
+    import tvm
+
     import mntvm.tuning.verify as verify
+    from mntvm.templates import prefetch
 
     out, summary = tuned
     monkeypatch.setenv("MNTVM_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(verify, "MARGIN", 10.0)  # every task passes its own check
     monkeypatch.setattr(verify, "NETWORK_MARGIN", math.inf)
+    networks_built, compile_cpu = [], prefetch.compile_cpu
+
+    def counting(mod, target):  # builds of a whole network (a Relax main), as against a task's kernel
+        networks_built.append(any(isinstance(f, tvm.relax.Function) for f in mod.functions.values()))
+        return compile_cpu(mod, target)
+
+    monkeypatch.setattr(prefetch, "compile_cpu", counting)
     s = load_artifact(compile_model(CFG, tmp_path / "a", schedules=out)).metadata["schedules"]
+    # the network with the log and on the defaults, each built once: the artifact ships the library the
+    # check exported and timed for the winner
+    assert networks_built.count(True) == 2
     net = s["log_check"]["network"]
     counts = {"1", str(min(get_profile("x86").threads, os.cpu_count()))}
     assert net["measured"] and set(net["log_ms"]) == set(net["default_ms"]) == counts
