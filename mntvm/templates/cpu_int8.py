@@ -299,13 +299,14 @@ def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     int32 accumulators; widening multiply-adds per tap with the padding (= z_x) predicated
     inline, or (``mntvm_dot`` VNNI, :func:`.compute_int8.dw_taps4`) one ``vpdpbusd`` per kernel
     row of each output vector, from the ``pad_dw`` rows of the task (its ``h_t`` output rows + 2),
-    padded once at the start of the task. Padding there rather than before each output row (the
+    padded once at the start of the task (AVX2, :func:`.compute_int8.dw_pairs`: two ``vpmaddwd``
+    steps per kernel row and 8 channels, from the task's ``pad_pairs`` rows). Padding there rather than before each output row (the
     3 rows it reads, each padded again for the next row) is 25-35 % faster over the 13 layers of
     1.0/224 (1 thread, interleaved A/B, 8 rows a task): fewer copies, and (we think most of it; no
     counters in these VMs) the dot step's 64-byte loads span four 16-byte pad stores, which the
     CPU cannot forward while they are in flight: now they were stored rows earlier."""
-    conv = block
-    if dot_of(sch, conv) not in DW_INTRINSICS:
+    conv, dot = block, dot_of(sch, block)
+    if dot not in DW_INTRINSICS:
         _row_tiles(sch, conv, d, "cb")
         taps_outside(sch, conv, 2)
         return sch
@@ -313,7 +314,7 @@ def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     task = _row_tiles(sch, conv, d, "cb")
     sch.compute_at(pad, task, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(pad)[-1])
-    if dw_pairs(dot_of(sch, conv)):
+    if dw_pairs(dot):
         c_n, c_cb, c_p, c_v, c_kh, c_t2 = sch.get_loops(conv)[-6:]
         sch.reorder(c_kh, c_t2, c_n, c_cb, c_p, c_v)
         outer = (c_kh, c_t2, c_n, c_cb, c_p)
@@ -324,7 +325,7 @@ def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Sche
     for loop in outer:
         sch.unroll(loop)
     sch.decompose_reduction(conv, c_kh)
-    sch.tensorize(c_v, DW_INTRINSICS[dot_of(sch, conv)])
+    sch.tensorize(c_v, DW_INTRINSICS[dot])
     return sch
 
 
