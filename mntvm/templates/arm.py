@@ -1,9 +1,11 @@
 """ARM (NEON, 128-bit) default knobs for the CPU templates (:mod:`mntvm.templates.cpu`) and the int8
 ones (:mod:`mntvm.templates.cpu_int8`, at the end).
 
-AArch64 has 32 128-bit registers (4 fp32 lanes): the pointwise register tile is up to 6
-output-channel vectors x 4 positions or 4 x 6 (24 accumulators), like the x86 AVX-512 case
-but with V=4. Only the defaults differ; the template logic is shared.
+AArch64 has 32 128-bit registers (4 fp32 lanes), but a register tile holds fewer accumulators than
+AVX-512's: LLVM loads each input of the four unrolled reduction steps of a channel block as its own
+scalar (``ldp s, s``) for ``fmla ... v.s[0]``, so a tile of ``p_t`` positions keeps up to ``2 p_t``
+inputs live next to its accumulators. Only the defaults differ; the template logic is shared.
+Not measured on a board: chosen by what LLVM made of them (:mod:`.codegen`, ``benchmarks/hot_loops.py``).
 """
 from __future__ import annotations
 
@@ -11,8 +13,17 @@ from mntvm.templates.knobs import FamilyKnobs, largest_divisor_le, pointwise_til
 
 
 def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
-    return pointwise_tiles(ob, p, [(4, 6), (4, 7), (3, 8), (2, 12), (4, 4), (2, 8), (2, 7), (1, 8), (1, 7), (1, 4),
-                                   (1, 2), (1, 1)])
+    # At most 16 accumulators. The AArch64 code of the fused kernels of 1.0/224, 1.0/192 and 0.75/160
+    # (Cortex-A72, :mod:`.codegen`): 4x7, 4x6, 3x8, 2x12, 2x10 moved 18-84 q registers to and from the
+    # stack per 96-112 fmla in their hottest loop, and llvm-mca's Cortex-A72 model gives them 1.06-1.69
+    # cycles an fmla; 4x4, 2x8, 3x5, 2x7, 2x6 spill none and run at its 1.01 (1 fmla a cycle by element).
+    # The x5 tiles are for the 5x5 maps of resolution 160 (1x1 there before: 1.5-1.8 cycles an fmla).
+    # With 1-2 input blocks (8 channels in, alpha 0.25) the whole reduction is unrolled and LLVM loads
+    # its inputs ahead: 4x4 spilled 62 q registers a loop, 2x8 39, 2x4 2, 1x8 none (all ~1.5 cycles an
+    # fmla there, the epilogue's share).
+    first = [(1, 8), (1, 7)] if ib <= 2 else []
+    return pointwise_tiles(ob, p, first + [(4, 4), (2, 8), (3, 5), (2, 7), (2, 6), (3, 4), (2, 5), (1, 8), (1, 7),
+                                           (2, 4), (1, 5), (1, 4), (1, 2), (1, 1)])
 
 
 def _dw_defaults(cb: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
@@ -22,9 +33,9 @@ def _dw_defaults(cb: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
 
 
 def _stem_defaults(ob: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
-    wt = largest_divisor_le(wo, 8)
-    o_t = largest_divisor_le(ob, 2)
-    return {"ob": split2(ob, o_t), "w": split2(wo, wt)}
+    # one output-channel vector x 8 columns: 2x8 spilled 5 q registers in its hottest loop (1.29 cycles
+    # an fmla in llvm-mca's Cortex-A72 model), 1x8 none (1.00)
+    return {"ob": split2(ob, 1), "w": split2(wo, largest_divisor_le(wo, 8))}
 
 
 def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:

@@ -43,9 +43,9 @@ def schedule_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
 
 
 # vector registers by lanes of fp32, where the inner order of the register tile is chosen by what fits
-# (:func:`inner_positions_outside`): AVX2's 16 ymm. With 32 registers (AVX-512, NEON) every default
-# tile fits either way and the order stays channels-outside.
-VECTOR_REGISTERS = {8: 16}
+# (:func:`inner_positions_outside`): AVX2's 16 ymm, AVX-512's 32 zmm. (4 lanes are NEON's: 32 q registers
+# on AArch64, 16 on 32-bit Arm; the NEON families' default tiles fit either way in their files.)
+VECTOR_REGISTERS = {8: 16, 16: 32}
 
 
 def inner_positions_outside(o_t: int, p_t: int, lanes: int) -> bool:
@@ -55,7 +55,9 @@ def inner_positions_outside(o_t: int, p_t: int, lanes: int) -> bool:
     outside keeps the ``o_t`` weight vectors live instead (``o_t * p_t + o_t + 1``). The second is
     taken only where the first does not fit and it does: on AVX2 (16 ymm), 2x6 runs at 70-83
     GFLOP/s channels-outside (19 registers: LLVM spills) and 100 positions-outside (15), 3x4 97-101;
-    4x3 fits channels-outside (16) and runs at 100-102 (Zen 2, 1 thread, 14x14 and 24x24 layers)."""
+    4x3 fits channels-outside (16) and runs at 100-102 (Zen 2, 1 thread, 14x14 and 24x24 layers).
+    On AVX-512 the 3x8 tile (48 output channels, alpha 0.75) needs 33 zmm channels-outside: LLVM
+    moved 80-118 zmm to and from the stack in its 384 FMAs (:mod:`.codegen`), none positions-outside."""
     regs = VECTOR_REGISTERS.get(lanes)
     if regs is None:
         return False

@@ -61,9 +61,13 @@ def _dw_defaults(cb: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
 
 
 def _stem_defaults(ob: int, ho: int, wo: int, vec: int, num_regs: int) -> dict:
-    wt = largest_divisor_le(wo, 8 if num_regs >= 32 else 4)
-    o_t = 2 if ob % 2 == 0 else 1
-    return {"ob": split2(ob, o_t), "w": split2(wo, wt)}
+    # The row-tiled stem (AVX-512; AVX2's is the padded one, :func:`.cpu.stem_flat_knobs`). AVX-512, 1.0/224,
+    # LLVM's code (:mod:`.codegen`): 2 channel vectors x 8 columns moved 18 zmm to and from the stack
+    # in its hottest loop (0.70 cycles an FMA in llvm-mca's Skylake-SP model), 1 x 16 none (0.57); not
+    # timed on an AVX-512 machine yet
+    if num_regs >= 32:
+        return {"ob": split2(ob, 1), "w": split2(wo, largest_divisor_le(wo, 16))}
+    return {"ob": split2(ob, 2 if ob % 2 == 0 else 1), "w": split2(wo, largest_divisor_le(wo, 4))}
 
 
 def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:

@@ -351,7 +351,9 @@ def test_dw_pointwise_avx2_knobs_use_twelve_accumulators(extra):
         assert o_c > 64 or extra or not d["ragged"], (c, o_c, ho, d)
     assert inner_positions_outside(2, 6, 8) and inner_positions_outside(3, 4, 8)
     assert not inner_positions_outside(4, 3, 8) and not inner_positions_outside(2, 5, 8)
-    assert not inner_positions_outside(3, 8, 16)  # 32 registers: the order never changes there
+    # 32 zmm: 3x8 needs 33 channels-outside, 28 positions-outside; 4x6 fits channels-outside (31)
+    assert inner_positions_outside(3, 8, 16) and not inner_positions_outside(4, 6, 16)
+    assert not inner_positions_outside(4, 4, 4)  # 4 lanes (NEON): the order never changes
 
 
 def test_dw_pointwise_default_knobs_read_large_weights_once():
