@@ -421,3 +421,19 @@ def test_cuda_artifact_needs_a_gpu(tmp_path, monkeypatch):
     art = compile_model(MobileNetConfig(alpha=0.25, resolution=32), tmp_path / "cu", target="cuda-sm80")
     with pytest.raises(MntvmError, match="is a CUDA artifact .* has no CUDA GPU: .*--tracker"):
         benchmark(art, repeat=1, warmup=0, progress=False)
+
+
+def test_hot_loops_script():
+    """benchmarks/hot_loops.py for a board this machine cannot run: a row for every conv and FC kernel of
+    the network, each with multiply-adds and no more spills than the templates' test allows; a GPU
+    profile is refused in one line."""
+    script = str(ROOT / "benchmarks" / "hot_loops.py")
+    p = subprocess.run([sys.executable, script, "--target", "rpi4-aarch64", "--alpha", "0.25", "--resolution", "64"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split()[1:4] for line in p.stdout.splitlines() if line.startswith("mntvm_")}
+    assert {"mntvm_conv", "mntvm_dense", "mntvm_dwpw"} <= set(rows) and len(rows) >= 8, p.stdout
+    for name, (instr, madds, spills) in rows.items():
+        assert int(madds) > 0 and int(instr) > int(madds) and int(spills) * 4 <= int(madds), (name, p.stdout)
+    p = subprocess.run([sys.executable, script, "--target", "cuda-sm80"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 2 and "GPU target" in p.stderr.splitlines()[-1], p.stderr
