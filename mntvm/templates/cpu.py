@@ -43,8 +43,9 @@ def schedule_pointwise(sch: Schedule, block, d: dict | None = None) -> Schedule:
 
 
 # vector registers by lanes of fp32, where the inner order of the register tile is chosen by what fits
-# (:func:`inner_positions_outside`): AVX2's 16 ymm, AVX-512's 32 zmm. (4 lanes are NEON's: 32 q registers
-# on AArch64, 16 on 32-bit Arm; the NEON families' default tiles fit either way in their files.)
+# (:func:`inner_positions_outside`): AVX2's 16 ymm, AVX-512's 32 zmm. Not 4 lanes (NEON: 32 q registers on
+# AArch64, 16 on 32-bit Arm, one family): there the order stays channels-outside and the family's tiles are
+# small enough for AArch64 either way (:mod:`.arm`).
 VECTOR_REGISTERS = {8: 16, 16: 32}
 
 
