@@ -6,10 +6,12 @@ for the target profile at the template defaults (or at a schedules log's records
 loop (:func:`mntvm.templates.codegen.kernel_hot_loop`) is printed with its multiply-adds, the vector
 registers it moves to and from the stack, and, where ``llvm-mca`` is installed (Debian: ``llvm``),
 the cycles per multiply-add LLVM's model of ``--mca-cpu`` predicts for it, next to the model's own
-best (a block of independent multiply-adds of the same form): a loop at 1.0x is bound by the
-multiply-add units alone.
+best (a block of independent fp32 multiply-adds of the form our kernels use): an fp32 loop at 1.0x is
+bound by the multiply-add units alone. ``--dtype int8`` reads the int8 kernels (multiply-adds: their
+dot-product or widening multiplies, ``sdot``, ``vpdpbusd``, ``vpmaddwd``, ``smull``...).
 
     python benchmarks/hot_loops.py --target rpi4-aarch64 [--alpha 1.0] [--resolution 224] [--mca-cpu cortex-a72]
+    python benchmarks/hot_loops.py --target aarch64-dotprod --dtype int8 --mca-cpu neoverse-n1
     python benchmarks/hot_loops.py --target x86-avx512 --mcpu sapphirerapids --schedules schedules/x86-emeraldrapids
 
 A static check, not a timing: llvm-mca models neither caches nor memory (on Zen 2 its predictions for
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
     ap.add_argument("--mcpu", default=None, help="the CPU to generate code for (default: the profile's)")
     ap.add_argument("--schedules", default=None, help="a schedules folder whose records to apply (default: none)")
     ap.add_argument("--mca-cpu", default=None, help="llvm-mca's CPU model (default: the code's CPU)")
+    ap.add_argument("--dtype", choices=("float32", "int8"), default="float32",
+                    help="int8: the quantized network's kernels (random weights, calibrated on random inputs)")
     args = ap.parse_args(argv)
 
     import tvm
@@ -74,7 +78,16 @@ def main(argv=None) -> int:
     target = profile.tvm_target()
     isa = isa_of(target)
     cfg = MobileNetConfig(alpha=args.alpha, resolution=args.resolution)
-    low = lower(cfg, W.random_weights(cfg, 0), profile)
+    if args.dtype == "int8":
+        import numpy as np
+
+        from mntvm.model.quantize import quantize
+        from mntvm.templates.lowering_int8 import lower_int8
+
+        cal = np.random.default_rng(0).uniform(-0.5, 1.5, (2, 3, cfg.resolution, cfg.resolution)).astype("float32")
+        low = lower_int8(quantize(cfg, W.random_weights(cfg, 0), cal, act_dtype=profile.int8_activations), profile)
+    else:
+        low = lower(cfg, W.random_weights(cfg, 0), profile)
     mod = low
     if args.schedules:
         from mntvm.tuning import open_schedules
@@ -89,7 +102,8 @@ def main(argv=None) -> int:
         v = {512: "z", 256: "y"}.get(profile.vector_bits, "x")
         block = [IDEAL[isa].format(r=r, v=v) for r in IDEAL_REGS[isa]]
         ideal = (mca_cycles(mca, isa, cpu, block) or float("nan")) / len(block)
-    print(f"{profile.name} ({target.attrs.get('mcpu', 'generic')}, {isa}), {cfg.alpha:g}/{cfg.resolution}; "
+    print(f"{profile.name} ({target.attrs.get('mcpu', 'generic')}, {isa}), {cfg.alpha:g}/{cfg.resolution} "
+          f"{args.dtype}; "
           + (f"llvm-mca model {cpu}: best {ideal:.2f} cycles a multiply-add" if mca else
              "llvm-mca not found (Debian: apt install llvm): no cycle predictions"))
     print(f"{'kernel':14s} {'instr':>5s} {'madds':>5s} {'spills':>6s} {'cyc/madd':>8s} {'x best':>6s}  knobs")

@@ -13,10 +13,13 @@ from __future__ import annotations
 import dataclasses
 import re
 
-# multiply-add instructions per ISA: x86 FMA3, AArch64 fmla (vector / by element) and fmadd, Arm NEON vmla/vfma
-_FMA = {"x86": re.compile(r"^v?f[n]?m(add|sub)\d{3}[ps][sd]\b"),
-        "aarch64": re.compile(r"^(fmla|fmadd)\b"),
-        "arm": re.compile(r"^(vfma|vmla)\.f32\b")}
+# multiply-add instructions per ISA, fp32 and those of our int8 kernels: x86 FMA3, VNNI vpdpbusd and
+# vpmaddwd (AVX2 / AVX-512 without VNNI); AArch64 fmla (vector / by element), fmadd, sdot / udot, and
+# the widening multiplies smull / smlal of NEON without dot products; 32-bit Arm vfma / vmla (fp32) and
+# vmull / vmlal (int8)
+_FMA = {"x86": re.compile(r"^(v?f[n]?m(add|sub)\d{3}[ps][sd]|vpdpbusds?|vpdpwssds?|vpmaddwd|vpmaddubsw)\b"),
+        "aarch64": re.compile(r"^(fmla|fmadd|[su]dot|usdot|[su]mlal2?|[su]mull2?)\b"),
+        "arm": re.compile(r"^((vfma|vmla)\.f32|vmull\.[su](8|16)|vmlal\.[su](8|16))\b")}
 # instructions that end a basic block (its branch, a call or a return)
 _BRANCH = {"x86": re.compile(r"^(j[a-z]+|call|ret)\b"),
            "aarch64": re.compile(r"^(b|b\.[a-z]+|bl|br|blr|cbn?z|tbn?z|ret)\b"),
