@@ -69,9 +69,10 @@ def test_candidates_are_timed_against_the_published_defaults(kernels, tmp_path):
         # time says (the ratio the wrong way round would put it below the base, ~1/raw^2 of what
         # this checks; an unscaled one at ~1e5 x the base, ~1e3 x). The bounds are wide: on two busy
         # cores (the suite runs two tests at once) that quotient read 0.39-2.88, alone 0.70-0.81
-        # (Zen 2, raw ~63)
+        # (Zen 2, raw ~63), and 5.4 in one clean-clone run (raw 30: the naive kernel ran 4x slower
+        # while the other worker ran); 0.1-10 still sits two orders of magnitude from either mistake
         assert raw > 2, own
-        assert np.median(slow) / base > 1.5 and 0.2 < (np.median(slow) / base) / raw < 5, (slow, base, own)
+        assert np.median(slow) / base > 1.5 and 0.1 < (np.median(slow) / base) / raw < 10, (slow, base, own)
         # a new publication is a new reference: its base is measured again
         measure.publish_reference(tmp_path, libs["defaults"], infos)
         _evaluate(libs["defaults"], args, repeat=2)
