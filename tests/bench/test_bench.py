@@ -434,6 +434,6 @@ def test_hot_loops_script():
     rows = {line.split()[0]: line.split()[1:4] for line in p.stdout.splitlines() if line.startswith("mntvm_")}
     assert {"mntvm_conv", "mntvm_dense", "mntvm_dwpw"} <= set(rows) and len(rows) >= 8, p.stdout
     for name, (instr, madds, spills) in rows.items():
-        assert int(madds) > 0 and int(instr) > int(madds) and int(spills) * 4 <= int(madds), (name, p.stdout)
+        assert int(madds) > 0 and int(instr) > int(madds) and int(spills) * 8 <= int(madds), (name, p.stdout)
     p = subprocess.run([sys.executable, script, "--target", "cuda-sm80"], capture_output=True, text=True, timeout=600)
     assert p.returncode == 2 and "GPU target" in p.stderr.splitlines()[-1], p.stderr

@@ -3,7 +3,7 @@ assembly, its multiply-adds and its vector spills, on ISAs this machine cannot r
 
 The reference for the parser is assembly written by hand; for the templates, LLVM's own register
 allocator: a default register tile whose hottest loop moves vector registers to and from the stack
-more than once per 4 multiply-adds fails."""
+more than once per 8 multiply-adds fails (AVX-512 and AArch64, whose defaults are chosen by their code)."""
 from __future__ import annotations
 
 import pytest
@@ -77,7 +77,11 @@ def test_hot_loop_reads_each_isa():
         hot_loop(X86, "mips")
 
 
-PROFILES = ("x86-avx2", "x86-avx512", "rpi4-aarch64")
+# the families whose defaults no machine here can time, so are chosen by their code. Not AVX2: this
+# machine times it, and there spills measured harmless: the stem's 1x12 tile of alpha 0.25 moves 74 ymm
+# per 108 FMAs and is its fastest (Zen 2, 0.082 ms; 1x6 0.086, 1x4 0.106), the first fused layer of
+# 0.5/224 (4x2, the reduction unrolled) 65 per 128 and runs within 1 % of 2x4 and 1x8 that move none.
+PROFILES = ("x86-avx512", "rpi4-aarch64")
 
 
 @pytest.fixture(scope="module", params=PROFILES)
@@ -95,17 +99,18 @@ def scheduled(request):
     return profile, tasks
 
 
-# vector spills per multiply-add in a default's hottest loop, at most. Between what ran fast and what
-# LLVM's models call slow: the AVX2 stem's 3x4 tile (alpha 0.75) moves 22 ymm per 108 FMAs and is the
-# fastest of its tiles on Zen 2 (3x3: 10 % slower, 1x12: 38 %); the 4x6 tiles AVX-512 machines ran at
-# 86-97 % of their peak 14 per 384. NEON's 4x7 moved 52-79 q registers per 112 fmla (1.23-1.68 cycles
-# an fmla in llvm-mca's Cortex-A72 model against 1.01 without), AVX-512's 2x8 stem 18 zmm per 48 FMAs.
-SPILLS_PER_FMA = 1 / 4
+# vector spills per multiply-add in a default's hottest loop, at most. The AVX-512 tiles that machines of
+# that kind ran at 86-97 % of their FMA peak (4x6) move up to 14 zmm per 384 FMAs (0.04); over all 16
+# alpha x resolution variants the defaults now move at most 0.036 (AVX-512) and 0.048 (AArch64) per
+# multiply-add. Those llvm-mca calls slow moved more: NEON's 4x7 52-86 q registers per 112 fmla (1.23-1.68
+# cycles an fmla in its Cortex-A72 model against 1.01 without), 4x6 18-21 per 96 (1.06-1.10), AVX-512's
+# 3x8 80-118 zmm per 384 FMAs and its 2x8 stem 18 per 48 (0.70 cycles an FMA against 0.57).
+SPILLS_PER_FMA = 1 / 8
 
 
 def test_default_register_tiles_stay_in_registers(scheduled):
     """Each conv and FC kernel's hottest loop at the family's defaults multiply-adds and moves at
-    most one vector register to or from the stack per 4 multiply-adds (:data:`SPILLS_PER_FMA`)."""
+    most one vector register to or from the stack per 8 multiply-adds (:data:`SPILLS_PER_FMA`)."""
     profile, tasks = scheduled
     target = profile.tvm_target()
     assert isa_of(target) == ("aarch64" if "aarch64" in profile.name else "x86")
