@@ -62,8 +62,6 @@ def main(argv=None) -> int:
                     help="int8: the quantized network's kernels (random weights, calibrated on random inputs)")
     args = ap.parse_args(argv)
 
-    import tvm
-
     from mntvm.model import weights as W
     from mntvm.model.network import MobileNetConfig
     from mntvm.targets.profiles import get_profile
