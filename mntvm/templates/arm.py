@@ -18,10 +18,11 @@ def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
     # stack per 96-112 fmla in their hottest loop, and llvm-mca's Cortex-A72 model gives them 1.06-1.69
     # cycles an fmla; 4x4, 2x8, 3x5, 2x7, 2x6 spill none and run at its 1.01 (1 fmla a cycle by element).
     # The x5 tiles are for the 5x5 maps of resolution 160 (1x1 there before: 1.5-1.8 cycles an fmla).
-    # With 1-2 input blocks (8 channels in, alpha 0.25) the whole reduction is unrolled and LLVM loads
-    # its inputs ahead: 4x4 spilled 62 q registers a loop, 2x8 39, 2x4 2, 1x8 none (all ~1.5 cycles an
-    # fmla there, the epilogue's share).
-    first = [(1, 8), (1, 7)] if ib <= 2 else []
+    # With 1-2 input blocks (8 channels in: alpha 0.25's first layer) the whole reduction is one unrolled
+    # block and LLVM loads all its inputs ahead: every tile but the smallest spills there, and the model
+    # prefers the large ones (cycles an fmla, alpha 0.25 at 224 / 192 / 160 / 128): 4x7 1.26 (86 spilled
+    # per 112), 4x6 1.11 (55 per 96), 1x8 1.46 everywhere (none), 4x4 1.50-1.62, 2x8 1.48.
+    first = [(4, 6), (4, 7), (1, 8), (1, 7)] if ib <= 2 else []
     return pointwise_tiles(ob, p, first + [(4, 4), (2, 8), (3, 5), (2, 7), (2, 6), (3, 4), (2, 5), (1, 8), (1, 7),
                                            (2, 4), (1, 5), (1, 4), (1, 2), (1, 1)])
 

@@ -110,7 +110,9 @@ SPILLS_PER_FMA = 1 / 8
 
 def test_default_register_tiles_stay_in_registers(scheduled):
     """Each conv and FC kernel's hottest loop at the family's defaults multiply-adds and moves at
-    most one vector register to or from the stack per 8 multiply-adds (:data:`SPILLS_PER_FMA`)."""
+    most one vector register to or from the stack per 8 multiply-adds (:data:`SPILLS_PER_FMA`).
+    (Not alpha 0.25's first NEON layer: its 2 input blocks make the whole reduction one unrolled
+    block, where every tile but the smallest spills and llvm-mca prefers the large ones, :mod:`mntvm.templates.arm`.)"""
     profile, tasks = scheduled
     target = profile.tvm_target()
     assert isa_of(target) == ("aarch64" if "aarch64" in profile.name else "x86")
@@ -122,15 +124,16 @@ def test_default_register_tiles_stay_in_registers(scheduled):
 
 def test_a_tile_too_large_for_the_register_file_is_seen():
     """The check can fail: NEON's former default, 4 channel vectors x 7 positions (28 accumulators
-    next to the 7-14 inputs LLVM keeps), spills in every step of its reduction."""
+    next to the 7-14 inputs LLVM keeps), spills in every step of its reduction (alpha 0.25/224's second
+    fused layer, 4 input blocks); the default there (4x4) does not."""
+    import tvm
+
     profile = get_profile("rpi4-aarch64")
     cfg = MobileNetConfig(alpha=0.25, resolution=224)
     low = lower(cfg, random_weights(cfg, seed=0), profile)
-    name, func = next((n, f) for n, f in tunable_tasks(low).items()
-                      if any(rule_of(b) == RULE_DWPW for b in all_blocks(f)) and int(f.params[-1].shape[1]) % 4 == 0
-                      and int(f.params[-1].shape[2]) % 7 == 0)
-    import tvm
-
+    name, func = next((n, f) for n, f in sorted(tunable_tasks(low).items())
+                      if any(rule_of(b) == RULE_DWPW for b in all_blocks(f)) and int(f.params[0].shape[1]) > 2
+                      and int(f.params[-1].shape[1]) % 4 == 0 and int(f.params[-1].shape[2]) % 7 == 0)
     target = profile.tvm_target()
     sch, knobs = knob_schedule(tvm.IRModule({"main": func}), target, None, vector_bits=profile.vector_bits)
     k = dict(knobs[0])
@@ -140,4 +143,4 @@ def test_a_tile_too_large_for_the_register_file_is_seen():
     big, _ = knob_schedule(tvm.IRModule({"main": func}), target, [k])
     loop, fits = kernel_hot_loop(big.mod["main"], target), kernel_hot_loop(sch.mod["main"], target)
     assert loop.vector_spills > loop.fmas * SPILLS_PER_FMA, (name, loop)
-    assert fits.vector_spills == 0, (name, knobs, fits)
+    assert fits.vector_spills == 0 and knobs[0]["ob"][2] * knobs[0]["p"][1] == 16, (name, knobs, fits)
