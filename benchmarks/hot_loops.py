@@ -59,15 +59,18 @@ def main(argv=None) -> int:
     ap.add_argument("--schedules", default=None, help="a schedules folder whose records to apply (default: none)")
     ap.add_argument("--mca-cpu", default=None, help="llvm-mca's CPU model (default: the code's CPU)")
     ap.add_argument("--dtype", choices=("float32", "int8"), default="float32",
-                    help="int8: the quantized network's kernels (random weights, calibrated on random inputs)")
+                    help="int8: the quantized network's kernels (as `mntvm compile --dtype int8` quantizes them)")
     args = ap.parse_args(argv)
 
-    from mntvm.model import weights as W
+    from mntvm.compile.network import network_for
+    from mntvm.core.errors import MntvmError
     from mntvm.model.network import MobileNetConfig
+    from mntvm.model.quantized import QuantizedNet
     from mntvm.targets.profiles import get_profile
     from mntvm.templates.codegen import isa_of, kernel_hot_loop
     from mntvm.templates.defaults import apply_default_schedules, knobs_of
     from mntvm.templates.lowering import lower
+    from mntvm.templates.lowering_int8 import lower_int8
     from mntvm.templates.registry import tunable_tasks
 
     profile = get_profile(args.target, mcpu=args.mcpu) if args.mcpu else get_profile(args.target)
@@ -76,16 +79,12 @@ def main(argv=None) -> int:
     target = profile.tvm_target()
     isa = isa_of(target)
     cfg = MobileNetConfig(alpha=args.alpha, resolution=args.resolution)
-    if args.dtype == "int8":
-        import numpy as np
-
-        from mntvm.model.quantize import quantize
-        from mntvm.templates.lowering_int8 import lower_int8
-
-        cal = np.random.default_rng(0).uniform(-0.5, 1.5, (2, 3, cfg.resolution, cfg.resolution)).astype("float32")
-        low = lower_int8(quantize(cfg, W.random_weights(cfg, 0), cal, act_dtype=profile.int8_activations), profile)
-    else:
-        low = lower(cfg, W.random_weights(cfg, 0), profile)
+    # what compile builds for --dtype: random weights, int8 quantized with its seeded calibration inputs
+    try:
+        w, _ = network_for(cfg, profile, dtype=args.dtype)
+    except MntvmError as e:  # e.g. int8 on a target without an int8 path
+        ap.error(str(e))
+    low = lower_int8(w, profile) if isinstance(w, QuantizedNet) else lower(cfg, w, profile)
     mod = low
     if args.schedules:
         from mntvm.tuning import open_schedules
