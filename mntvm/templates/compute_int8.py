@@ -29,8 +29,9 @@ Weights (re-packed by :mod:`.lowering_int8`), int8 (the stem and pointwise ones 
 :func:`pw_pairs`: the values widened once when packed):
 
 * stem (groups=1): ``(O/V, KH, KW, V, 4)`` (dot) or ``(O/V, KH, KW, 4, V)``; depthwise: ``(C/V, KH, KW, V)``,
-  or ``(C/V, KH, V, 4)`` (:func:`dw_taps4`: a kernel row's taps, the 4th zero, per 4-byte dot step),
-  or ``(C/V, KH, 2, V, 2)`` (:func:`dw_pairs`: the same 4 taps as two pairs)
+  or ``(C/V, T2, 2, V)`` (:func:`dw_tap_pairs`: the KH*KW taps in row-major pairs, the last one's
+  second zero), or ``(C/V, KH, V, 4)`` (:func:`dw_taps4`: a kernel row's taps, the 4th zero, per
+  4-byte dot step), or ``(C/V, KH, 2, V, 2)`` (:func:`dw_pairs`: the same 4 taps as two pairs)
 * pointwise ``(O/V, I/V, V/4, V, 4)`` when the block's dot instruction (``mntvm_dot``) takes the
   16 x 4 weight tile of ``dot_16x4_vnni`` (output lanes x 4 consecutive inputs, 64 bytes), else
   ``(O/V, I/V, V/4, 4, V)`` (the 16 output lanes contiguous for plain vector multiply-adds)
@@ -79,11 +80,20 @@ def dot_packs_k4(dot: str) -> bool:
     return dot != "none"
 
 
-def requant(acc, mult, qp, dtype: str):
+def requant(acc, mult, qp, dtype: str, fminnm: bool = False):
     """int32 ``acc`` (bias included) -> ``dtype``: clamp(nearbyint(float32(acc) * mult) + z_y, lo, hi)
-    with ``(z_y, lo, hi)`` = ``qp[0:3]`` (a float32 params tensor, :data:`QP_LEN`)."""
+    with ``(z_y, lo, hi)`` = ``qp[0:3]`` (a float32 params tensor, :data:`QP_LEN`).
+
+    ``fminnm``: clamp with ``llvm.maxnum`` / ``llvm.minnum`` (AArch64 ``fmaxnm`` / ``fminnm``, one
+    instruction each) instead of max / min, which TVM emits as compare-and-select: the bounds are
+    loaded (not constants), so LLVM cannot prove them not NaN and AArch64 gets ``fcmgt`` + ``bif``
+    per bound. The same values (the bounds are integers, never NaN). Not on x86, where ``maxps``
+    is the select as it is and ``maxnum`` adds a NaN fix-up."""
     z, lo, hi = (qp[i] for i in range(3))
     v = tirx.nearbyint(acc.astype("float32") * mult) + z
+    if fminnm:
+        return tirx.call_llvm_pure_intrin("float32", "llvm.minnum",
+                                          tirx.call_llvm_pure_intrin("float32", "llvm.maxnum", v, lo), hi).astype(dtype)
     return te.min(te.max(v, lo), hi).astype(dtype)
 
 
@@ -107,14 +117,14 @@ def _attrs(rule: str, dot: str, bits: int, **extra) -> dict:
     return {"schedule_rule": rule, DOT_KEY: dot, BITS_KEY: int(bits), **extra}
 
 
-def _epilogue(acc, bias, mult, qp, dtype):
+def _epilogue(acc, bias, mult, qp, dtype, fminnm=False):
     """(N, CB, P, V) int32 -> requantized 8-bit ``dtype`` (``qp``: the layer's params); an (N, CB, P,
     V, 2) ``acc`` holds each lane's two pair sums (:func:`pw_pairs`), added here."""
     def total(n, cb, p, v):
         return acc[n, cb, p, v, 0] + acc[n, cb, p, v, 1] if len(acc.shape) == 5 else acc[n, cb, p, v]
 
     return te.compute(acc.shape[:4], lambda n, cb, p, v: requant(total(n, cb, p, v) + bias[cb, v], mult[cb, v], qp,
-                                                                 dtype), name="epilogue")
+                                                                 dtype, fminnm), name="epilogue")
 
 
 def _window(h, w, kh_, kw_, stride, pad):
@@ -131,7 +141,7 @@ def _window(h, w, kh_, kw_, stride, pad):
     return ho, wo, tap
 
 
-def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=512):
+def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=512, fminnm=False):
     """groups=1 KHxKW conv of the padded 8-bit (N, Hp, Wp, 4) ``data`` (:func:`quantize_te`): per
     tap one (lanes x 4 channels) dot step, as the pointwise one; weight (OB, KH, KW, V, 4) (``dot``
     packs k4; int16 with :func:`pw_pairs`, whose accumulators are split in pairs as the pointwise
@@ -147,7 +157,7 @@ def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=5
             data[n, (p // wo) * stride + kh, (p % wo) * stride + kw, h * 2 + j].astype("int32")
             * weight[ob, kh, kw, o, h * 2 + j].astype("int32"), axis=[kh, kw, j]),
             name="conv_stem", attrs=_attrs(RULE_STEM8, dot, bits, mntvm_wo=wo))
-        return _epilogue(acc, bias, mult, qp, dtype)
+        return _epilogue(acc, bias, mult, qp, dtype, fminnm)
     i4 = te.reduce_axis((0, 4), "i4")
     packed = dot_packs_k4(dot)
 
@@ -158,7 +168,7 @@ def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=5
 
     acc = te.compute((n_, ob_, ho * wo, weight.shape[3 if packed else 4]), f, name="conv_stem",
                      attrs=_attrs(RULE_STEM8, dot, bits, mntvm_wo=wo))
-    return _epilogue(acc, bias, mult, qp, dtype)
+    return _epilogue(acc, bias, mult, qp, dtype, fminnm)
 
 
 def dw_taps4(dot: str) -> bool:
@@ -175,32 +185,64 @@ def dw_pairs(dot: str) -> bool:
     return dot == "avx2"
 
 
-def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512, dot="none"):
+def dw_tap_pairs(act_dtype: str, weight) -> bool:
+    """Whether the plain (no dot instruction) depthwise kernel may add two taps' products in int16
+    before widening them: exact where |x * w| <= 128 * 127 (int8 activations, weights in
+    [-127, 127], as our quantizer makes them; an imported model's -128 weight keeps single taps)."""
+    return act_dtype == "int8" and int(weight.min()) >= -127
+
+
+def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512, dot="none", k=3,
+                      tap_pairs=False, fminnm=False):
     """Depthwise KHxKW conv of (N, CB, H*W, V) 8-bit ``data``; the padding holds the input's zero
-    point ``qp[3]``. Weight (CB, KH, KW, V), or with :func:`dw_taps4` (CB, KH, V, 4), with
-    :func:`dw_pairs` (CB, KH, 2, V, 2) (KW <= 4, the taps past KW zero): the input is then first
-    padded into (N, CB, Hp, Wp, V), so the 4 consecutive columns of a kernel row are 64 contiguous
-    bytes, one dot step."""
+    point ``qp[3]``, in a block ``pad_dw`` (N, CB, Hp, Wp, V) that the schedule fills per task (its
+    rows), so the taps read no bounds check. Weight (CB, KH, KW, V): each tap's int16 product
+    widened and added; with ``tap_pairs`` (:func:`dw_tap_pairs`; weight (CB, T2, 2, V), a ``k`` x
+    ``k`` kernel) two taps' products added in int16 first, then widened once (AArch64: ``smull`` +
+    ``smlal`` and one ``saddw`` per 4 lanes for two taps, instead of two of each). With
+    :func:`dw_taps4` (CB, KH, V, 4), with :func:`dw_pairs` (CB, KH, 2, V, 2) (KW <= 4, the taps past
+    KW zero): a kernel row's 4 consecutive padded columns are 64 contiguous bytes, one dot step.
+    ``fminnm``: the requantization's clamp (:func:`requant`)."""
     if dw_taps4(dot) or dw_pairs(dot):
-        return _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot)
+        return _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot, fminnm)
     n_, cb_, _, v_ = data.shape
-    _, kh_, kw_, _ = weight.shape
-    ho, wo, tap = _window(h, w, kh_, kw_, stride, pad)
-    kh = te.reduce_axis((0, kh_), "kh")
-    kw = te.reduce_axis((0, kw_), "kw")
+    kh_, kw_ = (k, k) if tap_pairs else (int(weight.shape[1]), int(weight.shape[2]))
+    ho, wo, _ = _window(h, w, kh_, kw_, stride, pad)
+    pt, pl = pad[0], pad[1]
+    hp, wp = (ho - 1) * stride + kh_, (wo - 1) * stride + kw_
     fill = qp[3].astype(data.dtype)
 
-    def f(n, cb, p, v):
-        ih, iw, inside = tap(p, kh, kw)
-        x = tirx.if_then_else(inside, data[n, cb, ih * w + iw, v], fill)
-        return te.sum((x.astype("int16") * weight[cb, kh, kw, v].astype("int16")).astype("int32"), axis=[kh, kw])
+    def padded(n, cb, i, j, v):
+        inside = tirx.all(i >= pt, i < h + pt, j >= pl, j < w + pl)
+        return tirx.if_then_else(inside, data[n, cb, (i - pt) * w + j - pl, v], fill)
+
+    xp = te.compute((n_, cb_, hp, wp, v_), padded, name="pad_dw")
+    if tap_pairs:
+        taps = kh_ * kw_
+        t2 = te.reduce_axis((0, (taps + 1) // 2), "t2")
+
+        def x_at(n, p, cb, v, t):
+            t = tirx.min(t, taps - 1)  # past the last tap: its weight is zero
+            return xp[n, cb, (p // wo) * stride + t // kw_, (p % wo) * stride + t % kw_, v].astype("int16")
+
+        def f(n, cb, p, v):
+            two = (x_at(n, p, cb, v, 2 * t2) * weight[cb, t2, 0, v].astype("int16")
+                   + x_at(n, p, cb, v, 2 * t2 + 1) * weight[cb, t2, 1, v].astype("int16"))
+            return te.sum(two.astype("int32"), axis=[t2])
+    else:
+        kh = te.reduce_axis((0, kh_), "kh")
+        kw = te.reduce_axis((0, kw_), "kw")
+
+        def f(n, cb, p, v):
+            x = xp[n, cb, (p // wo) * stride + kh, (p % wo) * stride + kw, v]
+            return te.sum((x.astype("int16") * weight[cb, kh, kw, v].astype("int16")).astype("int32"), axis=[kh, kw])
 
     acc = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
                      attrs=_attrs(RULE_DW8, "none", bits, mntvm_wo=wo))
-    return _epilogue(acc, bias, mult, qp, data.dtype)
+    return _epilogue(acc, bias, mult, qp, data.dtype, fminnm)
 
 
-def _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot):
+def _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot, fminnm=False):
     """:func:`depthwise_int8_te` with weight (CB, K, V, 4) (a square K x K kernel): a padding
     block ``pad_dw`` (N, CB, Hp, Wp, V) (Wp also covers the zero-weight 4th tap of the last
     column), then per kernel row one dot step over 4 consecutive padded columns. With
@@ -241,7 +283,7 @@ def _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot)
 
     acc = te.compute((n_, cb_, ho * wo, v_), f, name="conv_dw",
                      attrs=_attrs(RULE_DW8, dot, bits, mntvm_wo=wo))
-    return _epilogue(acc, bias, mult, qp, data.dtype)
+    return _epilogue(acc, bias, mult, qp, data.dtype, fminnm)
 
 
 def pw_pairs(dot: str) -> bool:
@@ -250,7 +292,7 @@ def pw_pairs(dot: str) -> bool:
     return dot == "avx2"
 
 
-def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512):
+def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512, fminnm=False):
     """1x1 conv of (N, IB, P, V) 8-bit ``data``; weight (OB, IB, V/4, V, 4) (``dot`` packs k4) or
     (OB, IB, V/4, 4, V); the reduction axes are (ib, k4, i4), input channel ib*V + 4*k4 + i4.
 
@@ -270,7 +312,7 @@ def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512):
         acc = te.compute((n_, ob_, p_, v_, 2), lambda n, ob, p, o, h: te.sum(
             data[n, ib, p, k4 * 4 + h * 2 + j].astype("int32") * weight[ob, ib, k4, o, h * 2 + j].astype("int32"),
             axis=[ib, k4, j]), name="conv_pw", attrs=_attrs(RULE_PW8, dot, bits))
-        return _epilogue(acc, bias, mult, qp, data.dtype)
+        return _epilogue(acc, bias, mult, qp, data.dtype, fminnm)
     i4 = te.reduce_axis((0, 4), "i4")
     packed = dot_packs_k4(dot)
 
@@ -279,10 +321,10 @@ def pointwise_int8_te(data, weight, bias, mult, qp, dot="none", bits=512):
         return te.sum(data[n, ib, p, k4 * 4 + i4].astype("int32") * wv.astype("int32"), axis=[ib, k4, i4])
 
     acc = te.compute((n_, ob_, p_, v_), f, name="conv_pw", attrs=_attrs(RULE_PW8, dot, bits))
-    return _epilogue(acc, bias, mult, qp, data.dtype)
+    return _epilogue(acc, bias, mult, qp, data.dtype, fminnm)
 
 
-def pool_int8_te(data, mult, qp, dtype, bits=512):
+def pool_int8_te(data, mult, qp, dtype, bits=512, fminnm=False):
     """Global average pool of (N, CB, P, V) 8-bit -> (N, CB*V) ``dtype`` at the pool's quantization:
     requant(sum_p x - qp[3]) with ``qp[3]`` = P * z_x and the scalar ``mult[0]`` = s_x / (s_y * P)."""
     n_, cb_, p_, v_ = data.shape
@@ -290,10 +332,10 @@ def pool_int8_te(data, mult, qp, dtype, bits=512):
     p = te.reduce_axis((0, p_), "p")
     s = te.compute((n_, cb_ * v_), lambda n, c: te.sum(data[n, c // v, p, c % v].astype("int32"), axis=p),
                    name="pool_sum", attrs=_attrs(RULE_POOL8, "none", bits))
-    return te.compute(s.shape, lambda n, c: requant(s[n, c] - qp[3].astype("int32"), mult[0], qp, dtype), name="epilogue")
+    return te.compute(s.shape, lambda n, c: requant(s[n, c] - qp[3].astype("int32"), mult[0], qp, dtype, fminnm), name="epilogue")
 
 
-def dense_int8_te(data, weight, bias, mult, n_out, out_q=None, dot="none", bits=512):
+def dense_int8_te(data, weight, bias, mult, n_out, out_q=None, dot="none", bits=512, fminnm=False):
     """FC of (N, K) 8-bit ``data``; weight (NB, K/4, V, 4) (``dot`` packs k4) or (NB, K/4, 4, V);
     bias/mult (n_out,) -> fp32 (N, n_out): float32(acc) * mult, or with ``out_q`` = (qp, dtype,
     scale) (int32 params, the output dtype, a float32 (1,) scale tensor) requantized and
@@ -317,7 +359,7 @@ def dense_int8_te(data, weight, bias, mult, n_out, out_q=None, dot="none", bits=
         if out_q is None:
             return a.astype("float32") * mult[j]
         qp, dtype, scale = out_q
-        yq = requant(a, mult[j], qp, dtype)
+        yq = requant(a, mult[j], qp, dtype, fminnm)
         return (yq.astype("float32") - qp[0]) * scale[0]
 
     return te.compute((n_, n_out), g, name="epilogue")

@@ -296,24 +296,26 @@ def _row_tiles(sch: Schedule, conv, d: dict | None, ch_key: str):
 @rule("cpu", RULE_DW8)
 def schedule_depthwise_int8(sch: Schedule, block, d: dict | None = None) -> Schedule:
     """Depthwise: ``h_t`` rows per parallel task, ``w_t`` columns x ``cb_t`` channel vectors of
-    int32 accumulators; widening multiply-adds per tap with the padding (= z_x) predicated
-    inline, or (``mntvm_dot`` VNNI, :func:`.compute_int8.dw_taps4`) one ``vpdpbusd`` per kernel
-    row of each output vector, from the ``pad_dw`` rows of the task (its ``h_t`` output rows + 2),
-    padded once at the start of the task (AVX2, :func:`.compute_int8.dw_pairs`: two ``vpmaddwd``
-    steps per kernel row and 8 channels, from the task's ``pad_pairs`` rows). Padding there rather than before each output row (the
+    int32 accumulators, from the padded rows of the task (its ``h_t`` output rows + 2), padded once
+    at the start of the task: widening multiply-adds per tap or pair of taps (no dot instruction:
+    Arm, :func:`.compute_int8.dw_tap_pairs`), or (``mntvm_dot`` VNNI,
+    :func:`.compute_int8.dw_taps4`) one ``vpdpbusd`` per kernel row of each output vector
+    (AVX2, :func:`.compute_int8.dw_pairs`: two ``vpmaddwd`` steps per kernel row and 8 channels,
+    from the task's ``pad_pairs`` rows). The plain kernel checked each tap's bounds inline before
+    (a branch per tap and column: on AArch64 its 7-column tile's hottest block held 42 of its 126
+    multiplies, with 52-66 q registers spilled). Padding per task rather than before each output row (the
     3 rows it reads, each padded again for the next row) is 25-35 % faster over the 13 layers of
     1.0/224 (1 thread, interleaved A/B, 8 rows a task): fewer copies, and (we think most of it; no
     counters in these VMs) the dot step's 64-byte loads span four 16-byte pad stores, which the
     CPU cannot forward while they are in flight: now they were stored rows earlier."""
     conv, dot = block, dot_of(sch, block)
-    if dot not in DW_INTRINSICS:
-        _row_tiles(sch, conv, d, "cb")
-        taps_outside(sch, conv, 2)
-        return sch
     (pad,) = [p for p in sch.get_producers(conv) if sch.get(p).name_hint in ("pad_dw", "pad_pairs")]
     task = _row_tiles(sch, conv, d, "cb")
     sch.compute_at(pad, task, preserve_unit_loops=True)
     sch.vectorize(sch.get_loops(pad)[-1])
+    if dot not in DW_INTRINSICS:
+        taps_outside(sch, conv, len(sch.get(conv).iter_vars) - 4)
+        return sch
     if dw_pairs(dot):
         c_n, c_cb, c_p, c_v, c_kh, c_t2 = sch.get_loops(conv)[-6:]
         sch.reorder(c_kh, c_t2, c_n, c_cb, c_p, c_v)

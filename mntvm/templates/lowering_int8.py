@@ -31,7 +31,7 @@ from tvm import relax
 from mntvm.core.errors import MntvmError
 from mntvm.model.quantized import QLayer, QuantizedNet, qrange
 from mntvm.templates.amx_int8 import amx_supported, pointwise_int8_amx
-from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, dw_pairs, dw_taps4,
+from mntvm.templates.compute_int8 import (dense_int8_te, depthwise_int8_te, dot_packs_k4, dw_pairs, dw_tap_pairs, dw_taps4,
                                           pointwise_int8_te, pool_int8_te, pw_pairs, quantize_te, stem_int8_te)
 from mntvm.templates.arm_int8 import SDOT
 from mntvm.templates.cpu_int8 import AVX2, DOT_INTRINSICS, VNNI, schedule_quantize
@@ -135,9 +135,11 @@ def _stem_weight(w: np.ndarray, packed: bool) -> np.ndarray:
     return np.ascontiguousarray(w.transpose(0, 3, 4, 1, 2) if packed else w.transpose(0, 3, 4, 2, 1))
 
 
-def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bits: int, amx: bool = False):
+def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bits: int, amx: bool = False,
+                fminnm: bool = False):
     """One conv layer on blocked (or, for the stem, NCHW) ``x`` of spatial size ``hw``; ``amx``:
-    pointwise layers the AMX kernel supports are that kernel."""
+    pointwise layers the AMX kernel supports are that kernel; ``fminnm``: the requantization's
+    clamp as :func:`.compute_int8.requant` takes it on AArch64."""
     bias, mult = _epilogue_consts(layer)
     qp = _layer_qp(layer)
     p = layer.padding
@@ -146,7 +148,7 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
         ws = _stem_weight(w, dot_packs_k4(dot))
         wp = relax.const(ws.astype(np.int16) if pw_pairs(dot) else ws)  # pairs: int16, as the pointwise
         return bb.emit_te(lambda d, w_, b, m, q: stem_int8_te(d, w_, b, m, q, layer.output.dtype, layer.stride,
-                                                              dot, bits),
+                                                              dot, bits, fminnm),
                           x, wp, bias, mult, qp, primfunc_name_hint="mntvm_stem8")
     if layer.kind == "depthwise":
         wl = _lanes(w[:, 0])  # (CB, KH, KW, V)
@@ -155,9 +157,15 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
             wl = _pad(wl.transpose(0, 1, 3, 2), 4, axis=3)
             if dw_pairs(dw_dot):  # (CB, KH, 2, V, 2): the row's two pairs of taps, each 16 lanes x 2
                 wl = wl.reshape(wl.shape[:3] + (2, 2)).transpose(0, 1, 3, 2, 4)
+        k = int(w.shape[2])
+        pairs = dw_dot == "none" and w.shape[2] == w.shape[3] and dw_tap_pairs(layer.input.dtype, w)
+        if pairs:  # (CB, T2, 2, V): the k*k taps in row-major pairs, the last one's second zero
+            taps = wl.reshape(wl.shape[0], k * k, V)
+            wl = _pad(taps, 2 * ((k * k + 1) // 2), axis=1).reshape(wl.shape[0], -1, 2, V)
         wp = relax.const(np.ascontiguousarray(wl))
         return bb.emit_te(lambda d, w_, b, m, q: depthwise_int8_te(d, w_, b, m, q, hw, hw, layer.stride,
-                                                                   (p, p, p, p), bits, dw_dot),
+                                                                   (p, p, p, p), bits, dw_dot, k, pairs,
+                                                                   fminnm),
                           x, wp, bias, mult, qp, primfunc_name_hint="mntvm_dw8")
     n_, ib_, p_, _ = (int(v) for v in x.ty.shape.values)
     ob_ = _up(w.shape[0]) // V
@@ -170,7 +178,7 @@ def _emit_layer(bb: relax.BlockBuilder, layer: QLayer, x, hw: int, dot: str, bit
         gv = bb.add_func(pointwise_int8_amx(n_, ib_, p_, ob_), "mntvm_pw8")
         return bb.emit(relax.call_tir(gv, [x, wp, bias, mult, qp],
                                       relax.TensorType((n_, ob_, p_, V), layer.output.dtype)))
-    return bb.emit_te(lambda d, w_, b, m, q: pointwise_int8_te(d, w_, b, m, q, dot, bits),
+    return bb.emit_te(lambda d, w_, b, m, q: pointwise_int8_te(d, w_, b, m, q, dot, bits, fminnm),
                       x, wp, bias, mult, qp, primfunc_name_hint="mntvm_pw8")
 
 
@@ -188,6 +196,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
     dot = dot_for(target, net.act_dtype)
     amx = amx_for(target, net.act_dtype)
     bits = int(profile.vector_bits)
+    fminnm = bool(target.attrs.get("feature.is_aarch64", False))  # AArch64: fmaxnm / fminnm clamps
     cfg = net.cfg
     known = {"input", "pool"} | {l.name for l in net.layers}
     unknown = [n for n in expose if n not in known]
@@ -206,7 +215,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
             seen["input"] = x
             hw = cfg.resolution
             for layer in net.layers[:-1]:
-                x = _emit_layer(bb, layer, x, hw, dot, bits, amx)
+                x = _emit_layer(bb, layer, x, hw, dot, bits, amx, fminnm)
                 hw = (hw + 2 * layer.padding - layer.weight.shape[-1]) // layer.stride + 1
                 seen[layer.name] = x
             fc = net.layers[-1]
@@ -214,7 +223,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
             p_mult = np.float32(last.scale) / (np.float32(fc.input.scale) * np.float32(hw * hw))
             pool_qp = _qp(int(fc.input.zero_point), *qrange(fc.input.dtype), hw * hw * int(last.zero_point))
             x = bb.emit_te(pool_int8_te, x, _f32(p_mult), pool_qp, fc.input.dtype, bits,
-                           primfunc_name_hint="mntvm_pool8")
+                           fminnm, primfunc_name_hint="mntvm_pool8")
             seen["pool"] = x
             n_out = fc.weight.shape[0]
             bias = fc.bias.astype(np.int64) - fc.input_zero_correction().astype(np.int64)
@@ -224,7 +233,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
                 logits = bb.emit_te(dense_int8_te, *fc_args, n_out, None, dot, bits, primfunc_name_hint="mntvm_dense8")
             else:
                 logits = bb.emit_te(lambda d, w_, b, m, q, s_: dense_int8_te(d, w_, b, m, n_out, (q, fc.output.dtype, s_),
-                                                                             dot, bits),
+                                                                             dot, bits, fminnm),
                                     *fc_args, _layer_qp(fc), _f32(fc.output.scale), primfunc_name_hint="mntvm_dense8")
             seen["fc"] = logits
             probs = bb.emit(relax.op.nn.softmax(logits, axis=-1))

@@ -124,6 +124,19 @@ def test_neon_profile_build_uses_widening_multiplies(net, tmp_path):
     assert_cpu_lib(profile.export_library(ex, tmp_path / "int8-neon.so"), 64, EM_AARCH64)
 
 
+@pytest.mark.parametrize("name", ["aarch64-dotprod", "aarch64"])
+def test_neon_requantization_clamps_with_fminnm(net, name):
+    """On AArch64 the requantization clamps with fmaxnm / fminnm, one instruction a bound, in every
+    kernel that requantizes; never the compare-and-select (fcmgt + bif) that max / min of loaded
+    bounds compile to there (exactness: the board tests)."""
+    _, ops = _build(net, get_profile(name))
+    requant = [k for k in ops if k.startswith(("mntvm_pw8", "mntvm_dw8", "mntvm_stem8", "mntvm_pool8"))]
+    assert len(requant) == 20, sorted(ops)
+    for k in requant:
+        assert {"fmaxnm", "fminnm"} <= ops[k], (k, sorted(ops[k]))
+        assert not ops[k] & {"fcmgt", "fcmge", "bif", "bit"}, (k, sorted(ops[k]))
+
+
 def test_sdot_tensorizes_at_random_knobs(net):
     """Sampled register/cache tiles still end in the 16 x 4 tile the sdot intrinsic takes."""
     profile = get_profile("aarch64-dotprod")

@@ -4,6 +4,7 @@ with VNNI (this machine) and without (the AVX2 profile); rounding ties; the dot 
 generated code."""
 from __future__ import annotations
 
+import dataclasses
 
 import numpy as np
 import pytest
@@ -32,10 +33,11 @@ def _names(net):
     return ["input"] + [l.name for l in net.layers] + ["pool"]
 
 
-@pytest.mark.parametrize("profile", ["x86", "x86-avx2"])
+@pytest.mark.parametrize("profile", ["x86", "x86-avx2", "x86-64"])
 def test_network_exact_at_default_knobs(small, profile):
-    """This machine's CPU (whatever dot instruction it has: VNNI, or AVX2's vpmaddwd pairs) and Haswell
-    (AVX2, no VNNI: the vpmaddwd pairs)."""
+    """This machine's CPU (whatever dot instruction it has: VNNI, or AVX2's vpmaddwd pairs), Haswell
+    (AVX2, no VNNI: the vpmaddwd pairs) and baseline x86-64 (no dot instruction: plain widening
+    multiply-adds, the uint8 depthwise taps one at a time)."""
     check_network(small, get_profile(profile))
 
 
@@ -84,6 +86,45 @@ def test_avx512_without_vnni_takes_the_avx2_tiles(small):
                                            None, vector_bits=profile.vector_bits)[1]
                        for name, f in tasks.items() if name.startswith(("mntvm_pw8", "mntvm_stem8", "mntvm_dw8"))}
     assert knobs["x86-avx512"] == knobs["x86-avx2"] and len(knobs["x86-avx2"]) >= 3
+
+
+def _with_weights(net, name, change):
+    """``net`` with layer ``name``'s int8 weights as ``change(copy)`` leaves them."""
+    i = [l.name for l in net.layers].index(name)
+    w = net.layers[i].weight.copy()
+    change(w)
+    return dataclasses.replace(net, layers=net.layers[:i] + (dataclasses.replace(net.layers[i], weight=w),)
+                               + net.layers[i + 1:])
+
+
+def _dw_weight_shapes(net, profile):
+    return {tuple(int(x) for x in r.source.shape) for f in tunable_tasks(lower_int8(net, profile)).values()
+            for b in all_blocks(f) if rule_of(b) == "mntvm_dw8" for r in b.reads if r.source.dtype == "int8"
+            and len(r.source.shape) == 4 and int(r.source.shape[-1]) == 16}
+
+
+def test_depthwise_tap_pairs_exact_at_the_int16_limit():
+    """int8 activations without a dot instruction (Arm's depthwise; x86 given int8): two taps'
+    products are added in int16, exact while each is at most 128 * 127. dw2's weights all -127
+    where most activations (ReLU6's zeros: z = -128) and the padding are -128: pair sums of 32512,
+    35 short of overflow, match forward_int8 exactly. Two adjacent taps of -128 (an imported model
+    may hold them; ours clip to +-127) would sum 32768 in a pair: that layer keeps single taps (its
+    weights (CB, KH, KW, V), not pairs (CB, 5, 2, V)) and is exact too."""
+    profile = get_profile("x86")
+    net = small_net(0.25, 32, seed=3, act_dtype="int8")
+    assert net.layers[3].name == "dw2" and int(net.layers[3].input.zero_point) == -128
+    limit = _with_weights(net, "dw2", lambda w: w.fill(-127))
+    assert (1, 5, 2, 16) in _dw_weight_shapes(limit, profile)
+    check_network(limit, profile)
+
+    def two_at_128(w):
+        w.fill(-127)
+        w[:, 0, 0, 0:2] = -128  # taps 0 and 1: the first pair
+
+    wide = _with_weights(net, "dw2", two_at_128)
+    shapes = _dw_weight_shapes(wide, profile)
+    assert (1, 3, 3, 16) in shapes and (1, 5, 2, 16) in shapes, shapes  # dw2 single, the rest pairs
+    check_network(wide, profile)
 
 
 def test_full_width_network_exact():
