@@ -50,19 +50,37 @@ NEON = FamilyKnobs(name="neon", vector_bits=128, num_regs=32, pw=_pw_defaults, d
 
 
 # -- int8 templates (:mod:`.cpu_int8`) ----------------------------------------------------------
-# An int8 accumulator is one block of 16 int32 lanes: four q registers on NEON, so a register tile
-# holds ~6 of them (24 of the 32 registers) next to one 16 x 4 weight tile (4 registers, 64 bytes)
-# and the broadcast activations. Not measured on Arm hardware yet (the emulated board's times are
-# qemu's, not a core's): chosen by register count.
+# An int8 accumulator is one block of 16 int32 lanes: four q registers on NEON. Not measured on Arm
+# hardware (the emulated board's times are qemu's, not a core's): chosen by what LLVM made of them,
+# llvm-mca's models (LLVM 14: Cortex-A57's, which it also gives A72 / N1 / A76, and Cortex-A55's),
+# cycles per 16 multiply-adds in the hottest loop of 1.0/224's and 1.0/192's pointwise layers:
+#   sdot (aarch64-dotprod), A57 / A55 model: 1x6 0.73 / 1.86 (no spill; where 6 divides the positions,
+#   the 192 and 96 maps), 1x4 0.78 / 2.08, 2x2 0.74 / 2.23, 1x7 0.90 / 2.16 (7 accumulators + weights +
+#   input: 33 registers, 22 spilled per 112 sdot; the old default at 224, which no 6 divides), 1x8
+#   1.06 / 2.67. With 1-2 input blocks (alpha 0.25-0.5's first layer, one unrolled block) every tile
+#   spills and the long ones lead: 1x7 1.29 / 2.69, 1x8 1.38 / 2.77, 1x4 2.22 / 3.59 (1x6 0.74 / 1.76).
+#   Widening multiplies (no +dotprod, A57 model for A72): 2x2 3.32-3.55, 1x4 3.53-3.78, 1x6 3.73-3.87,
+#   1x7 3.97-4.12 (80-107 spilled); on the odd 7x7 / 5x5 maps 4x1 3.24, 2x1 3.37, 1x5 3.72, 1x7 4.12.
 def int8_pw_defaults(ob: int, p: int, ib: int, dot: str, num_regs: int) -> dict:
-    """int8 pointwise: (channel blocks x positions) tiles of at most 7 accumulators (28 q registers
-    with sdot, whose weights are read one q register at a time)."""
-    return pointwise_tiles(ob, p, [(1, 6), (2, 3), (1, 7), (1, 4), (2, 2), (1, 5), (1, 3), (1, 2), (1, 1)])
+    """int8 pointwise: (channel blocks x positions) register tiles, by the instruction they run on."""
+    if dot == "none":
+        return pointwise_tiles(ob, p, [(2, 2), (4, 1), (2, 1), (1, 4), (1, 2), (1, 1)])
+    first = [(1, 7), (1, 8)] if ib <= 2 else []
+    return pointwise_tiles(ob, p, [(1, 6)] + first + [(1, 4), (1, 5), (1, 7), (1, 3), (2, 2), (1, 2), (1, 1)])
 
 
 def int8_dw_defaults(cb: int, ho: int, wo: int, num_regs: int) -> dict:
-    wt = 7 if wo % 7 == 0 else largest_divisor_le(wo, 4)
-    return {"cb": split2(cb, 1), "h": split2(ho, 1), "w": split2(wo, wt)}
+    # Columns x channel vectors of accumulators (4 q registers each), up to 8 rows a task, padded once
+    # at its start (:func:`.cpu_int8.schedule_depthwise_int8`). llvm-mca, cycles per output vector (16
+    # channels: 9 taps and the requantization) of 1.0/224's 9 layers, A57 / A55 model: 4x1 60-62 /
+    # 89-96 (11-14 q registers spilled a tile), 2x2 63-65 / 95-99, 2x1 64-66 / 102-112, 1x2 67-69 /
+    # 110-114, 1x1 68-70 / 107-116, and the old default's 7x1 70-74 / 97-108 (106-121 spilled).
+    if wo % 4 == 0:
+        wt, ct = 4, 1
+    else:
+        wt = 2 if wo % 2 == 0 else 1
+        ct = 2 if cb % 2 == 0 else 1
+    return {"cb": split2(cb, ct), "h": split2(ho, largest_divisor_le(ho, 8)), "w": split2(wo, wt)}
 
 
 def int8_stem_defaults(ob: int, ho: int, wo: int, num_regs: int) -> dict:

@@ -144,3 +144,41 @@ def test_a_tile_too_large_for_the_register_file_is_seen():
     loop, fits = kernel_hot_loop(big.mod["main"], target), kernel_hot_loop(sch.mod["main"], target)
     assert loop.vector_spills > loop.fmas * SPILLS_PER_FMA, (name, loop)
     assert fits.vector_spills == 0 and knobs[0]["ob"][2] * knobs[0]["p"][1] == 16, (name, knobs, fits)
+
+
+@pytest.mark.parametrize("name", ["aarch64-dotprod", "rpi4-aarch64"])
+def test_neon_int8_tiles_stay_in_registers(name):
+    """int8 on AArch64 (sdot; widening multiplies without +dotprod), alpha 0.5 at 224, whose maps
+    no 6 divides: each pointwise kernel past the first (1-2 input blocks, one unrolled block) on
+    maps larger than 7x7 (there only x7 tiles divide, and llvm-mca prefers sdot's 1x7 that spills:
+    :mod:`mntvm.templates.arm`) moves at most one q register to or from the stack per 8 multiply
+    instructions (the former 1x7 tiles: 22 per 112 sdot, 107 per 112 smull); each depthwise kernel
+    holds its whole tile (every tap of each output vector: 4 pairs of taps x 4 multiplies) in its
+    hottest block, which the former per-tap bounds checks split (42 multiplies of 7 x 36)."""
+    from mntvm.model.quantize import quantize
+    import numpy as np
+
+    from mntvm.templates.lowering_int8 import lower_int8
+
+    profile = get_profile(name)
+    target = profile.tvm_target()
+    cfg = MobileNetConfig(alpha=0.5, resolution=224, num_classes=10)
+    cal = np.random.RandomState(0).rand(2, 3, 224, 224).astype("float32") * 2 - 0.5
+    low = lower_int8(quantize(cfg, random_weights(cfg, 0), cal, act_dtype="int8"), profile)
+    sched = apply_default_schedules(low, target, profile.vector_bits)
+    seen = {"pw": 0, "dw": 0}
+    for n in sorted(tunable_tasks(low)):
+        func, kind = sched[n], n[len("mntvm_"):][:2]
+        if kind not in seen:
+            continue
+        (block,) = [b for b in all_blocks(low[n]) if rule_of(b) == f"mntvm_{kind}8"]
+        loop = kernel_hot_loop(func, target)
+        if kind == "pw":
+            if int(block.reads[0].source.shape[1]) <= 2 or int(block.writes[0].source.shape[2]) <= 49:
+                continue
+            assert loop.vector_spills <= loop.fmas * SPILLS_PER_FMA, f"{name} {n} {knobs_of(func)}: {loop}"
+        else:
+            (k,) = knobs_of(func)
+            assert loop.fmas >= 16 * k["w"][1] * k["cb"][1], f"{name} {n} {k}: {loop}"
+        seen[kind] += 1
+    assert seen["pw"] >= 5 and seen["dw"] >= 9, seen
