@@ -51,11 +51,19 @@ def tuned(tmp_path_factory):
     return out, summary
 
 
+def _least_trials(task: dict) -> int:
+    """The records 3 trials leave for a task: 3, but the FC's knob space can be smaller: its 1000
+    outputs are 125 vectors of 8 lanes on AVX2, whose register tile (at most 8 vectors, dividing 125)
+    is 1 or 5: two points (a third record only where a stand-in log seeds one: on a Zen 2, whose
+    shipped log holds every variant's FC; not on a Zen 3, whose log holds alpha 1.0's)."""
+    return 2 if task["rule"] == "mntvm_dense" else 3
+
+
 def test_tiny_tuning_writes_a_database(tuned, tmp_path):
     out, summary = tuned
     # "pw" selects the pointwise convs, which on CPUs run fused with the depthwise before them
     assert {t["rule"] for t in summary["tasks"].values()} == {"mntvm_dwpw", "mntvm_dense"}
-    assert all(t["trials"] >= 3 and t["best_ms"] > 0 for t in summary["tasks"].values())
+    assert all(t["trials"] >= _least_trials(t) and t["best_ms"] > 0 for t in summary["tasks"].values())
     # measured here: each task's candidates were timed side by side with its template defaults,
     # which the runner loaded and timed (the scale of the recorded costs)
     for name, t in summary["tasks"].items():
@@ -451,7 +459,7 @@ def test_show(tuned, tmp_path):
     assert r["records"] == sum(map(len, want.values()))
     assert [t["hash"] for t in r["tasks"]] == list(want) and [t["workload"] for t in r["tasks"]] == list(range(len(want)))
     for t in r["tasks"]:
-        assert t["trials"] == len(want[t["hash"]]) >= 3
+        assert t["trials"] == len(want[t["hash"]]) >= _least_trials(t)
         assert t["best_ms"] == pytest.approx(1e3 * _best(want[t["hash"]]), rel=1e-12)
         assert t["rule"] in ("mntvm_dwpw", "mntvm_dense") and t["output_shape"][0] == 1
     # tune recorded which task each workload is, so show names them; the FC's output is (1, classes)
