@@ -127,18 +127,10 @@ def _epilogue(acc, bias, mult, qp, dtype, fminnm=False):
                                                                  dtype, fminnm), name="epilogue")
 
 
-def _window(h, w, kh_, kw_, stride, pad):
-    """(ho, wo, tap): ``tap(p, kh, kw)`` = input row, column and whether inside, for output ``p``."""
+def _out_size(h, w, kh_, kw_, stride, pad):
+    """(ho, wo): the output rows and columns of a KHxKW window over (h, w) padded by ``pad``."""
     pt, pl, pb, pr = pad
-    ho = (h + pt + pb - kh_) // stride + 1
-    wo = (w + pl + pr - kw_) // stride + 1
-
-    def tap(p, kh, kw):
-        ih = (p // wo) * stride + kh - pt
-        iw = (p % wo) * stride + kw - pl
-        return ih, iw, tirx.all(ih >= 0, ih < h, iw >= 0, iw < w)
-
-    return ho, wo, tap
+    return (h + pt + pb - kh_) // stride + 1, (w + pl + pr - kw_) // stride + 1
 
 
 def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=512, fminnm=False):
@@ -148,7 +140,7 @@ def stem_int8_te(data, weight, bias, mult, qp, dtype, stride, dot="none", bits=5
     conv's) or (OB, KH, KW, 4, V), its 4th input channel zero."""
     n_, hp, wp, _ = (int(x) for x in data.shape)
     ob_, kh_, kw_ = (int(x) for x in weight.shape[:3])
-    ho, wo, _ = _window(hp, wp, kh_, kw_, stride, (0, 0, 0, 0))
+    ho, wo = _out_size(hp, wp, kh_, kw_, stride, (0, 0, 0, 0))
     kh = te.reduce_axis((0, kh_), "kh")
     kw = te.reduce_axis((0, kw_), "kw")
     if pw_pairs(dot):  # split (lane, pair) accumulators and int16 weights, as the pointwise conv
@@ -207,7 +199,7 @@ def depthwise_int8_te(data, weight, bias, mult, qp, h, w, stride, pad, bits=512,
         return _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot, fminnm)
     n_, cb_, _, v_ = data.shape
     kh_, kw_ = (k, k) if tap_pairs else (int(weight.shape[1]), int(weight.shape[2]))
-    ho, wo, _ = _window(h, w, kh_, kw_, stride, pad)
+    ho, wo = _out_size(h, w, kh_, kw_, stride, pad)
     pt, pl = pad[0], pad[1]
     hp, wp = (ho - 1) * stride + kh_, (wo - 1) * stride + kw_
     fill = qp[3].astype(data.dtype)
@@ -252,7 +244,7 @@ def _depthwise_taps4(data, weight, bias, mult, qp, h, w, stride, pad, bits, dot,
     ``j + 2``)."""
     n_, cb_, _, v_ = data.shape
     k_ = int(weight.shape[1])
-    ho, wo, _ = _window(h, w, k_, k_, stride, pad)
+    ho, wo = _out_size(h, w, k_, k_, stride, pad)
     pt, pl = pad[0], pad[1]
     hp, wp = (ho - 1) * stride + k_, max((wo - 1) * stride + 4, w + pl)
     fill = qp[3].astype(data.dtype)
