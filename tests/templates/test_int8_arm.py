@@ -90,10 +90,22 @@ def _sdot_kernels(mod) -> set[str]:
             if any(str(b.annotations.get("mntvm_dot", "none")) == "sdot" for b in all_blocks(f))}
 
 
+def _assert_fminnm_clamps(ops):
+    """AArch64's requantization clamps with fmaxnm / fminnm, one instruction a bound, in every kernel
+    that requantizes; never the compare-and-select (fcmgt + bif) that max / min of loaded bounds
+    compile to there (exactness: the board tests)."""
+    requant = [k for k in ops if k.startswith(("mntvm_pw8", "mntvm_dw8", "mntvm_stem8", "mntvm_pool8"))]
+    assert len(requant) == 20, sorted(ops)
+    for k in requant:
+        assert {"fmaxnm", "fminnm"} <= ops[k], (k, sorted(ops[k]))
+        assert not ops[k] & {"fcmgt", "fcmge", "bif", "bit"}, (k, sorted(ops[k]))
+
+
 def test_sdot_profile_build_uses_sdot(net, tmp_path):
     """aarch64-dotprod: every pointwise and the FC block is annotated sdot, the pointwise weights
     packed as 16 x 4 tiles (OB, IB, 4, 16, 4); every kernel annotated sdot is sdot code (no
-    widening multiplies left), the requantization vectorized; the library links for aarch64."""
+    widening multiplies left), the requantization vectorized, its clamps fmaxnm / fminnm; the
+    library links for aarch64."""
     profile = get_profile("aarch64-dotprod")
     low = lower_int8(net, profile)
     tasks = tunable_tasks(low)
@@ -109,32 +121,22 @@ def test_sdot_profile_build_uses_sdot(net, tmp_path):
         assert "sdot" in ops[k], k
         assert not ops[k] & {"smull", "smull2", "smlal", "smlal2"}, k
     assert {"frinti", "fmul", "fcvtzs"} <= ops["mntvm_pw8"]  # requantization on q registers
+    _assert_fminnm_clamps(ops)
     path = profile.export_library(ex, tmp_path / "int8-dotprod.so")
     assert_cpu_lib(path, 64, EM_AARCH64)
 
 
 def test_neon_profile_build_uses_widening_multiplies(net, tmp_path):
     """Without +dotprod: no sdot anywhere; the pointwise, depthwise, stem and FC kernels multiply
-    s8 x s8 -> s16 (smull/smull2) and accumulate widening into s32 (saddw/saddw2)."""
+    s8 x s8 -> s16 (smull/smull2) and accumulate widening into s32 (saddw/saddw2); the
+    requantization clamps with fmaxnm / fminnm."""
     profile = get_profile("aarch64")
     ex, ops = _build(net, profile)
     assert not any("sdot" in o for o in ops.values())
     for k in ("mntvm_pw8", "mntvm_pw88", "mntvm_dw8", "mntvm_stem8", "mntvm_dense8"):
         assert {"smull", "smull2", "saddw", "saddw2"} <= ops[k], (k, sorted(ops[k]))
+    _assert_fminnm_clamps(ops)
     assert_cpu_lib(profile.export_library(ex, tmp_path / "int8-neon.so"), 64, EM_AARCH64)
-
-
-@pytest.mark.parametrize("name", ["aarch64-dotprod", "aarch64"])
-def test_neon_requantization_clamps_with_fminnm(net, name):
-    """On AArch64 the requantization clamps with fmaxnm / fminnm, one instruction a bound, in every
-    kernel that requantizes; never the compare-and-select (fcmgt + bif) that max / min of loaded
-    bounds compile to there (exactness: the board tests)."""
-    _, ops = _build(net, get_profile(name))
-    requant = [k for k in ops if k.startswith(("mntvm_pw8", "mntvm_dw8", "mntvm_stem8", "mntvm_pool8"))]
-    assert len(requant) == 20, sorted(ops)
-    for k in requant:
-        assert {"fmaxnm", "fminnm"} <= ops[k], (k, sorted(ops[k]))
-        assert not ops[k] & {"fcmgt", "fcmge", "bif", "bit"}, (k, sorted(ops[k]))
 
 
 def test_sdot_tensorizes_at_random_knobs(net):
