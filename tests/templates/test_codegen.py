@@ -154,17 +154,13 @@ def test_neon_int8_tiles_stay_in_registers(name):
     :mod:`mntvm.templates.arm`) moves at most one q register to or from the stack per 8 multiply
     instructions (the former 1x7 tiles: 22 per 112 sdot, 107 per 112 smull); each depthwise kernel
     holds its whole tile (every tap of each output vector: 4 pairs of taps x 4 multiplies) in its
-    hottest block, which the former per-tap bounds checks split (42 multiplies of 7 x 36)."""
-    from mntvm.model.quantize import quantize
-    import numpy as np
-
+    hottest block, which the former per-tap bounds checks split (42 of the 7-column tile's 126)."""
+    from int8_check import small_net
     from mntvm.templates.lowering_int8 import lower_int8
 
     profile = get_profile(name)
     target = profile.tvm_target()
-    cfg = MobileNetConfig(alpha=0.5, resolution=224, num_classes=10)
-    cal = np.random.RandomState(0).rand(2, 3, 224, 224).astype("float32") * 2 - 0.5
-    low = lower_int8(quantize(cfg, random_weights(cfg, 0), cal, act_dtype="int8"), profile)
+    low = lower_int8(small_net(0.5, 224, act_dtype="int8"), profile)
     sched = apply_default_schedules(low, target, profile.vector_bits)
     seen = {"pw": 0, "dw": 0}
     for n in sorted(tunable_tasks(low)):
