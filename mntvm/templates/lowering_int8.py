@@ -43,13 +43,17 @@ V = 16  # channels per block: one vector of 16 int32 accumulators
 _DOT_FEATURES = ((("avx512vnni",), VNNI), (("avx2",), AVX2))
 
 
+def _is_aarch64(target: tvm.target.Target) -> bool:
+    return bool(target.attrs.get("feature.is_aarch64", False))
+
+
 def dot_for(target, act_dtype: str) -> str:
     """The dot instruction (a key of :data:`.cpu_int8.DOT_INTRINSICS`) for ``target`` multiplying
     ``act_dtype`` activations, or "none" (plain widening multiply-adds)."""
     target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
     if target.kind.name != "llvm":
         return "none"
-    if bool(target.attrs.get("feature.is_aarch64", False)):  # Arm: sdot (s8 x s8) where +dotprod
+    if _is_aarch64(target):  # Arm: sdot (s8 x s8) where +dotprod
         has = tvm.target.codegen.llvm_cpu_has_features(["dotprod"], target)
         return SDOT if has and act_dtype == DOT_INTRINSICS[SDOT][2] else "none"
     for feats, dot in _DOT_FEATURES:
@@ -68,7 +72,7 @@ def amx_for(target, act_dtype: str) -> bool:
     sapphirerapids, emeraldrapids) for Linux (the kernel requests the AMX state with a Linux
     syscall) and uint8 activations (``tdpbusd`` multiplies u8 x s8)."""
     target = target if isinstance(target, tvm.target.Target) else tvm.target.Target(target)
-    if target.kind.name != "llvm" or act_dtype != "uint8" or bool(target.attrs.get("feature.is_aarch64", False)):
+    if target.kind.name != "llvm" or act_dtype != "uint8" or _is_aarch64(target):
         return False
     triple = str(target.attrs.get("mtriple", ""))
     if triple and (not triple.startswith("x86_64") or "linux" not in triple):
@@ -196,7 +200,7 @@ def lower_int8(net: QuantizedNet, profile, expose: Sequence[str] = ()) -> tvm.IR
     dot = dot_for(target, net.act_dtype)
     amx = amx_for(target, net.act_dtype)
     bits = int(profile.vector_bits)
-    fminnm = bool(target.attrs.get("feature.is_aarch64", False))  # AArch64: fmaxnm / fminnm clamps
+    fminnm = _is_aarch64(target)  # the requantization's clamp as fmaxnm / fminnm
     cfg = net.cfg
     known = {"input", "pool"} | {l.name for l in net.layers}
     unknown = [n for n in expose if n not in known]
