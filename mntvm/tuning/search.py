@@ -9,7 +9,12 @@ value (a replay at another ``kc`` gives the same module), and a mutated tile und
 for another one fails to replay (the hundreds of "Trace replay failed" lines) or gives a point the
 template itself never makes.
 
-Here every candidate is the template run at a knob dict (:func:`mntvm.templates.defaults.knob_schedule`):
+Here every candidate is the template run at a knob dict (:func:`mntvm.templates.defaults.knob_schedule`).
+The first are the template defaults and each of their structure neighbours (one categorical knob changed:
+:func:`mntvm.templates.defaults.structure_neighbours`; up to half the trials), measured whatever the cost
+model says: the choices that depend on the CPU's caches, which a few drawn points easily miss (24 trials a
+task on a Zen 3 drew ``kc`` = 0 for the 14x14 and 7x7 layers only along with other changes, all slower;
+with the other knobs at the defaults it is 8-9 % faster there, timed alone). Then
 a measured point with one or two of its knobs drawn anew (best points most often), or a point drawn
 whole; points that schedule to a module already measured or proposed are dropped; MetaSchedule's
 cost model ranks the rest and most of a batch is its best, the rest drawn at random from the pool.
@@ -55,7 +60,8 @@ def _strategy_class():
     from tvm.s_tir import meta_schedule as ms
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    from mntvm.templates.defaults import annotate_knobs, knob_schedule, knobs_of, recover_knobs
+    from mntvm.templates.defaults import (annotate_knobs, knob_schedule, knobs_of, recover_knobs,
+                                          structure_neighbours)
 
     @derived_object
     class KnobSearch(ms.search_strategy.PySearchStrategy):
@@ -80,6 +86,9 @@ def _strategy_class():
                 self._load(database)
             sch, knobs = knob_schedule(self.mod, self.target, None, vector_bits=self.vector_bits)
             self.defaults = (self._hash(sch), knobs)
+            # measured first, before any drawn point: the defaults with one structure knob changed
+            # (at most half the trials; those a resumed tune measured are skipped as seen)
+            self.neighbours = structure_neighbours(self.mod, self.target, self.vector_bits)[:max(0, -(-self.left // 2))]
 
         def _hash(self, sch) -> int:
             return int(tvm_ffi.structural_hash(sch.mod))
@@ -140,15 +149,24 @@ def _strategy_class():
                 knobs[b] = {k: v for k, v in knobs[b].items() if k in order[:first]}
             return self._schedule(knobs, [])
 
-        def _pool(self, size: int) -> list:
-            """Up to ``size`` new candidates: (hash, schedule with postprocs applied, knobs)."""
+        def _pool(self, size: int) -> tuple[list, int]:
+            """Up to ``size`` new candidates: (hash, schedule with postprocs applied, knobs); and how
+            many of them, first, are to be measured before the others: the defaults and their
+            structure neighbours not measured yet."""
             out, hashes = [], set()
-            if self.defaults[0] not in self.seen:  # not measured yet (the seed could not be)
-                made = knob_schedule(self.mod, self.target, self.defaults[1])
+            for knobs in [self.defaults[1], *self.neighbours]:
+                try:
+                    made = knob_schedule(self.mod, self.target, knobs)
+                except Exception:  # noqa: BLE001 - a point the template cannot make
+                    continue
+                h = self._hash(made[0])
+                if h in self.seen or h in hashes:  # measured, or the same module as another
+                    continue
+                hashes.add(h)
                 cand = self._finish(*made)
                 if cand is not None:
-                    out.append((self.defaults[0], cand, self.defaults[1]))
-                    hashes.add(self.defaults[0])
+                    out.append((h, cand, made[1]))
+            first = len(out)
             for _ in range(size * 4):
                 if len(out) >= size:
                     break
@@ -162,7 +180,7 @@ def _strategy_class():
                 cand = self._finish(*made)
                 if cand is not None:
                     out.append((h, cand, made[1]))
-            return out
+            return out, first
 
         def _finish(self, sch, knobs):
             """``sch`` annotated with its knobs and through the space's postprocs (None: rejected)."""
@@ -178,16 +196,18 @@ def _strategy_class():
             n = min(self.per_iter, self.left)
             if n <= 0:
                 return None
-            pool = self._pool(n * POOL)
+            pool, first = self._pool(n * POOL)
             if not pool:
                 return None  # the space is exhausted (or nothing new schedules)
             cands = [ms.MeasureCandidate(sch, self.args) for _, sch, _ in pool]
-            order = list(range(len(pool)))
-            if self.cost_model is not None and len(pool) > n:
-                scores = self.cost_model.predict(self.context, cands)
-                order.sort(key=lambda i: -float(scores[i]))
-            greedy = n - int(round(n * EXPLORE)) if len(pool) > n else n
-            picked = order[:greedy]
+            picked = list(range(min(first, n)))
+            order = list(range(len(picked), len(pool)))
+            m = n - len(picked)  # drawn points to pick
+            if self.cost_model is not None and len(order) > m > 0:
+                scores = self.cost_model.predict(self.context, [cands[i] for i in order])
+                order = [i for _, i in sorted(zip((-float(s) for s in scores), order), key=lambda t: t[0])]
+            greedy = m - int(round(m * EXPLORE)) if len(order) > m else m
+            picked += order[:greedy]
             rest = order[greedy:]
             picked += self.rng.sample(rest, min(len(rest), n - len(picked)))
             self.pending = [(pool[i][0], pool[i][2]) for i in picked]

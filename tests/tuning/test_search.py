@@ -17,7 +17,8 @@ from tvm import s_tir
 from mntvm.model import weights as W
 from mntvm.model.network import MobileNetConfig
 from mntvm.targets.profiles import get_profile
-from mntvm.templates.defaults import annotate_knobs, default_schedule, knob_schedule, knobs_of
+from mntvm.templates.defaults import (annotate_knobs, default_schedule, knob_schedule, knobs_of,
+                                      structure_neighbours)
 from mntvm.templates.lowering import lower
 from mntvm.templates.registry import tunable_tasks
 from mntvm.tuning.database import open_schedules, task_mod, task_rule
@@ -85,6 +86,14 @@ def test_the_search_takes_every_knob_and_every_record_says_its_knobs(task, searc
         tvm.ir.assert_structural_equal(got, annotate_knobs(sch, taken).mod)
     # the knobs only Python reads took more than one value (a replayed design space kept one)
     assert len(values["kc"]) >= 2 and len(values["ragged"]) >= 2 and len(values["prefetch"]) == 2, values
+    # the defaults with one structure knob changed (kc, prefetch, ragged) are all among the records:
+    # they are measured first, whatever the cost model says
+    got_hashes = {tvm_ffi.structural_hash(got) for got in replayed}
+    neighbours = structure_neighbours(mod, target)
+    assert len(neighbours) == 8, neighbours  # 3 other ragged tiles, prefetch on, 4 other kc
+    for point in neighbours:
+        sch, taken = knob_schedule(mod, target, point)
+        assert tvm_ffi.structural_hash(annotate_knobs(sch, taken).mod) in got_hashes, point
     # the template defaults are one of the records
     assert any(tvm_ffi.structural_hash(got) == tvm_ffi.structural_hash(default_schedule(mod, target).mod)
                for got in replayed)
