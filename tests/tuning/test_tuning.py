@@ -54,8 +54,8 @@ def tuned(tmp_path_factory):
 def _least_trials(task: dict) -> int:
     """The records 3 trials leave for a task: 3, but the FC's knob space can be smaller: its 1000
     outputs are 125 vectors of 8 lanes on AVX2, whose register tile (at most 8 vectors, dividing 125)
-    is 1 or 5: two points (a third record only where a stand-in log seeds one: on a Zen 2, whose
-    shipped log holds every variant's FC; not on a Zen 3, whose log holds alpha 1.0's)."""
+    is 1 or 5: two points (a third record only where the shipped log seeds one: on a Zen 2 or a Zen 3,
+    whose logs hold every width's FC; not where no log has this width's)."""
     return 2 if task["rule"] == "mntvm_dense" else 3
 
 
