@@ -32,6 +32,31 @@ def listening(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def _tcp_rows() -> list[list[str]]:
+    """The rows of /proc/net/tcp and tcp6, split: [sl, local, remote, state, ..., inode, ...]."""
+    rows = []
+    for name in ("tcp", "tcp6"):
+        try:
+            rows += [line.split() for line in Path(f"/proc/net/{name}").read_text().splitlines()[1:]]
+        except OSError:
+            continue
+    return rows
+
+
+def listen_inode(port: int) -> str:
+    """The inode of the one socket listening on ``port`` (state 0A: LISTEN), any local address."""
+    rows = [r for r in _tcp_rows() if r[3] == "0A" and r[1].rsplit(":", 1)[1] == f"{port:04X}"]
+    assert len(rows) == 1, rows
+    return rows[0][9]
+
+
+def socket_open(inode: str) -> bool:
+    """Whether the TCP socket ``inode`` (:func:`listen_inode`) is still open in some process. Asked of the
+    kernel, not by connecting to its port: under pytest-xdist another test may bind a freed port at
+    once, and a connect to a free ephemeral port on loopback can connect to itself."""
+    return any(r[9] == inode for r in _tcp_rows())
+
+
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 

@@ -14,11 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-from rpc_fixtures import stop_group
+from rpc_fixtures import listen_inode, socket_open, stop_group
 
 from mntvm import MntvmError
 from mntvm.remote import board
@@ -31,22 +30,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _tcp_sockets() -> list[list[str]]:
-    """The rows of /proc/net/tcp (IPv4), split: [sl, local, remote, state, ..., inode, ...]."""
-    return [line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:]]
-
-
-def _tcp_inodes() -> set[str]:
-    return {row[9] for row in _tcp_sockets()}
-
-
-def _listening_inode(port: int) -> str:
-    """The inode of the socket listening on 127.0.0.1:``port`` (state 0A = LISTEN)."""
-    rows = [r for r in _tcp_sockets() if r[1] == f"0100007F:{port:04X}" and r[3] == "0A"]
-    assert len(rows) == 1, rows
-    return rows[0][9]
 
 
 def _require_host_tools():
@@ -162,7 +145,7 @@ def test_board_runs_cross_compiled_code(sysroot, tracker, tmp_path):
         # the board listens on loopback only
         with socket.create_connection(("127.0.0.1", handle.port), timeout=5):
             pass
-        listen_inode = _listening_inode(handle.port)
+        inode = listen_inode(handle.port)
 
         remote = rpc.connect_tracker(*tracker).request(key, priority=1, session_timeout=120)
         assert board_arch_ok(remote)
@@ -195,10 +178,8 @@ def test_board_runs_cross_compiled_code(sysroot, tracker, tmp_path):
     finally:
         board.stop(handle.pid)
     assert not board.is_running(handle.pid)
-    # its listening socket is closed: no process (an escaped child included) holds it.  Asked of the
-    # kernel by the socket's inode, not by connecting: under xdist another test may bind the freed
-    # port at once, and a connect to a free ephemeral port can even connect to itself.
-    assert listen_inode not in _tcp_inodes()
+    # its listening socket is closed: no process (an escaped child included) holds it
+    assert not socket_open(inode)
     board.stop(handle)  # stopping a stopped board is a no-op
 
 

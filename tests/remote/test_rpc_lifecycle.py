@@ -12,7 +12,7 @@ import time
 
 import psutil
 import pytest
-from rpc_fixtures import ROOT, Server, Tracker, free_port, listening, stop_group, wait_for
+from rpc_fixtures import ROOT, Server, Tracker, free_port, listen_inode, socket_open, stop_group, wait_for
 
 from mntvm.remote import rpc
 from mntvm.remote.board import board_arch
@@ -30,12 +30,13 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
 
 
 
-def _assert_all_gone(procs: list[psutil.Process], port: int, what: str) -> None:
+def _assert_all_gone(procs: list[psutil.Process], inode: str, what: str) -> None:
+    """``procs`` are gone and the socket ``inode`` that listened for them is closed (no child holds it)."""
     deadline = time.monotonic() + 5
-    while (_alive(procs) or listening(port)) and time.monotonic() < deadline:
+    while (_alive(procs) or socket_open(inode)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(procs), f"{what}: children outlived it: {_alive(procs)}"
-    assert not listening(port), f"{what}: something still listens on its port {port}"
+    assert not socket_open(inode), f"{what}: its listening socket is still open"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill-9", "sigterm"])
@@ -43,9 +44,10 @@ def test_tracker_leaves_nothing_behind(sig):
     t = Tracker()
     try:
         kids = psutil.Process(t.proc.pid).children(recursive=True)
+        inode = listen_inode(t.port)
         os.kill(t.proc.pid, sig)
         t.proc.wait(10)
-        _assert_all_gone(kids, t.port, f"tracker after {sig.name}")
+        _assert_all_gone(kids, inode, f"tracker after {sig.name}")
     finally:
         t.stop()
 
@@ -56,9 +58,10 @@ def test_server_and_its_session_die_with_it_on_kill_9(tracker):
         sess = rpc.open_session(tracker.addr, s.key, wait_s=20)  # a session worker exists now
         kids = psutil.Process(s.proc.pid).children(recursive=True)
         assert kids, "a session is open: the server must have a child serving it"
+        inode = listen_inode(s.port)
         os.kill(s.proc.pid, signal.SIGKILL)
         s.proc.wait(10)
-        _assert_all_gone(kids, s.port, "RPC server after kill -9")
+        _assert_all_gone(kids, inode, "RPC server after kill -9")
         del sess
     finally:
         s.stop()
