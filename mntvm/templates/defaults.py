@@ -18,6 +18,7 @@ The knob values come from the target's family: :mod:`.x86` / :mod:`.arm` on CPUs
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 
@@ -157,8 +158,6 @@ def structure_neighbours(mod: tvm.IRModule, target, vector_bits: int | None = No
     it) per point, in the template's order of its knobs. Which of these wins depends on the CPU's
     caches more than on anything a default can see (the chunked reduction: 3 % faster on a Zen 2,
     5 % slower on a Zen 3, 1.0/224 in the network), so ``mntvm tune`` measures them first."""
-    import copy
-
     dflt, keys = knob_schedule(mod, target, None, vector_bits=vector_bits)
     flat = [(b, k) for b, d in enumerate(keys) for k in d]
     sigs = [_signature(i) for i in dflt.trace.insts if i.kind.name in SAMPLES]

@@ -205,7 +205,8 @@ def _strategy_class():
             m = n - len(picked)  # drawn points to pick
             if self.cost_model is not None and len(order) > m > 0:
                 scores = self.cost_model.predict(self.context, [cands[i] for i in order])
-                order = [i for _, i in sorted(zip((-float(s) for s in scores), order), key=lambda t: t[0])]
+                score = {i: float(s) for i, s in zip(order, scores)}
+                order.sort(key=lambda i: -score[i])
             greedy = m - int(round(m * EXPLORE)) if len(order) > m else m
             picked += order[:greedy]
             rest = order[greedy:]
