@@ -151,6 +151,15 @@ def _signature(inst) -> tuple:
                                                    else inst.attrs)))
 
 
+def _default_knobs(mod: tvm.IRModule, target, vector_bits: int | None) -> tuple[list, list]:
+    """``mod``'s default knob values (a dict per block) and each knob, in the template's order, as
+    ((block, key), :func:`_signature` of the sampling instruction that draws it)."""
+    dflt, keys = knob_schedule(mod, target, None, vector_bits=vector_bits)
+    flat = [(b, k) for b, d in enumerate(keys) for k in d]
+    sigs = [_signature(i) for i in dflt.trace.insts if i.kind.name in SAMPLES]
+    return keys, list(zip(flat, sigs))
+
+
 def structure_neighbours(mod: tvm.IRModule, target, vector_bits: int | None = None) -> list[list]:
     """The template defaults of ``mod`` with one categorical knob (a choice of structure: the fused
     template's ``kc``, ``prefetch``, ``ragged``; a tile's loop order) at each of its other
@@ -158,11 +167,9 @@ def structure_neighbours(mod: tvm.IRModule, target, vector_bits: int | None = No
     it) per point, in the template's order of its knobs. Which of these wins depends on the CPU's
     caches more than on anything a default can see (the chunked reduction: 3 % faster on a Zen 2,
     5 % slower on a Zen 3, 1.0/224 in the network), so ``mntvm tune`` measures them first."""
-    dflt, keys = knob_schedule(mod, target, None, vector_bits=vector_bits)
-    flat = [(b, k) for b, d in enumerate(keys) for k in d]
-    sigs = [_signature(i) for i in dflt.trace.insts if i.kind.name in SAMPLES]
+    keys, knobs = _default_knobs(mod, target, vector_bits)
     out = []
-    for (b, k), sig in zip(flat, sigs):
+    for (b, k), sig in knobs:
         if sig[0] != "SampleCategorical" or keys[b][k] not in sig[1]:
             continue
         for v in sig[1]:
@@ -194,12 +201,10 @@ def recover_knobs(mod: tvm.IRModule, target, trace, vector_bits: int | None = No
     except Exception:  # noqa: BLE001 - not a trace of this task
         return None
     want = tvm_ffi.structural_hash(want.mod)
-    dflt, keys = knob_schedule(mod, target, None, vector_bits=vector_bits)
-    flat = [(b, k) for b, d in enumerate(keys) for k in d]
-    sigs = [_signature(i) for i in dflt.trace.insts if i.kind.name in SAMPLES]
+    keys, flat = _default_knobs(mod, target, vector_bits)
     held = [i for i in trace.insts if i.kind.name in SAMPLES]
     knobs, gone, j = [{} for _ in keys], [], 0
-    for (b, k), sig in zip(flat, sigs):
+    for (b, k), sig in flat:
         if j < len(held) and _signature(held[j]) == sig:
             knobs[b][k] = _value(held[j], trace.decisions[held[j]])
             j += 1
