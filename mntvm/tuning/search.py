@@ -84,11 +84,12 @@ def _strategy_class():
             self.pending: list[tuple[int, list]] = []
             if database is not None:
                 self._load(database)
-            sch, knobs = knob_schedule(self.mod, self.target, None, vector_bits=self.vector_bits)
-            self.defaults = (self._hash(sch), knobs)
-            # measured first, before any drawn point: the defaults with one structure knob changed
-            # (at most half the trials; those a resumed tune measured are skipped as seen)
-            self.neighbours = structure_neighbours(self.mod, self.target, self.vector_bits)[:max(0, -(-self.left // 2))]
+            _, knobs = knob_schedule(self.mod, self.target, None, vector_bits=self.vector_bits)
+            self.defaults = knobs
+            # measured first, before any drawn point: the defaults and the defaults with one structure
+            # knob changed (at most half the trials); each leaves this list once measured or unmakeable
+            neighbours = structure_neighbours(self.mod, self.target, self.vector_bits)
+            self.first = [knobs, *neighbours[:max(0, -(-self.left // 2))]]
 
         def _hash(self, sch) -> int:
             return int(tvm_ffi.structural_hash(sch.mod))
@@ -144,7 +145,7 @@ def _strategy_class():
             except Exception:  # noqa: BLE001 - a point the template cannot make
                 return None
             for b in {b for b, _ in drawn}:
-                order = list(self.defaults[1][b]) if b < len(self.defaults[1]) else []  # the template's order
+                order = list(self.defaults[b]) if b < len(self.defaults) else []  # the template's order
                 first = min([order.index(k) for bb, k in drawn if bb == b and k in order] or [0])
                 knobs[b] = {k: v for k, v in knobs[b].items() if k in order[:first]}
             return self._schedule(knobs, [])
@@ -153,8 +154,8 @@ def _strategy_class():
             """Up to ``size`` new candidates: (hash, schedule with postprocs applied, knobs); and how
             many of them, first, are to be measured before the others: the defaults and their
             structure neighbours not measured yet."""
-            out, hashes = [], set()
-            for knobs in [self.defaults[1], *self.neighbours]:
+            out, hashes, left = [], set(), []
+            for knobs in self.first:
                 try:
                     made = knob_schedule(self.mod, self.target, knobs)
                 except Exception:  # noqa: BLE001 - a point the template cannot make
@@ -166,6 +167,8 @@ def _strategy_class():
                 cand = self._finish(*made)
                 if cand is not None:
                     out.append((h, cand, made[1]))
+                    left.append(knobs)  # proposed; not measured until a batch picks it
+            self.first = left
             first = len(out)
             for _ in range(size * 4):
                 if len(out) >= size:
