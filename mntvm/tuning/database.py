@@ -2,7 +2,8 @@
 
 A schedules database is a folder holding MetaSchedule's JSON database (``database_workload.json``,
 ``database_tuning_record.json``) plus ``mntvm-db.json``: the target profile and full TVM target it
-was tuned for, the TVM version, and the trials spent per task. ``schedules/<name>/`` in the
+was tuned for, the TVM version, the trials spent per task, and the record count each workload was
+last settled at (its best records timed again: :mod:`mntvm.tuning.settle`). ``schedules/<name>/`` in the
 repository holds the shipped ones; ``<name>`` is the profile name, followed by the detected CPU for
 profiles that describe "this machine" (e.g. ``x86-emeraldrapids``), since a log tuned on one CPU
 says nothing about another.
@@ -15,7 +16,8 @@ Every reader checks both logs line by line as MetaSchedule will read them (:func
 a corrupt one is named by file and line, whoever opens it (compile, tune, show, merge, prune).
 
 Public entries: :func:`open_schedules` (compile), :class:`ScheduleDB`, :func:`db_name`,
-:func:`load` (read-only, for show/merge/prune), :func:`read_logs`, :func:`check_destination_db`
+:func:`load` (read-only, for show/merge/prune), :func:`read_logs`, :func:`drop_superseded` (tune's
+rewrite after settling), :func:`check_destination_db`
 (where tune/merge may write a database), :func:`task_mod` / :func:`task_rule` (a task's workload as
 MetaSchedule keys it, and its template rule), :func:`log_hash` (a folder's identity).
 """
@@ -142,6 +144,23 @@ def read_logs(path) -> tuple[list, list, bool]:
             raise MntvmError(f"corrupt schedules log {path / RECORDS}: line {line} is not a tuning record")
         records.append((line, r[0], r[1]))
     return workloads, records, wtorn or rtorn
+
+
+def drop_superseded(path) -> int:
+    """Drop from the database folder ``path``'s records every one whose trace was measured again
+    later (a finalist that tune timed again: :mod:`mntvm.tuning.settle`): the last measurement of a
+    trace is the one the log ranks by. The records file is rewritten atomically, only when there
+    is something to drop; the caller holds the writer's lock. Returns the number dropped."""
+    file = Path(path) / RECORDS
+    rows, _ = parse_lines(file)  # a torn last line (a kill mid-write) goes with the rewrite
+    last = {}
+    for i, (_, row) in enumerate(rows):
+        last[(row[0], json.dumps(row[1][0]))] = i
+    keep = sorted(last.values())
+    if len(keep) == len(rows):
+        return 0
+    write_text(file, "".join(json.dumps(rows[i][1]) + "\n" for i in keep))
+    return len(rows) - len(keep)
 
 
 def is_database_folder(path: Path) -> bool:

@@ -23,17 +23,14 @@ from mntvm.tuning.database import (META, RECORDS, WORKLOADS, LoadedDB, check_des
 from mntvm.templates.defaults import KNOBS
 from mntvm.templates.registry import ALL_RULES
 from mntvm.tuning.lock import db_lock
+from mntvm.tuning.measure import mean_secs
 from mntvm.tuning.verify import verdicts_here
 
-FAILED_SECS = 1e10  # what MetaSchedule records as the run time of a candidate that failed to build/run
 
 
 def record_seconds(rec) -> float:
-    """Mean measured seconds of a record; inf for a failed or unmeasured one (MetaSchedule's IsValid)."""
-    secs = [float(s) for s in (rec[1] or [])]
-    if not secs or all(s >= FAILED_SECS for s in secs):
-        return float("inf")
-    return sum(secs) / len(secs)
+    """Mean measured seconds of a record (as JSON); inf for a failed or unmeasured one."""
+    return mean_secs(rec[1])
 
 
 def record_knobs(rec) -> list | None:
@@ -100,7 +97,9 @@ def show(path) -> dict:
 
 def merge(sources, out, top_k: int = 1, drop_reverted: bool = False, drop_unused: bool = False,
           alphas=ALPHAS, resolutions=RESOLUTIONS, targets_dir=None, drop_rules=()) -> dict:
-    """Write the ``top_k`` fastest records per workload over all ``sources`` to ``out``.
+    """Write the ``top_k`` fastest records per workload over all ``sources`` to ``out``. A trace
+    with several records counts by those with the most timings (a finalist that tune timed again:
+    its earlier, single timing in another source is left out).
 
     ``drop_reverted``: leave out the records of each workload that this machine's check of a
     source (:func:`mntvm.tuning.verify.check_log`, run by tune and compile) sent back to the
@@ -196,6 +195,14 @@ def _reverted(db: LoadedDB) -> set[str]:
     return {h for h, v in verdicts.items() if v.get("keep") == "default"}
 
 
+def _best_known(recs: dict) -> list:
+    """Of one trace's distinct records ({JSON: record}), those with the most timings: a finalist
+    timed again (:mod:`mntvm.tuning.settle`) counts by its new timings, not by the single, lucky
+    one another source kept."""
+    most = max(len(r[1] or []) for r in recs.values())
+    return [r for r in recs.values() if len(r[1] or []) == most]
+
+
 def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: dict | None = None,
            drop_rules=()) -> dict:
     dbs = [load(s) for s in sources]  # every source parsed and checked before anything is written
@@ -211,8 +218,9 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
                                                               unused["resolutions"], unused["targets_dir"])
     index: dict[str, int] = {}  # structural hash -> output workload index
     wl_rows: list = []
-    per: dict[int, dict] = {}  # output workload index -> {record JSON: record}
+    per: dict[int, dict] = {}  # output workload index -> {trace JSON: {record JSON: record}}
     meta = json.loads(json.dumps(first.meta))
+    meta.pop("settled", None)  # the record counts tune settled the first source's tasks at: not these
     names = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
     dropped: set[str] = set()  # workload hashes whose records were left out (drop_reverted)
     not_produced: set[str] = set()  # ... because no variant produces them (unused)
@@ -237,14 +245,16 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
         for _, wi, rec in db.records:
             if db.workloads[wi][1][0] in gone:
                 continue
-            per.setdefault(remap[wi], {}).setdefault(json.dumps(rec, sort_keys=True), rec)
+            traces = per.setdefault(remap[wi], {})
+            traces.setdefault(json.dumps(rec[0], sort_keys=True), {}).setdefault(json.dumps(rec, sort_keys=True), rec)
         if db is not first:
             theirs = db.meta.get("tasks") if isinstance(db.meta.get("tasks"), dict) else {}
             for h, n in theirs.items():
                 names[h] = sorted(set(names.get(h, [])) | set(n))
             for n, t in (db.meta.get("trials") or {}).items():
                 meta.setdefault("trials", {}).setdefault(n, t)
-    kept = [[wi, r] for wi in sorted(per) for r in sorted(per[wi].values(), key=record_seconds)[:top_k]
+    kept = [[wi, r] for wi in sorted(per)
+            for r in sorted((r for t in per[wi].values() for r in _best_known(t)), key=record_seconds)[:top_k]
             if record_seconds(r) < float("inf")]
     # a workload left with no record (all failed, or dropped) is left out too: the workload log
     # holds each task's whole IRModule, most of a database's size

@@ -11,12 +11,16 @@ stay in the L2, as between a network's inferences).
 
 Locally, a candidate is also timed against a reference: the task's template defaults, published by
 tune before the task's search (:func:`publish_reference`). Each repeat runs both, in alternating
-order, and the cost recorded is ``candidate / reference`` x the reference's own time, measured once
-when it was published. On a shared machine whose speed drifts by 10-40 % between minutes, raw
+order, and the cost recorded is ``candidate / reference`` x the reference's own time: the time the
+log already holds for it (its record of the defaults, measured when the task was first tuned), or
+else measured once, alone, when it was published. One measure of the defaults per task and log, not
+per run: a 2-thread kernel timed alone on a shared 2-core VM read 0.69 ms in one run and 1.19 ms in
+another, and records of two runs scaled by each their own compared by that factor. On a shared machine whose speed drifts by 10-40 % between minutes, raw
 timings taken minutes apart rank candidates by the minute they ran in; ratios taken side by side
 do not drift with it.
 
-Public entries: :func:`runner`, :func:`publish_reference`, :func:`reference_base`, :func:`cold_timer`;
+Public entries: :func:`runner`, :func:`publish_reference`, :func:`reference_base`, :func:`cold_timer`,
+:func:`mean_secs` (a measurement's mean, as the database ranks records);
 :func:`network_like_evaluator`, :func:`evict_private_caches`, :func:`alloc_args_remote` (the runner's hooks).
 """
 from __future__ import annotations
@@ -24,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -32,8 +37,17 @@ from mntvm.core.atomic import write_text
 from mntvm.core.threads import set_threads
 from mntvm.remote.rpc import open_session, parse_addr
 
+FAILED_SECS = 1e10  # what MetaSchedule records as the run time of a candidate that failed to build/run
 _EVICT: dict = {}
 EVICT_BYTES_PER_THREAD = 2 << 20  # read + written: 4 MB per core, > the L2s we target (1-2 MB), << L3
+
+
+def mean_secs(run_secs) -> float:
+    """A measurement's mean seconds; inf for none, or a failed one (MetaSchedule's IsValid)."""
+    secs = [float(s) for s in run_secs or []]
+    if not secs or all(s >= FAILED_SECS for s in secs):
+        return math.inf
+    return sum(secs) / len(secs)
 
 
 def evict_private_caches(*args) -> None:
@@ -71,6 +85,7 @@ def cold_timer(mod, device, entry: str = "main", number: int = 1, repeat: int = 
                               f_preproc="mntvm.evict_private_caches")
 
 
+REPEATS = 10  # timings of each candidate per measurement (locally: each one beside the reference)
 REFERENCE = "reference.json"  # in the runner's reference folder: the kernel candidates are timed against
 BASE_RUNS = 15  # timings of a new reference alone, whose median scales the ratios back to seconds
 _REF: dict = {}  # in the runner's worker process: its reference folder, and the reference loaded from it
@@ -80,17 +95,20 @@ def _signature(args) -> list:
     return [[str(a.dtype), [int(d) for d in a.shape]] for a in args]
 
 
-def publish_reference(folder: str | Path, lib: str | Path | None, args_info=None) -> None:
+def publish_reference(folder: str | Path, lib: str | Path | None, args_info=None, base_s: float | None = None) -> None:
     """Tell the local runner (started with this ``folder``, :func:`runner`) which kernel the
     candidates of the next task are timed against: ``lib`` (an exported library whose ``main`` takes
     ``args_info``'s arguments, MetaSchedule ``ArgInfo``s), or none (``lib=None``: raw timings).
-    Written atomically; the worker reads it at each measurement and times a new reference's
-    :data:`BASE_RUNS` runs alone before its first ratio."""
+    Written atomically; the worker reads it at each measurement. The ratios are scaled by
+    ``base_s`` (the reference's time as a log recorded it, so that costs recorded in different
+    runs compare), or else by the median of :data:`BASE_RUNS` runs of the reference alone, timed
+    before its first ratio."""
     path = Path(folder) / REFERENCE
     if lib is None:
         path.unlink(missing_ok=True)
         return
-    write_text(path, json.dumps({"id": uuid.uuid4().hex, "lib": str(lib), "args": _signature(args_info)}))
+    spec = {"id": uuid.uuid4().hex, "lib": str(lib), "args": _signature(args_info)}
+    write_text(path, json.dumps(spec if base_s is None else {**spec, "base_s": float(base_s)}))
 
 
 def _reference(device, args) -> dict | None:
@@ -112,7 +130,7 @@ def _reference(device, args) -> dict | None:
         try:
             f = cold_timer(tvm.runtime.load_module(spec["lib"]), device)
             f(*args)  # warm: code, workspace pool
-            base = float(np.median([f(*args).results[0] for _ in range(BASE_RUNS)]))
+            base = spec.get("base_s") or float(np.median([f(*args).results[0] for _ in range(BASE_RUNS)]))
         except Exception:  # noqa: BLE001 - a reference that does not load or run: the candidate is timed raw
             return None
         _REF.update(id=spec["id"], f=f, base=base)
@@ -121,8 +139,9 @@ def _reference(device, args) -> dict | None:
 
 
 def reference_base(folder: str | Path) -> float | None:
-    """Seconds the runner measured for the reference now published in ``folder`` (the scale of the
-    costs it records), or None when it has not timed it (no candidate measured against it yet)."""
+    """Seconds the runner scales its ratios by for the reference now published in ``folder`` (the
+    scale of the costs it records: given, or measured), or None before it has loaded it (no
+    candidate measured against it yet)."""
     try:
         rid = json.loads((Path(folder) / REFERENCE).read_text())["id"]
         return float(json.loads((Path(folder) / f"{rid}.base").read_text())["base_s"])
@@ -187,7 +206,7 @@ def alloc_args_remote(session, device, args_info, alloc_repeat):
 def _make_runner(tracker: str | None, key: str | None, threads: int, gpu: bool, reference: str | None):
     from tvm.s_tir import meta_schedule as ms
 
-    cfg = ms.runner.EvaluatorConfig(number=1 if not gpu else 10, repeat=10, min_repeat_ms=0,
+    cfg = ms.runner.EvaluatorConfig(number=1 if not gpu else 10, repeat=REPEATS, min_repeat_ms=0,
                                     enable_cpu_cache_flush=not gpu)
     if not tracker and gpu:
         return ms.runner.LocalRunner(evaluator_config=cfg, timeout_sec=60)

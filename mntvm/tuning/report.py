@@ -1,6 +1,9 @@
 """What ``mntvm tune`` and ``mntvm schedules`` print: text forms of their results."""
 from __future__ import annotations
 
+from mntvm.tuning.measure import REPEATS
+from mntvm.tuning.settle import ROUNDS
+
 
 def format_network_times(net: dict) -> str:
     """A network check's times (:func:`mntvm.tuning.verify.check_network`): per thread count, the
@@ -11,14 +14,17 @@ def format_network_times(net: dict) -> str:
 
 def format_tune(r: dict) -> str:
     """Per task: rule, trials, best time (and the defaults' time it is scaled by, when candidates
-    were timed against them; whether its space ran out before its trials); then trials run,
-    seconds and the database folder."""
+    were timed against them; how many of its best records were timed again, and the best's time
+    before; whether its space ran out before its trials); then trials run, seconds and the
+    database folder."""
     lines = []
     for name, t in r["tasks"].items():
         best = f"{t['best_ms']:.4f} ms" if t["best_ms"] is not None else "-"
-        d = t.get("defaults_ms")
+        d, s = t.get("defaults_ms"), t.get("settled") or {}
         lines.append(f"{name:<40} {t['rule']:<12} {t['trials']:>5} trials  best {best}"
-                     + (f"  (candidates timed side by side with the defaults, which ran {d:.4f} ms alone)" if d else "")
+                     + (f"  (candidates timed side by side with the defaults, scaled to their {d:.4f} ms)" if d else "")
+                     + (f"  ({s['finalists']} best timed again, {ROUNDS * REPEATS} runs each; the best read "
+                        f"{s['before_ms']:.4f} ms before)" if s.get("finalists") else "")
                      + ("  - every point of its space measured" if name in r.get("exhausted", ()) else ""))
     lines.append(f"{r['trials_run']} trials in {r['seconds']:.0f}s -> {r['database']}"
                  + (f" ({len(r['skipped'])} tasks already had their trials)" if r["skipped"] else ""))

@@ -33,6 +33,8 @@ import functools
 import math
 import random
 
+from mntvm.tuning.measure import mean_secs
+
 POOL = 8  # candidates proposed per trial of a batch, for the cost model to rank
 PARENTS = 8  # the best measured points that mutations start from
 FRESH = 0.2  # share of proposals drawn whole (the rest: a measured point with a knob or two redrawn)
@@ -44,12 +46,6 @@ def knob_search(vector_bits: int | None = None, seed: int | None = None):
     ``vector_bits``: the CPU family whose defaults are the first parent (None: read off the
     task); ``seed``: the search's randomness (None: a fresh one)."""
     return _strategy_class()(vector_bits=vector_bits, seed=seed)
-
-
-def _secs(run_secs) -> float:
-    """A measurement's mean (inf when it has none: a failed build or run)."""
-    vals = [float(s) for s in run_secs or []]
-    return sum(vals) / len(vals) if vals else math.inf
 
 
 @functools.cache
@@ -101,7 +97,7 @@ def _strategy_class():
                 return
             tries = PARENTS  # the best records without knob values: recovered from their traces
             for rec in database.get_top_k(database.commit_workload(self.mod), 1 << 30):
-                secs = _secs(rec.run_secs)
+                secs = mean_secs(rec.run_secs)
                 try:
                     sch = Schedule(self.mod)
                     rec.trace.apply_to_schedule(sch, remove_postproc=True)
@@ -222,7 +218,7 @@ def _strategy_class():
 
         def notify_runner_results(self, measure_candidates, results) -> None:
             for (h, knobs), res in zip(self.pending, results):
-                secs = math.inf if res.error_msg else _secs(res.run_secs)
+                secs = math.inf if res.error_msg else mean_secs(res.run_secs)
                 self.seen[h] = secs
                 if math.isfinite(secs):
                     self.points.append((secs, knobs))

@@ -3,10 +3,13 @@
 Every task is searched over our templates' knobs (:func:`mntvm.tuning.search.knob_search`: the
 template run at the knob values it tries), built by our builder, measured by our runner
 (:mod:`mntvm.tuning.measure`) and logged in the database format of :mod:`mntvm.tuning.database`,
-starting from a record of the template defaults.
+starting from a record of the template defaults. Measured here, each task ends settled: its best
+records timed again side by side, the log then ranking them by the new timings
+(:mod:`mntvm.tuning.settle`).
 
 Tuning is resumable: records are appended per measured batch, a torn last line (kill -9) is dropped
-on the next open, and a re-run tunes only the trials a task still lacks. One tune at a time per
+on the next open, and a re-run tunes only the trials a task still lacks (and settles a task not
+settled since its last records: a log from before settling, or a kill during it). One tune at a time per
 folder (:mod:`mntvm.tuning.lock`); the output, its free space and the threads are checked before
 any work, and each batch is checked to have reached the log (MetaSchedule's own writes ignore a
 full disk).
@@ -17,6 +20,7 @@ Public entries: :func:`tune` (a model's tasks on a target profile: ``mntvm tune`
 from __future__ import annotations
 
 import functools
+import math
 import os
 import shutil
 import stat
@@ -41,12 +45,13 @@ from mntvm.templates.lowering import has_templates, lower
 from mntvm.templates.lowering_int8 import lower_int8
 from mntvm.templates.registry import (RULE_DENSE, RULE_DENSE8, RULE_DW, RULE_DW8, RULE_DWPW, RULE_POOL, RULE_POOL8,
                                       RULE_PW, RULE_PW8, RULE_STEM, RULE_STEM8, tunable_tasks)
-from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_db, db_name, open_schedules, task_mod,
-                                   task_rule, write_meta)
+from mntvm.tuning.database import (META, RECORDS, ScheduleDB, check_destination_db, db_name, drop_superseded,
+                                   open_schedules, task_mod, task_rule, write_meta)
 from mntvm.tuning.lock import db_lock
-from mntvm.tuning.measure import publish_reference, reference_base
+from mntvm.tuning.measure import mean_secs, publish_reference, reference_base
 from mntvm.tuning.measure import runner as measuring
 from mntvm.tuning.search import knob_search
+from mntvm.tuning.settle import retime_finalists
 from mntvm.tuning.space import drop_artifact, ms_builder, tune_space, without_tvm_intrinsics
 from mntvm.tuning.verify import apply_checked
 
@@ -223,10 +228,13 @@ def _best_ms(db, mod) -> float | None:
     if not db.has_workload(mod):
         return None
     top = db.get_top_k(db.commit_workload(mod), 1)
-    if not top or not top[0].run_secs:
-        return None
-    secs = [float(s) for s in top[0].run_secs]
-    return 1e3 * sum(secs) / len(secs)
+    secs = mean_secs(top[0].run_secs) if top else math.inf
+    return 1e3 * secs if math.isfinite(secs) else None
+
+
+def _workload_hash(db, mod) -> str:
+    """``mod``'s workload hash in ``db`` (as the log's workloads are keyed; committed if new)."""
+    return str(db.commit_workload(mod).as_json()[0])
 
 
 def _count(db, mod) -> int:
@@ -284,11 +292,17 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         raise MntvmError(f"cannot write {path}: {e.strerror or e}") from None
     local_cpu = not tracker and not profile.is_gpu
     with db_lock(path), tempfile.TemporaryDirectory(prefix="mntvm-ref-") as ref, without_tvm_intrinsics():
+        drop_superseded(path)  # finalists timed anew before a kill: their earlier records go
         with measuring(tracker, key, threads or 1, gpu=profile.is_gpu, reference=ref if local_cpu else None) as runner:
             sdb = _open_or_create(path, profile, force)
             db = sdb.database()
             mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db),
-                           start.database() if start is not None else None, ref if local_cpu else None)
+                           start.database() if start is not None else None, ref if local_cpu else None,
+                           sdb.meta.setdefault("settled", {}))
+        if drop_superseded(path):  # the finalists' earlier records: the log now ranks by their new timings
+            db = sdb.database()
+            for name, t in summary["tasks"].items():
+                t["best_ms"] = _best_ms(db, mods[name])
         meta = sdb.meta
         meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
         if not tracker and profile.detected.get("mcpu"):  # measured here: what compile picks stand-ins by
@@ -296,7 +310,7 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         names = meta.setdefault("tasks", {})  # workload hash -> "<label>/<task>", for `mntvm schedules show`
         for name, mod in mods.items():
             if db.has_workload(mod):
-                shash = str(db.commit_workload(mod).as_json()[0])
+                shash = _workload_hash(db, mod)
                 names[shash] = sorted(set(names.get(shash, [])) | {f"{label}/{name}" if label else name})
         meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         sdb.meta = write_meta(path, meta)
@@ -329,10 +343,24 @@ def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping, network=No
             "network": c.get("network")}
 
 
-def _publish_defaults(folder: str, name: str, mod, built) -> None:
+def _logged_secs(db, mod, sch) -> float | None:
+    """The mean time ``db`` holds for ``sch`` (a schedule of ``mod``): of its record of the same
+    trace with the most timings; None when it has none."""
+    if not db.has_workload(mod):
+        return None
+    key = str(sch.trace.as_json())
+    recs = [r for r in db.get_top_k(db.commit_workload(mod), 1 << 30) if r.run_secs and str(r.trace.as_json()) == key]
+    if not recs:
+        return None
+    secs = mean_secs(max(recs, key=lambda r: len(r.run_secs)).run_secs)
+    return secs if math.isfinite(secs) else None
+
+
+def _publish_defaults(folder: str, name: str, mod, built, base_s: float | None = None) -> None:
     """The task's template defaults, ``built`` by :func:`_build` (the build its seed is measured
     from), copied into ``folder`` and published as the reference its candidates are timed against
-    (:func:`mntvm.tuning.measure.publish_reference`); none if they did not build."""
+    (:func:`mntvm.tuning.measure.publish_reference`), their costs scaled by ``base_s`` (the time
+    the log holds for the defaults) if given; none if they did not build."""
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
     lib, err = built
@@ -341,17 +369,21 @@ def _publish_defaults(folder: str, name: str, mod, built) -> None:
         return
     ref = Path(folder) / f"{name}.so"
     shutil.copyfile(lib, ref)  # the runner deletes the build once it has measured it
-    publish_reference(folder, ref, ArgInfo.from_prim_func(mod["main"]))
+    publish_reference(folder, ref, ArgInfo.from_prim_func(mod["main"]), base_s)
 
 
 def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,
-            check, start_db=None, reference: str | None = None) -> dict:
+            check, start_db=None, reference: str | None = None, settled: dict | None = None) -> dict:
     """Search each task's knobs until it has ``trials`` records in ``db`` or its space runs out;
     fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}.
     ``check()`` runs after each commit (:class:`_LogCheck`); ``start_db``: the MetaSchedule database
     of the log named in ``summary["started_from"]``, whose best record for a new task is measured
     and committed right after the defaults' (:func:`tune_funcs`). ``reference``: the local runner's
-    reference folder, where each task's template defaults are published before its measurements."""
+    reference folder, where each task's template defaults are published before its measurements.
+    Locally (with ``reference``), a task whose search added records, or whose records are not those it
+    was last settled with (``settled``: workload hash -> record count, updated here), ends with its finalists
+    timed again side by side (:func:`mntvm.tuning.settle.retime_finalists`; ``summary``'s task
+    ``settled``); the new records supersede the old ones in the file once the tune ends."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -368,10 +400,12 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
     todo = {n: max(0, trials - _count(db, m)) for n, m in mods.items()}
     total = sum(todo.values())
     start = sum(_count(db, m) for m in mods.values())
-    not_needed = 0  # trials an exhausted task's space could not supply (settled, for the bar)
+    not_needed = 0  # trials an exhausted task's space could not supply (counted as done, for the bar)
+    retimed = 0  # records of finalists timed again (not trials)
+    settled = {} if settled is None else settled
 
     def measured() -> int:
-        return sum(_count(db, m) for m in mods.values()) - start
+        return sum(_count(db, m) for m in mods.values()) - start - retimed
 
     try:
         with Progress(total, "tune", enabled=progress and total > 0) as bar:
@@ -383,14 +417,15 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
 
             for name, mod in mods.items():
                 left = todo[name]
-                if left == 0:
+                before = _count(db, mod)
+                unsettled = reference is not None and settled.get(_workload_hash(db, mod)) != before
+                if left == 0 and not unsettled:
                     summary["skipped"].append(name)
                     continue
-                before = _count(db, mod)
                 defaults = schedule(mod)
                 built = _build(builder, defaults, ttarget) if before == 0 or reference is not None else None
-                if reference is not None:
-                    _publish_defaults(reference, name, mod, built)
+                if reference is not None:  # scaled by the defaults' time in the log: one scale over runs
+                    _publish_defaults(reference, name, mod, built, _logged_secs(db, mod, defaults))
                 if before == 0 and _seed(db, mod, ttarget, runner, defaults, built, "the default knobs"):
                     check()
                     left -= 1
@@ -418,9 +453,16 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                 if added < todo[name]:  # the search ran out of new candidates: this task's space is exhausted
                     summary["exhausted"].append(name)
                     not_needed += todo[name] - added
-                show(name, mod)
-                summary["tasks"][name] = {"rule": task_rule(funcs[name]), "trials": _count(db, mod),
+                count = _count(db, mod)
+                summary["tasks"][name] = {"rule": task_rule(funcs[name]), "trials": count,
                                           "best_ms": _best_ms(db, mod)}
+                if reference is not None and (count != before or unsettled):  # new records, or not settled
+                    s = retime_finalists(db, mod, ttarget, builder, runner)
+                    check()
+                    retimed += s["finalists"]
+                    settled[_workload_hash(db, mod)] = s["traces"]  # its record count once superseded ones go
+                    summary["tasks"][name]["settled"] = s
+                show(name, mod)
                 if reference is not None:  # the scale of this task's costs: its defaults, timed by the runner
                     base = reference_base(reference)
                     summary["tasks"][name]["defaults_ms"] = None if base is None else 1e3 * base

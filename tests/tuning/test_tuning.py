@@ -525,12 +525,26 @@ def test_show(tuned, tmp_path):
     assert cli_run("schedules", "show", str(old)).stdout.splitlines()[2].split()[1] == "-"
 
 
+def _timings(path):
+    """{workload hash: {trace JSON: [(mean seconds, number of timings) of each record line]}}."""
+    hashes = [json.loads(line)[0] for line in (path / WORKLOADS).read_text().splitlines()]
+    out = {h: {} for h in hashes}
+    for line in (path / RECORDS).read_text().splitlines():
+        wi, rec = json.loads(line)
+        out[hashes[wi]].setdefault(json.dumps(rec[0]), []).append((sum(map(float, rec[1])) / len(rec[1]), len(rec[1])))
+    return out
+
+
 def test_merge_keeps_the_best_and_refuses_a_foreign_target(tuned, other, tmp_path):
     out, _ = tuned
-    want = {}
+    traces = {}
     for src in (out, other):
-        for h, means in _records(src).items():
-            want.setdefault(h, []).extend(means)
+        for h, by_trace in _timings(src).items():
+            for t, recs in by_trace.items():
+                traces.setdefault(h, {}).setdefault(t, []).extend(recs)
+    # a trace in both sources counts by its records with the most timings (a tune's settled finalists)
+    want = {h: [m for recs in by_trace.values() for m, n in recs if n == max(k for _, k in recs)]
+            for h, by_trace in traces.items()}
     before = _snapshot(out, other)
     merged = tmp_path / "merged"
     p = cli_run("schedules", "merge", str(out), str(other), "-o", str(merged))
