@@ -2,8 +2,7 @@
 
 A schedules database is a folder holding MetaSchedule's JSON database (``database_workload.json``,
 ``database_tuning_record.json``) plus ``mntvm-db.json``: the target profile and full TVM target it
-was tuned for, the TVM version, the trials spent per task, and the record count each workload was
-last settled at (its best records timed again: :mod:`mntvm.tuning.settle`). ``schedules/<name>/`` in the
+was tuned for, the TVM version, and the trials spent per task. ``schedules/<name>/`` in the
 repository holds the shipped ones; ``<name>`` is the profile name, followed by the detected CPU for
 profiles that describe "this machine" (e.g. ``x86-emeraldrapids``), since a log tuned on one CPU
 says nothing about another.

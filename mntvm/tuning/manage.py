@@ -220,7 +220,6 @@ def _merge(sources, out: Path, top_k: int, drop_reverted: bool = False, unused: 
     wl_rows: list = []
     per: dict[int, dict] = {}  # output workload index -> {trace JSON: {record JSON: record}}
     meta = json.loads(json.dumps(first.meta))
-    meta.pop("settled", None)  # the record counts tune settled the first source's tasks at: not these
     names = meta["tasks"] if isinstance(meta.get("tasks"), dict) else {}
     dropped: set[str] = set()  # workload hashes whose records were left out (drop_reverted)
     not_produced: set[str] = set()  # ... because no variant produces them (unused)

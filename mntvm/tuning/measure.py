@@ -13,11 +13,11 @@ Locally, a candidate is also timed against a reference: the task's template defa
 tune before the task's search (:func:`publish_reference`). Each repeat runs both, in alternating
 order, and the cost recorded is ``candidate / reference`` x the reference's own time: the time the
 log already holds for it (its record of the defaults, measured when the task was first tuned), or
-else measured once, alone, when it was published. One measure of the defaults per task and log, not
-per run: a 2-thread kernel timed alone on a shared 2-core VM read 0.69 ms in one run and 1.19 ms in
-another, and records of two runs scaled by each their own compared by that factor. On a shared machine whose speed drifts by 10-40 % between minutes, raw
-timings taken minutes apart rank candidates by the minute they ran in; ratios taken side by side
-do not drift with it.
+else measured once, alone, when it was published. On a shared machine whose speed drifts by 10-40 %
+between minutes, raw timings taken minutes apart rank candidates by the minute they ran in; ratios
+taken side by side do not drift with it. And one measure of the defaults per task and log, not per
+run: a 2-thread kernel timed alone on a shared 2-core VM read 0.69 ms in one run and 1.19 ms in
+another, and records of two runs, each scaled by its own, compared by that factor.
 
 Public entries: :func:`runner`, :func:`publish_reference`, :func:`reference_base`, :func:`cold_timer`,
 :func:`mean_secs` (a measurement's mean, as the database ranks records);

@@ -15,14 +15,17 @@ new timings, which supersedes its earlier record of the same trace (the log keep
 measurement of a trace: :func:`mntvm.tuning.database.drop_superseded`). The lucky ones come out
 slower than they were recorded, so records that were behind them may now look best on their single
 timing: those within :data:`WITHIN` of the new best are timed again in turn, up to :data:`PASSES` times.
+A task is settled when its best record holds the timings of a settling (:func:`is_settled`): read off
+the log, so a log tuned before this, or one killed before its new records, is settled by the next tune.
 
-Public entry: :func:`retime_finalists`.
+Public entries: :func:`retime_finalists`, :func:`is_settled`, :func:`recorded_secs` (the time a log
+holds for a trace: the defaults' is the scale of a task's costs, :mod:`mntvm.tuning.measure`).
 """
 from __future__ import annotations
 
 import math
 
-from mntvm.tuning.measure import mean_secs
+from mntvm.tuning.measure import REPEATS, mean_secs
 
 FINALISTS = 6  # records timed again at most
 WITHIN = 1.10  # ... of those no slower than this times the best
@@ -34,16 +37,34 @@ def _key(trace) -> str:
     return str(trace.as_json())
 
 
-def finalists(db, mod, done: dict | None = None) -> list:
+def _records(db, mod) -> list:
+    """``mod``'s records in ``db``, fastest first (none when it has no workload there)."""
+    return db.get_top_k(db.commit_workload(mod), 1 << 30) if db.has_workload(mod) else []
+
+
+def is_settled(db, mod, rounds: int = ROUNDS) -> bool:
+    """Whether ``mod``'s best record in ``db`` was timed in a settling (``rounds`` x the runner's
+    :data:`~mntvm.tuning.measure.REPEATS`), or it has no record to settle."""
+    best = next((r for r in _records(db, mod) if math.isfinite(mean_secs(r.run_secs))), None)
+    return best is None or len(best.run_secs) >= rounds * REPEATS
+
+
+def recorded_secs(db, mod, trace) -> float | None:
+    """The mean time ``db`` holds for ``trace`` (a trace of ``mod``): of its record of that trace
+    with the most timings; None when it has none that ran."""
+    key = _key(trace)
+    recs = [r for r in _records(db, mod) if r.run_secs and _key(r.trace) == key]
+    secs = mean_secs(max(recs, key=lambda r: len(r.run_secs)).run_secs) if recs else math.inf
+    return secs if math.isfinite(secs) else None
+
+
+def _finalists(db, mod, done: dict) -> list:
     """The records of ``mod``'s workload in ``db`` to time again: those no slower than :data:`WITHIN`
     times the best (up to :data:`FINALISTS`), leaving out the traces timed again already (``done``:
     trace -> its new mean, which counts for the best)."""
-    done = done or {}
-    if not db.has_workload(mod):
-        return []
     best = min(done.values(), default=math.inf)
     fresh, seen = [], set(done)
-    for rec in db.get_top_k(db.commit_workload(mod), 1 << 30):
+    for rec in _records(db, mod):
         secs, key = mean_secs(rec.run_secs), _key(rec.trace)
         if math.isfinite(secs) and key not in seen:  # a trace twice (e.g. seeded twice): its best
             fresh.append((secs, rec))
@@ -102,27 +123,26 @@ def _retime(db, mod, recs: list, target, builder, runner, rounds: int) -> dict:
 
 
 def retime_finalists(db, mod, target, builder, runner, rounds: int = ROUNDS) -> dict:
-    """Time ``mod``'s :func:`finalists` in ``db`` again with ``runner`` (built by ``builder``), in
+    """Time ``mod``'s finalists in ``db`` again with ``runner`` (built by ``builder``), in
     ``rounds`` rounds, and commit a record for each with all its new timings; then again for the
     records that now rank within :data:`WITHIN` of the best (their single timings now look better
     than the finalists' new ones), up to :data:`PASSES` times. Returns ``{"finalists": n timed
-    again, "passes": n, "traces": the workload's distinct traces (its records once the earlier
-    ones of the finalists are dropped), "best_ms": the fastest new mean, "before_ms": the best
-    record's mean before}``. A best record far ahead of the others is timed again too: its one
+    again, "passes": n, "best_ms": the task's best mean now (its earlier records of the finalists
+    left out), "before_ms": its best record's mean before}``. A best record far ahead of the others is timed again too: its one
     timing may be lucky too, or (in a log tuned before its task's costs shared one scale:
     :mod:`mntvm.tuning.measure`) scaled by another run's measure of the defaults."""
     done: dict[str, float] = {}
     before, passes = None, 0
     while passes < PASSES:
-        recs = finalists(db, mod, done)
+        recs = _finalists(db, mod, done)
         if not recs:
             break
         before = mean_secs(recs[0].run_secs) if before is None else before
         done.update(_retime(db, mod, recs, target, builder, runner, rounds))
         passes += 1
     timed = [s for s in done.values() if math.isfinite(s)]
-    traces = len({_key(r.trace) for r in db.get_top_k(db.commit_workload(mod), 1 << 30)})
     if not timed:
-        return {"finalists": 0, "passes": passes, "traces": traces}
-    return {"finalists": len(timed), "passes": passes, "traces": traces, "best_ms": 1e3 * min(timed),
-            "before_ms": 1e3 * before}
+        return {"finalists": 0, "passes": passes}
+    untouched = (mean_secs(r.run_secs) for r in _records(db, mod) if _key(r.trace) not in done)
+    best = min(min(timed), next(untouched, math.inf))
+    return {"finalists": len(timed), "passes": passes, "best_ms": 1e3 * best, "before_ms": 1e3 * before}

@@ -8,8 +8,8 @@ records timed again side by side, the log then ranking them by the new timings
 (:mod:`mntvm.tuning.settle`).
 
 Tuning is resumable: records are appended per measured batch, a torn last line (kill -9) is dropped
-on the next open, and a re-run tunes only the trials a task still lacks (and settles a task not
-settled since its last records: a log from before settling, or a kill during it). One tune at a time per
+on the next open, and a re-run tunes only the trials a task still lacks (and settles a task whose
+best record was not timed again: a log from before settling, or a kill during it). One tune at a time per
 folder (:mod:`mntvm.tuning.lock`); the output, its free space and the threads are checked before
 any work, and each batch is checked to have reached the log (MetaSchedule's own writes ignore a
 full disk).
@@ -51,7 +51,7 @@ from mntvm.tuning.lock import db_lock
 from mntvm.tuning.measure import mean_secs, publish_reference, reference_base
 from mntvm.tuning.measure import runner as measuring
 from mntvm.tuning.search import knob_search
-from mntvm.tuning.settle import retime_finalists
+from mntvm.tuning.settle import is_settled, recorded_secs, retime_finalists
 from mntvm.tuning.space import drop_artifact, ms_builder, tune_space, without_tvm_intrinsics
 from mntvm.tuning.verify import apply_checked
 
@@ -232,11 +232,6 @@ def _best_ms(db, mod) -> float | None:
     return 1e3 * secs if math.isfinite(secs) else None
 
 
-def _workload_hash(db, mod) -> str:
-    """``mod``'s workload hash in ``db`` (as the log's workloads are keyed; committed if new)."""
-    return str(db.commit_workload(mod).as_json()[0])
-
-
 def _count(db, mod) -> int:
     if not db.has_workload(mod):
         return 0
@@ -297,12 +292,8 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
             sdb = _open_or_create(path, profile, force)
             db = sdb.database()
             mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db),
-                           start.database() if start is not None else None, ref if local_cpu else None,
-                           sdb.meta.setdefault("settled", {}))
-        if drop_superseded(path):  # the finalists' earlier records: the log now ranks by their new timings
-            db = sdb.database()
-            for name, t in summary["tasks"].items():
-                t["best_ms"] = _best_ms(db, mods[name])
+                           start.database() if start is not None else None, ref if local_cpu else None)
+        drop_superseded(path)  # the finalists' earlier records: the log now ranks by their new timings
         meta = sdb.meta
         meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
         if not tracker and profile.detected.get("mcpu"):  # measured here: what compile picks stand-ins by
@@ -310,7 +301,7 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
         names = meta.setdefault("tasks", {})  # workload hash -> "<label>/<task>", for `mntvm schedules show`
         for name, mod in mods.items():
             if db.has_workload(mod):
-                shash = _workload_hash(db, mod)
+                shash = str(db.commit_workload(mod).as_json()[0])
                 names[shash] = sorted(set(names.get(shash, [])) | {f"{label}/{name}" if label else name})
         meta["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         sdb.meta = write_meta(path, meta)
@@ -343,19 +334,6 @@ def _check_against_defaults(sdb: ScheduleDB, profile, funcs: Mapping, network=No
             "network": c.get("network")}
 
 
-def _logged_secs(db, mod, sch) -> float | None:
-    """The mean time ``db`` holds for ``sch`` (a schedule of ``mod``): of its record of the same
-    trace with the most timings; None when it has none."""
-    if not db.has_workload(mod):
-        return None
-    key = str(sch.trace.as_json())
-    recs = [r for r in db.get_top_k(db.commit_workload(mod), 1 << 30) if r.run_secs and str(r.trace.as_json()) == key]
-    if not recs:
-        return None
-    secs = mean_secs(max(recs, key=lambda r: len(r.run_secs)).run_secs)
-    return secs if math.isfinite(secs) else None
-
-
 def _publish_defaults(folder: str, name: str, mod, built, base_s: float | None = None) -> None:
     """The task's template defaults, ``built`` by :func:`_build` (the build its seed is measured
     from), copied into ``folder`` and published as the reference its candidates are timed against
@@ -373,17 +351,17 @@ def _publish_defaults(folder: str, name: str, mod, built, base_s: float | None =
 
 
 def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,
-            check, start_db=None, reference: str | None = None, settled: dict | None = None) -> dict:
+            check, start_db=None, reference: str | None = None) -> dict:
     """Search each task's knobs until it has ``trials`` records in ``db`` or its space runs out;
     fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}.
     ``check()`` runs after each commit (:class:`_LogCheck`); ``start_db``: the MetaSchedule database
     of the log named in ``summary["started_from"]``, whose best record for a new task is measured
     and committed right after the defaults' (:func:`tune_funcs`). ``reference``: the local runner's
     reference folder, where each task's template defaults are published before its measurements.
-    Locally (with ``reference``), a task whose search added records, or whose records are not those it
-    was last settled with (``settled``: workload hash -> record count, updated here), ends with its finalists
-    timed again side by side (:func:`mntvm.tuning.settle.retime_finalists`; ``summary``'s task
-    ``settled``); the new records supersede the old ones in the file once the tune ends."""
+    Locally (with ``reference``), a task whose search added records, or whose best record was not
+    timed again (:func:`mntvm.tuning.settle.is_settled`), ends with its finalists timed again side by
+    side (:func:`mntvm.tuning.settle.retime_finalists`; ``summary``'s task ``settled``); the new records
+    supersede the old ones in the file once the tune ends."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -402,7 +380,6 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
     start = sum(_count(db, m) for m in mods.values())
     not_needed = 0  # trials an exhausted task's space could not supply (counted as done, for the bar)
     retimed = 0  # records of finalists timed again (not trials)
-    settled = {} if settled is None else settled
 
     def measured() -> int:
         return sum(_count(db, m) for m in mods.values()) - start - retimed
@@ -418,14 +395,14 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
             for name, mod in mods.items():
                 left = todo[name]
                 before = _count(db, mod)
-                unsettled = reference is not None and settled.get(_workload_hash(db, mod)) != before
+                unsettled = reference is not None and not is_settled(db, mod)
                 if left == 0 and not unsettled:
                     summary["skipped"].append(name)
                     continue
                 defaults = schedule(mod)
                 built = _build(builder, defaults, ttarget) if before == 0 or reference is not None else None
                 if reference is not None:  # scaled by the defaults' time in the log: one scale over runs
-                    _publish_defaults(reference, name, mod, built, _logged_secs(db, mod, defaults))
+                    _publish_defaults(reference, name, mod, built, recorded_secs(db, mod, defaults.trace))
                 if before == 0 and _seed(db, mod, ttarget, runner, defaults, built, "the default knobs"):
                     check()
                     left -= 1
@@ -460,8 +437,9 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                     s = retime_finalists(db, mod, ttarget, builder, runner)
                     check()
                     retimed += s["finalists"]
-                    settled[_workload_hash(db, mod)] = s["traces"]  # its record count once superseded ones go
                     summary["tasks"][name]["settled"] = s
+                    if "best_ms" in s:  # the log's best once the finalists' earlier records go
+                        summary["tasks"][name]["best_ms"] = s["best_ms"]
                 show(name, mod)
                 if reference is not None:  # the scale of this task's costs: its defaults, timed by the runner
                     base = reference_base(reference)
