@@ -12,8 +12,8 @@ from __future__ import annotations
 from tvm.s_tir import Schedule
 
 from mntvm.templates import prefetch
-from mntvm.templates.knobs import (FamilyKnobs, buffer_shape, cat, divisors, rows_and_columns, single_consumer_epilogue,
-                                   split2, taps_outside, tile)
+from mntvm.templates.knobs import (FamilyKnobs, balance, buffer_shape, cat, divisors, rows_and_columns,
+                                   single_consumer_epilogue, split2, taps_outside, tile)
 from mntvm.templates.registry import RULE_DENSE, RULE_DW, RULE_DWPW, RULE_POOL, RULE_PW, RULE_STEM, rule
 
 
@@ -253,11 +253,6 @@ def reduction_chunk(o_t: int, p_t: int, ib: int, v: int, fam: FamilyKnobs) -> in
     return max((c for c in REDUCE_CHUNKS if c and ib % c == 0 and c * block <= CHUNK_BYTES), default=0)
 
 
-def _balance(tasks: int, cores: int) -> float:
-    """The share of ``cores`` threads' time that ``tasks`` equal tasks keep busy (1.0: evenly shared)."""
-    return tasks / (-(-tasks // cores) * cores)
-
-
 def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs, extra: int = 0) -> dict:
     """Default knobs of the fused template, whose convs run ``extra`` positions past the map's end:
     rows per task (at most ~DWPW_POSITIONS positions, or up to RAGGED_POSITIONS with a ragged tile:
@@ -288,15 +283,15 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
             used = pos / (-(-pos // p_t) * p_t)
             for g in (x for x in divisors(ob // o_t) if x <= 4):
                 tasks = (ho // rows) * g
-                balance = _balance(tasks, fam.cores)
-                if rag and (balance < 1 or ob // (g * o_t) < 2):
+                busy = balance(tasks, fam.cores)
+                if rag and (busy < 1 or ob // (g * o_t) < 2):
                     # a ragged tile only where the tasks keep every thread busy with two panels or
                     # more per group: a whole map of 64 output channels (2 groups of 1 panel) ran
                     # 1.7-1.9x slower ragged than in bands (Zen 2, 1 thread, 16x16..32x32 maps of
                     # alpha 0.25 / 0.5); one group would leave a thread idle
                     continue
                 bands = ho // rows if heavy else 0
-                key = (round(min(o_t * p_t, FULL_TILE) * used, 2), round(balance, 3), -bands, -g, rows)
+                key = (round(min(o_t * p_t, FULL_TILE) * used, 2), round(busy, 3), -bands, -g, rows)
                 if best is None or key > best[0]:
                     best = (key, rows, g, o_t, p_t, rag)
     _, rows, g, o_t, p_t, rag = best
@@ -398,7 +393,7 @@ def stem_flat_knobs(ob: int, ho: int, wo: int, fam: FamilyKnobs) -> dict:
     o_t, p_t = next((o, p) for o, p in ((4, 3), (3, 4), (2, 6), (1, 12)) if ob % o == 0)
 
     rows = max((r for r in divisors(ho) if r <= STEM_ROWS),
-               key=lambda r: (round(_balance(ho // r, fam.cores), 3), r))
+               key=lambda r: (round(balance(ho // r, fam.cores), 3), r))
     return {"rows": split2(ho, rows), "ob": split2(ob, o_t), "ragged": p_t}
 
 

@@ -13,6 +13,7 @@ import math
 from typing import Callable
 
 from tvm.s_tir import Schedule
+from tvm.tirx import ForKind
 
 
 def divisors(n: int) -> list[int]:
@@ -30,6 +31,25 @@ def split2(n: int, inner: int) -> list[int]:
 
 def buffer_shape(buf) -> list[int]:
     return [int(x) for x in buf.shape]
+
+
+def balance(tasks: int, cores: int) -> float:
+    """The share of ``cores`` threads' time that ``tasks`` equal tasks keep busy (1.0: evenly shared)."""
+    return tasks / (-(-tasks // cores) * cores)
+
+
+def parallel_tasks(sch: Schedule) -> int:
+    """The tasks a scheduled "main" hands the thread pool: over its blocks, the largest product of
+    the extents of the parallel loops around one (1: nothing parallel)."""
+    most = 1
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        n = 1
+        for lp in sch.get_loops(block):
+            loop = sch.get(lp)
+            if loop.kind == ForKind.PARALLEL:
+                n *= int(loop.extent)
+        most = max(most, n)
+    return most
 
 
 def pointwise_tiles(ob: int, p: int, prefs: list[tuple[int, int]]) -> dict:
