@@ -354,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--key", help="board key registered with the tracker")
     s.add_argument("-o", "--output", help="database folder (default: schedules/<target>/)")
     s.add_argument("--force-schedules", action="store_true", help="continue a database tuned for another target")
-    s.add_argument("--threads", type=_positive, help="threads to measure kernels on here (default 1)")
+    s.add_argument("--threads", type=_positive,
+                   help="threads to measure kernels on here (default 1; candidates still keep the profile's "
+                   "threads as busy as the template defaults do)")
     s.add_argument("--dtype", choices=("float32", "int8"), default="float32", help="which templates (default float32)")
     s.add_argument("--start-from", default="default", metavar="DIR|default|none",
                    help="each new task also starts from this log's best record for it, measured here first "

@@ -292,7 +292,9 @@ def tune_funcs(funcs: Mapping, profile, out: str | os.PathLike, trials: int, *, 
             sdb = _open_or_create(path, profile, force)
             db = sdb.database()
             mods = _search(db, funcs, profile, trials, runner, chunk, progress, summary, _LogCheck(path, db),
-                           start.database() if start is not None else None, ref if local_cpu else None)
+                           start.database() if start is not None else None, ref if local_cpu else None,
+                           busy_threads=profile.threads if not profile.is_gpu and (threads or 1) < profile.threads
+                           else None)
         drop_superseded(path)  # the finalists' earlier records: the log now ranks by their new timings
         meta = sdb.meta
         meta.setdefault("trials", {}).update({n: t["trials"] for n, t in summary["tasks"].items()})
@@ -351,7 +353,7 @@ def _publish_defaults(folder: str, name: str, mod, built, base_s: float | None =
 
 
 def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progress: bool, summary: dict,
-            check, start_db=None, reference: str | None = None) -> dict:
+            check, start_db=None, reference: str | None = None, busy_threads: int | None = None) -> dict:
     """Search each task's knobs until it has ``trials`` records in ``db`` or its space runs out;
     fills ``summary`` (tasks, trials_run, skipped, exhausted); returns {name: workload module}.
     ``check()`` runs after each commit (:class:`_LogCheck`); ``start_db``: the MetaSchedule database
@@ -361,7 +363,8 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
     Locally (with ``reference``), a task whose search added records, or whose best record was not
     timed again (:func:`mntvm.tuning.settle.is_settled`), ends with its finalists timed again side by
     side (:func:`mntvm.tuning.settle.retime_finalists`; ``summary``'s task ``settled``); the new records
-    supersede the old ones in the file once the tune ends."""
+    supersede the old ones in the file once the tune ends. ``busy_threads``: the profile's threads when
+    kernels are timed on fewer (:func:`mntvm.tuning.search.knob_search`)."""
     import logging
 
     from tvm.s_tir import meta_schedule as ms
@@ -423,7 +426,8 @@ def _search(db, funcs: Mapping, profile, trials: int, runner, chunk: int, progre
                     with tempfile.TemporaryDirectory() as work:
                         ms.tune_tir(mod, ttarget, work, max_trials_global=left, num_trials_per_iter=min(chunk, left),
                                     builder=builder, runner=runner, database=db, space=tune_space(ttarget),
-                                    strategy=knob_search(vector_bits=None if profile.is_gpu else profile.vector_bits),
+                                    strategy=knob_search(vector_bits=None if profile.is_gpu else profile.vector_bits,
+                                                         busy_threads=busy_threads),
                                     measure_callbacks=list(ms.measure_callback.MeasureCallback.create("default"))
                                     + [_progress_callback(lambda name=name, mod=mod: (check(), show(name, mod)))])
                 added = _count(db, mod) - before
@@ -463,7 +467,9 @@ def tune(cfg, target: str = "x86", trials: int = 32, ops: str = "all", out: str 
     Kernels are measured locally on ``threads`` threads, 1 by default: on a 2-core Zen4 VM the
     log tuned on 1 thread ran the network faster at 1 *and* 2 threads (10.7/5.6-5.9 ms) than the
     one tuned on 2 (11.0-11.1/5.9-6.0 ms); tile choice is a per-core matter and 2-thread timings
-    on a shared VM are noisier. Through a tracker, the board decides.
+    on a shared VM are noisier. Where that is fewer threads than the profile's, the search leaves
+    out the points that would keep fewer of the profile's threads busy than the template defaults
+    do (:func:`mntvm.tuning.search.knob_search`). Through a tracker, the board decides.
 
     Writes (or continues) the database in ``out`` (default ``schedules/<db_name>/``). Each new
     task starts from the template defaults and from ``start_from``'s best record for it:

@@ -196,3 +196,33 @@ def test_the_search_makes_cuda_candidates_that_fit_the_gpu():
         seen.add(tvm_ffi.structural_hash(c.sch.mod))
     assert len(seen) == 12
     assert "__global__" in tvm.compile(cands[0].sch.mod, target=target).mod.imports[0].inspect_source()
+
+
+def test_a_search_timed_on_fewer_threads_keeps_the_builds_threads_as_busy_as_the_defaults():
+    """Timed on 1 thread, a point with fewer parallel tasks than the build's threads can win and then
+    leave threads idle: with ``busy_threads`` the search proposes none that keeps fewer of them busy
+    than the template defaults; without, its space has such points."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from mntvm.templates.knobs import balance, parallel_tasks
+    from mntvm.tuning.search import knob_search
+    from mntvm.tuning.space import tune_space, without_tvm_intrinsics
+
+    profile = get_profile("x86-avx2")  # 4 threads
+    target = profile.tvm_target()
+    mod = task_mod(tunable_tasks(lower(CFG, W.random_weights(CFG), profile))[TASK])
+
+    def busy(busy_threads):
+        with without_tvm_intrinsics():
+            ctx = ms.TuneContext(mod=mod, target=target, space_generator=tune_space(target),
+                                 search_strategy=knob_search(seed=5, busy_threads=busy_threads), task_name="t",
+                                 num_threads=1)
+            ctx.pre_tuning(max_trials=32, num_trials_per_iter=32, design_spaces=ctx.generate_design_space())
+            cands = ctx.generate_measure_candidates()
+        assert len(cands) == 32
+        return [balance(parallel_tasks(c.sch), 4) for c in cands]
+
+    defaults = balance(parallel_tasks(default_schedule(mod, target)), 4)
+    assert defaults == 1.0
+    assert min(busy(None)) < defaults
+    assert min(busy(4)) == defaults
