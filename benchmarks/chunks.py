@@ -4,10 +4,10 @@ one process.
 Two builds of MobileNetV1 for this machine's ``x86`` profile at the template defaults
 (``--schedules none``), timed in interleaved rounds with the same weights and input:
 
-- ``chunked``: register tiles of at most 4 positions whose weight panel (their output-channel
-  vectors x every input channel) is over 32 KB run the reduction in chunks of 4 KB of weights,
-  outside the tiles (what ``mntvm compile`` builds on AVX2; the AVX-512 family's default is
-  none, so on an AVX-512 machine this build is the experiment);
+- ``chunked``: register tiles of at most the family's ``chunk_positions`` (AVX2 4, AVX-512 8)
+  whose weight panel (their output-channel vectors x every input channel) is over 32 KB run the
+  reduction in chunks of 4 KB of weights, outside the tiles (what ``mntvm compile`` builds on AVX2;
+  the AVX-512 family's default is none, so on an AVX-512 machine this build is the experiment);
 - ``whole``: the same templates with every reduction whole inside its register tile.
 
     python benchmarks/chunks.py [--alpha 1.0] [--resolution 224] [--threads 1] [--json]

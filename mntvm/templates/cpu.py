@@ -116,12 +116,6 @@ REDUCE_CHUNKS = [0, 2, 4, 8, 16]
 # weights of one chunk of a panel, at most, by default. Zen 2, 1.0/224, 2 threads, in the network
 # (interleaved): chunks of 4 KB 6.19-6.24 ms, 2 KB 6.18-6.25, 8 KB 6.33-6.35, none 6.36-6.43
 CHUNK_BYTES = 4 << 10
-# register tiles of at most this many positions get their reduction chunked by default: each weight
-# vector serves that many FMAs, so a panel from L2 costs 32 / p_t bytes an FMA (4x3: 11 B, 64 KB panels
-# and larger, in the network, chunked / not: 1.0/128 0.93-0.95, 1.0/192 0.97, 0.75/224 0.98; 3x4 on
-# 0.75/128 0.95); with 5 (2x5: 6 B) chunks cost more than they save (1.0/160: 1.01-1.02, alone 7x7
-# 1024->1024 at 5x5 1.00-1.04)
-CHUNK_MAX_POSITIONS = 4
 # fp32 pointwise weights above this many bytes do not stay in a core's L2 (2 MB on Sapphire/Emerald
 # Rapids, 1 MB on Zen4) next to the activations: each band of rows that reads them all again reads
 # them from L3
@@ -244,13 +238,15 @@ def _chunked_register_tiles(sch: Schedule, conv, ob0, p_t: int, chunk: int) -> N
 def reduction_chunk(o_t: int, p_t: int, ib: int, v: int, fam: FamilyKnobs) -> int:
     """Default of the fused template's ``kc`` knob for a register tile of ``o_t`` channel vectors x
     ``p_t`` positions over ``ib`` input blocks of ``v`` lanes: where the tile's weight panel has more
-    bytes than ``fam.chunk_panels`` and ``p_t`` <= :data:`CHUNK_MAX_POSITIONS`, the most blocks of
+    bytes than ``fam.chunk_panels`` and ``p_t`` <= ``fam.chunk_positions``, the most blocks of
     :data:`REDUCE_CHUNKS` that divide ``ib`` and keep a chunk of the panel within
-    :data:`CHUNK_BYTES`; else 0."""
+    :data:`CHUNK_BYTES` (where none does, as for AVX-512's 4-vector tiles, whose input block alone
+    holds 4 KB of weights: the fewest blocks that divide ``ib``); else 0."""
     block = o_t * v * v * 4
-    if fam.chunk_panels is None or block * ib <= fam.chunk_panels or p_t > CHUNK_MAX_POSITIONS:
+    if fam.chunk_panels is None or block * ib <= fam.chunk_panels or p_t > fam.chunk_positions:
         return 0
-    return max((c for c in REDUCE_CHUNKS if c and ib % c == 0 and c * block <= CHUNK_BYTES), default=0)
+    dividing = [c for c in REDUCE_CHUNKS if c and ib % c == 0]
+    return max((c for c in dividing if c * block <= CHUNK_BYTES), default=min(dividing, default=0))
 
 
 def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKnobs, extra: int = 0) -> dict:

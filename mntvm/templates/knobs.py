@@ -87,6 +87,9 @@ class FamilyKnobs:
     # channel) above which the default splits the pointwise reduction into chunks whose weights stay
     # in L1 (:func:`.cpu.reduction_chunk`); None: never
     chunk_panels: int | None = None
+    # register tiles of at most this many positions get their reduction chunked where their panel is
+    # over ``chunk_panels``: each weight vector serves that many FMAs (:func:`.cpu.reduction_chunk`)
+    chunk_positions: int = 4
     cores: int = 1  # the threads the target runs on (its ``num-cores``): for splitting work evenly
 
 

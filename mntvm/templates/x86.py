@@ -83,13 +83,20 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
 # AVX2: none. On Zen 2 (512 KB L2) with the ragged 4x3 tiles they cost: 1.0/224, 1 thread, in the
 # network, 12.25-12.33 ms without, 12.50-12.60 with (14x14 512->512: 1.08 against 1.12 ms);
 # 2 threads the same within noise.
+# AVX-512: no chunks by default. Where a build turns them on (``benchmarks/chunks.py``), tiles of up to 8
+# positions qualify (2x7, 2x8: 8-9 bytes of weights an FMA, as AVX2's 4x3). Emerald Rapids-class VM, 1.0/224,
+# in the network, interleaved against none (1 / 2 threads): chunks of 16 KB 1.012 / 0.998, 8 KB 1.008 / 0.998
+# (alone, weights hot, the 14x14 512->512 kernel 0.94x: the weights come from L3 in the network).
 AVX512 = FamilyKnobs(name="avx512", vector_bits=512, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
-                     stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20)
+                     stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20, chunk_positions=8)
 # AVX2: the fused template's reduction in chunks where a weight panel is more than Zen 2's 32 KB L1
-# (:func:`.cpu.reduction_chunk`). AVX-512: none (not measured since they exist: no such machine;
-# ``benchmarks/chunks.py`` measures them on any).
+# (:func:`.cpu.reduction_chunk`), for register tiles of at most 4 positions: each weight vector serves
+# that many FMAs, so a panel from L2 costs 32 / p_t bytes an FMA (4x3: 11 B, 64 KB panels and larger, in
+# the network, chunked / not: 1.0/128 0.93-0.95, 1.0/192 0.97, 0.75/224 0.98; 3x4 on 0.75/128 0.95); with
+# 5 (2x5: 6 B) chunks cost more than they save (1.0/160: 1.01-1.02, alone 7x7 1024->1024 at 5x5 1.00-1.04)
 AVX2 = FamilyKnobs(name="avx2", vector_bits=256, num_regs=16, pw=_pw_defaults, dw=_dw_defaults,
-                   stem=_stem_defaults, dense=_dense_defaults, pw_ragged=_pw_ragged, chunk_panels=32 << 10)
+                   stem=_stem_defaults, dense=_dense_defaults, pw_ragged=_pw_ragged, chunk_panels=32 << 10,
+                   chunk_positions=4)
 
 
 # -- int8 templates (:mod:`.cpu_int8`) ----------------------------------------------------------
