@@ -20,7 +20,10 @@ def _pw_defaults(ob: int, p: int, ib: int, vec: int, num_regs: int) -> dict:
         # ones for 48 output channels (alpha 0.75: 1x8 gave 47 %, 3x8 61 %). 4x6 is for the 6x6 layers
         # of resolution 192 (P = 36, which took 4x4): fused, 1 thread, interleaved, 8-15 % faster on
         # all four of its shapes (1024->1024 0.85/0.93 -> 0.71/0.81 ms; 2 threads 0.47 -> 0.42 ms).
-        first = [(4, 4)] if ib <= 2 else []
+        # 4x6 goes first where it divides (the maps of resolution 192, all multiples of 6 positions): an
+        # Emerald Rapids-class VM, 1.0/192 in the network, interleaved against 2x8 (both without the weight
+        # prefetch, :data:`AVX512`), 1 / 2 threads: 0.939 / 0.950 (the 12x12 512->512 layer alone, hot, 0.93).
+        first = [(4, 4)] if ib <= 2 else [(4, 6)]
         return pointwise_tiles(ob, p, first + [(2, 8), (2, 7), (4, 5), (2, 5), (4, 6), (4, 4), (3, 8), (3, 7), (1, 8),
                                                (1, 7), (2, 4), (1, 5), (1, 4), (1, 2), (1, 1)])
     # AVX2 (16 ymm), measured on Zen 2, 1 thread, GFLOP/s at a 93 GFLOP/s FMA-loop peak: 12 accumulators
@@ -79,7 +82,10 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
 
 
 # AVX-512: fp32 pointwise weights of 1 MB and more get the next panel prefetched in the fused
-# template; below that the prefetches cost more than they save (Sapphire/Emerald Rapids).
+# template; below that the prefetches cost more than they save (Sapphire/Emerald Rapids). Only panels of 1-2
+# vectors: with 4 (4x6, 4x5: 64 lines of the next panel an input block) they cost. Emerald Rapids-class VM,
+# in the network, interleaved, 1 / 2 threads: 1.0/192 with 4x6 tiles, prefetch off 0.894 / 0.949 of on;
+# 1.0/160 (4x5 on its 5x5 maps) 0.994 / 0.985; 1.0/224 (2x7, 2x8), prefetch off everywhere 1.009 / 1.017.
 # AVX2: none. On Zen 2 (512 KB L2) with the ragged 4x3 tiles they cost: 1.0/224, 1 thread, in the
 # network, 12.25-12.33 ms without, 12.50-12.60 with (14x14 512->512: 1.08 against 1.12 ms);
 # 2 threads the same within noise.
@@ -88,7 +94,8 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
 # in the network, interleaved against none (1 / 2 threads): chunks of 16 KB 1.012 / 0.998, 8 KB 1.008 / 0.998
 # (alone, weights hot, the 14x14 512->512 kernel 0.94x: the weights come from L3 in the network).
 AVX512 = FamilyKnobs(name="avx512", vector_bits=512, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
-                     stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20, chunk_positions=8)
+                     stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20, prefetch_vectors=2,
+                     chunk_positions=8)
 # AVX2: the fused template's reduction in chunks where a weight panel is more than Zen 2's 32 KB L1
 # (:func:`.cpu.reduction_chunk`), for register tiles of at most 4 positions: each weight vector serves
 # that many FMAs, so a panel from L2 costs 32 / p_t bytes an FMA (4x3: 11 B, 64 KB panels and larger, in

@@ -103,6 +103,17 @@ def test_heavy_layer_prefetches_the_next_panel_in_bounds():
     assert lines == want
 
 
+def test_a_four_vector_panel_is_left_alone(monkeypatch):
+    """6x6 1024 -> 1024 channels (4 MB, resolution 192's last layer) at the AVX-512 defaults: a 4x6 register
+    tile, whose 4-vector panels the family does not prefetch (``prefetch_vectors``): no marks; with any
+    panel width allowed, the same layer is marked."""
+    mod = _fused(1024, 1024, 6)
+    assert prefetch.KEY not in mod.script()
+    assert "T.prefetch" not in prefetch.inject(mod).script()
+    monkeypatch.setattr(x86, "AVX512", dataclasses.replace(x86.AVX512, prefetch_vectors=None))
+    assert prefetch.KEY in _fused(1024, 1024, 6).script()
+
+
 def test_light_layer_is_left_alone():
     """256 -> 256 channels (0.25 MB, stays in L2): no marks, the module comes back unchanged."""
     mod = _fused(256, 256, 4)
@@ -112,11 +123,12 @@ def test_light_layer_is_left_alone():
 
 @pytest.mark.parametrize("threshold", [None, 0])
 def test_prefetching_kernels_compute_the_same(monkeypatch, threshold):
-    """Built with the prefetches (1 MB layer; with the threshold at 0 also a 64 KB one whose
-    output-channel groups differ), the fused kernel still equals numpy, and the machine code
-    holds prefetch instructions."""
+    """Built with the prefetches (1 MB layer; with the threshold at 0, and panels of any width, also a
+    64 KB one whose output-channel groups differ), the fused kernel still equals numpy, and the machine
+    code holds prefetch instructions."""
     if threshold is not None:
-        monkeypatch.setattr(x86, "AVX512", dataclasses.replace(x86.AVX512, prefetch_weights=threshold))
+        monkeypatch.setattr(x86, "AVX512", dataclasses.replace(x86.AVX512, prefetch_weights=threshold,
+                                                               prefetch_vectors=None))
     rng = np.random.RandomState(3)
     for c, o_c, h in ([(512, 512, 4)] + ([(64, 256, 6)] if threshold == 0 else [])):
         mod = prefetch.inject(_fused(c, o_c, h))
