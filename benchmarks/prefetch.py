@@ -3,8 +3,9 @@
 Two builds of MobileNetV1 for this machine's ``x86`` profile at the template defaults
 (``--schedules none``), timed in interleaved rounds with the same weights and input:
 
-- ``prefetch``: layers with >= 1 MB of pointwise weights prefetch the next weight panel (as
-  ``mntvm compile`` builds it for AVX-512; the AVX2 family's default is no prefetch);
+- ``prefetch``: layers with as many bytes of pointwise weights as the AVX-512 family's threshold (2 MB)
+  or more prefetch the next weight panel (as ``mntvm compile`` builds it for AVX-512; the AVX2 family's
+  default is no prefetch);
 - ``no-prefetch``: the same templates without prefetches.
 
     python benchmarks/prefetch.py [--alpha 1.0] [--resolution 224] [--threads 1] [--json]
@@ -41,7 +42,9 @@ def main(argv=None) -> int:
 
     from benchmarks.common import family_comparison, print_builds
 
-    threshold = 1 << 20
+    from mntvm.templates import x86
+
+    threshold = x86.AVX512.prefetch_weights
     cfg, rows = family_comparison(
         a, "prefetch_weights", (("prefetch", threshold), ("no-prefetch", None)), "no-prefetch",
         lambda out, cfg, w: {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")})

@@ -294,8 +294,7 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
     # with a ragged tile the "p" knob is not used; its decision must still be a tile that divides
     return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, 1 if rag else p_t),
             "ragged": p_t if rag else 0,
-            "prefetch": int(fam.prefetch_weights is not None and weight_bytes >= fam.prefetch_weights
-                            and (fam.prefetch_vectors is None or o_t <= fam.prefetch_vectors)),
+            "prefetch": int(fam.prefetch_weights is not None and weight_bytes >= fam.prefetch_weights),
             "kc": reduction_chunk(o_t, p_t, ib, v, fam),
             "w": fam.dw(ib, ho, wo, v, fam.num_regs)["w"]}
 

@@ -83,8 +83,6 @@ class FamilyKnobs:
     # bytes of fp32 pointwise weights from which the fused template prefetches the next weight
     # panel (:mod:`.prefetch`); None: never
     prefetch_weights: int | None = None
-    # ... and only for register tiles of at most this many output-channel vectors; None: any
-    prefetch_vectors: int | None = None
     # bytes of a fused-template weight panel (the register tile's output-channel vectors x every input
     # channel) above which the default splits the pointwise reduction into chunks whose weights stay
     # in L1 (:func:`.cpu.reduction_chunk`); None: never
