@@ -127,12 +127,12 @@ def build_rows(times: dict, diffs: dict, info: dict, base: str) -> dict:
                 key: float(np.median(v)) / ref, "max_abs_diff": diffs[k], **info[k]} for k, v in times.items()}
 
 
-def family_comparison(a, field: str, settings, base: str, describe) -> tuple:
-    """Builds of one model that differ in one default of the x86 knob families, timed against each
-    other in one process: per ``(name, value)`` of ``settings``, ``a``'s model (``a.alpha``,
+def family_comparison(a, settings, base: str, describe) -> tuple:
+    """Builds of one model that differ in defaults of the x86 knob families, timed against each
+    other in one process: per ``(name, fields)`` of ``settings``, ``a``'s model (``a.alpha``,
     ``a.resolution``, on ``a.threads``) compiled for this machine's ``x86`` profile at the template
-    defaults with the families' ``field`` set to ``value`` (:func:`families_with`); ``describe(out,
-    cfg, w)`` (the build's extra columns, a dict) taken while that value is in force; then all timed
+    defaults with the families' ``fields`` (a dict) replaced (:func:`families_with`); ``describe(out,
+    cfg, w)`` (the build's extra columns, a dict) taken while they are in force; then all timed
     interleaved (:func:`time_against_reference`, alternating). Returns ``(cfg, rows)``
     (:func:`build_rows` against ``base``)."""
     import tempfile
@@ -143,8 +143,8 @@ def family_comparison(a, field: str, settings, base: str, describe) -> tuple:
     cfg, w, x, ref = model_and_reference(a.alpha, a.resolution, a.threads)
     runners, info = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, value in settings:
-            with families_with(**{field: value}):
+        for name, fields in settings:
+            with families_with(**fields):
                 out = compile_model(cfg, Path(tmp) / name, target="x86", weights=w, schedules="none")
                 info[name] = describe(out, cfg, w)
             runners[name] = artifact_runner(out, x)

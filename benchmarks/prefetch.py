@@ -3,10 +3,10 @@
 Two builds of MobileNetV1 for this machine's ``x86`` profile at the template defaults
 (``--schedules none``), timed in interleaved rounds with the same weights and input:
 
-- ``prefetch``: layers with as many bytes of pointwise weights as the AVX-512 family's threshold (2 MB)
-  or more prefetch the next weight panel (as ``mntvm compile`` builds it for AVX-512; the AVX2 family's
-  default is no prefetch);
-- ``no-prefetch``: the same templates without prefetches.
+- ``prefetch``: layers with 2 MB of pointwise weights or more prefetch the next weight panel, none
+  chunks its reduction (the best prefetching defaults an Emerald Rapids-class VM measured; ``mntvm
+  compile`` builds neither on AVX2, and on AVX-512 chunks those layers instead: ``mntvm/templates/x86.py``);
+- ``no-prefetch``: the same templates without prefetches or chunks.
 
     python benchmarks/prefetch.py [--alpha 1.0] [--resolution 224] [--threads 1] [--json]
 
@@ -42,11 +42,10 @@ def main(argv=None) -> int:
 
     from benchmarks.common import family_comparison, print_builds
 
-    from mntvm.templates import x86
-
-    threshold = x86.AVX512.prefetch_weights
+    threshold = 2 << 20
     cfg, rows = family_comparison(
-        a, "prefetch_weights", (("prefetch", threshold), ("no-prefetch", None)), "no-prefetch",
+        a, (("prefetch", {"prefetch_weights": threshold, "chunk_weights": None}),
+            ("no-prefetch", {"prefetch_weights": None, "chunk_weights": None})), "no-prefetch",
         lambda out, cfg, w: {"prefetch_instructions": _prefetch_instructions(Path(out) / "model.so")})
     if a.json:
         print(json.dumps({"model": cfg.tag, "threads": a.threads, "threshold_bytes": threshold, "builds": rows},

@@ -44,8 +44,8 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
     return {"nb": split2(nb, t)}
 
 
-# the fused template prefetches pointwise weights of 1 MB and more, as AVX-512 did until 2026-12-04 (now 2 MB
-# there: an Emerald Rapids core's L2 is 2 MB; a Cortex-A72's 1 MB L2 is shared by 4 cores; not measured on a board)
+# the fused template prefetches pointwise weights of 1 MB and more, as AVX-512 did until 2026-12-04 (there the
+# layers of 2 MB and more now chunk their reduction instead and none prefetches, :mod:`.x86`; not measured on a board)
 NEON = FamilyKnobs(name="neon", vector_bits=128, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
                    stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=1 << 20)
 

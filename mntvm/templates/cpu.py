@@ -235,15 +235,17 @@ def _chunked_register_tiles(sch: Schedule, conv, ob0, p_t: int, chunk: int) -> N
     _accumulators(sch, conv, (c_n, c_ob, cp2, c_v), (ib0, cp1, ib1, c_vi), (c_vi,))
 
 
-def reduction_chunk(o_t: int, p_t: int, ib: int, v: int, fam: FamilyKnobs) -> int:
+def reduction_chunk(o_t: int, p_t: int, ib: int, v: int, fam: FamilyKnobs, weight_bytes: int = 0) -> int:
     """Default of the fused template's ``kc`` knob for a register tile of ``o_t`` channel vectors x
-    ``p_t`` positions over ``ib`` input blocks of ``v`` lanes: where the tile's weight panel has more
-    bytes than ``fam.chunk_panels`` and ``p_t`` <= ``fam.chunk_positions``, the most blocks of
+    ``p_t`` positions over ``ib`` input blocks of ``v`` lanes, in a layer of ``weight_bytes`` of pointwise
+    weights: where the tile's weight panel has more bytes than ``fam.chunk_panels`` and ``p_t`` <=
+    ``fam.chunk_positions``, or the layer's weights are ``fam.chunk_weights`` or more, the most blocks of
     :data:`REDUCE_CHUNKS` that divide ``ib`` and keep a chunk of the panel within
     :data:`CHUNK_BYTES` (where none does, as for AVX-512's 4-vector tiles, whose input block alone
     holds 4 KB of weights: the fewest blocks that divide ``ib``); else 0."""
     block = o_t * v * v * 4
-    if fam.chunk_panels is None or block * ib <= fam.chunk_panels or p_t > fam.chunk_positions:
+    by_panel = fam.chunk_panels is not None and block * ib > fam.chunk_panels and p_t <= fam.chunk_positions
+    if not by_panel and (fam.chunk_weights is None or weight_bytes < fam.chunk_weights):
         return 0
     dividing = [c for c in REDUCE_CHUNKS if c and ib % c == 0]
     return max((c for c in dividing if c * block <= CHUNK_BYTES), default=min(dividing, default=0))
@@ -295,7 +297,7 @@ def dw_pointwise_knobs(ob: int, ho: int, wo: int, ib: int, v: int, fam: FamilyKn
     return {"rows": split2(ho, rows), "ob": [g, ob // (g * o_t), o_t], "p": split2(rows * wo, 1 if rag else p_t),
             "ragged": p_t if rag else 0,
             "prefetch": int(fam.prefetch_weights is not None and weight_bytes >= fam.prefetch_weights),
-            "kc": reduction_chunk(o_t, p_t, ib, v, fam),
+            "kc": reduction_chunk(o_t, p_t, ib, v, fam, weight_bytes),
             "w": fam.dw(ib, ho, wo, v, fam.num_regs)["w"]}
 
 

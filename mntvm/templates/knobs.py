@@ -90,6 +90,9 @@ class FamilyKnobs:
     # register tiles of at most this many positions get their reduction chunked where their panel is
     # over ``chunk_panels``: each weight vector serves that many FMAs (:func:`.cpu.reduction_chunk`)
     chunk_positions: int = 4
+    # fused layers with at least this many bytes of pointwise weights chunk their reduction whatever the
+    # tile (:func:`.cpu.reduction_chunk`); None: never
+    chunk_weights: int | None = None
     cores: int = 1  # the threads the target runs on (its ``num-cores``): for splitting work evenly
 
 

@@ -81,22 +81,23 @@ def _dense_defaults(nb: int, k: int, vec: int, num_regs: int) -> dict:
     return {"nb": split2(nb, t)}
 
 
-# AVX-512: fp32 pointwise weights of 2 MB and more (more than a core's 2 MB L2 holds beside the activations:
-# the 512->1024 and 1024->1024 layers) get the next panel prefetched in the fused template; below that the
-# prefetches cost more than they save. Emerald Rapids-class VM, in the network, interleaved, 1 / 2 threads:
-# from 2 MB against from 1 MB on register tiles of 1-2 vectors only (the 4x6 and 4x5 tiles lost with it):
-# 1.0/224 0.991 / 1.002, 1.0/192 0.994 / 0.995, 1.0/160 0.975 / 0.990. The 12x12 512->512 layer of 1.0/192 (1 MB) with
-# its 4x6 tile: alone 0.85x without the prefetch; 1.0/192 in the network 0.894 / 0.949 without any; the 5x5
-# 1024->1024 layer of 1.0/160 (4 MB, 4x5) alone 0.92x with it.
-# AVX2: none. On Zen 2 (512 KB L2) with the ragged 4x3 tiles they cost: 1.0/224, 1 thread, in the
+# AVX-512 (Emerald Rapids-class VM, 2026-12-04; in the network, interleaved, 1 / 2 threads): the fused layers
+# of 2 MB of pointwise weights and more (the 512->1024 and 1024->1024 layers, more than a core's 2 MB L2 holds
+# beside the activations: read from L3) run their reduction in chunks (:func:`.cpu.reduction_chunk`: 2 input
+# blocks), and no layer prefetches its next weight panel (:mod:`.prefetch`; until that day every layer of 1 MB
+# and more did). Chunked against prefetched (from 2 MB on): 1.0/224 0.999 / 0.999, 1.0/192 0.983 / 0.992,
+# 1.0/160 0.989 / 0.992, 1.0/128 0.986 / 0.961, 0.75/224 0.998 / 1.003; alone, caches cold, those layers 0.83-0.95x.
+# Prefetch from 2 MB against from 1 MB (on 1-2-vector tiles; 4x6 / 4x5 lost with it): 1.0/224 0.991 / 1.002,
+# 1.0/192 0.994 / 0.995, 1.0/160 0.975 / 0.990; the 12x12 512->512 layer of 1.0/192 (1 MB, 4x6) alone 0.85x
+# without it. Chunks on the 1 MB layers lose: 1.0/224 with 8-16 KB chunks on its 14x14 ones 1.008-1.012 /
+# 0.998, alone 12x12 512->512 (4x6) 1.03-1.05x. A tile qualifies for chunks by its panel (``chunk_panels``,
+# AVX2's rule; a build that turns it on: ``benchmarks/chunks.py``) with up to 8 positions (2x7, 2x8: 8-9
+# bytes of weights an FMA, as AVX2's 4x3).
+# AVX2: no prefetch. On Zen 2 (512 KB L2) with the ragged 4x3 tiles they cost: 1.0/224, 1 thread, in the
 # network, 12.25-12.33 ms without, 12.50-12.60 with (14x14 512->512: 1.08 against 1.12 ms);
 # 2 threads the same within noise.
-# AVX-512: no chunks by default. Where a build turns them on (``benchmarks/chunks.py``), tiles of up to 8
-# positions qualify (2x7, 2x8: 8-9 bytes of weights an FMA, as AVX2's 4x3). Emerald Rapids-class VM, 1.0/224,
-# in the network, interleaved against none (1 / 2 threads): chunks of 16 KB 1.012 / 0.998, 8 KB 1.008 / 0.998
-# (alone, weights hot, the 14x14 512->512 kernel 0.94x: the weights come from L3 in the network).
 AVX512 = FamilyKnobs(name="avx512", vector_bits=512, num_regs=32, pw=_pw_defaults, dw=_dw_defaults,
-                     stem=_stem_defaults, dense=_dense_defaults, prefetch_weights=2 << 20, chunk_positions=8)
+                     stem=_stem_defaults, dense=_dense_defaults, chunk_positions=8, chunk_weights=2 << 20)
 # AVX2: the fused template's reduction in chunks where a weight panel is more than Zen 2's 32 KB L1
 # (:func:`.cpu.reduction_chunk`), for register tiles of at most 4 positions: each weight vector serves
 # that many FMAs, so a panel from L2 costs 32 / p_t bytes an FMA (4x3: 11 B, 64 KB panels and larger, in

@@ -76,8 +76,9 @@ def test_metadata(compiled):
 def test_wide_layers_prefetch_their_weights(tmp_path):
     """At the template defaults (no log, whose tuned records choose for themselves), alpha 1.0 has
     pointwise layers of >= 1 MB of weights: the kernels prefetch the next weight panel
-    (mntvm.templates.prefetch) where this machine's knob family does (AVX-512; AVX2 does not, it
-    ran slower) and still match ONNX Runtime; alpha 0.25 has none (at most 256 KB)."""
+    (mntvm.templates.prefetch) where this machine's knob family does (none of the x86 ones now: AVX2
+    ran slower, AVX-512 chunks its heavy layers instead; the Arm one does) and still match ONNX Runtime;
+    alpha 0.25 has none (at most 256 KB)."""
     import subprocess
 
     from mntvm.targets import get_profile

@@ -167,18 +167,20 @@ def test_our_cpu_kernels_are_compiled_only_through_compile_cpu():
 
 
 def test_prefetch_knob_follows_the_family():
-    """The fused template's ``prefetch`` default: AVX-512 from 2 MB of pointwise weights on (more than its
-    L2 holds beside the activations), NEON from 1 MB, AVX2 never (the prefetches slowed 1.0/224 on Zen 2);
-    the knob alone decides the marks."""
+    """The fused template's ``prefetch`` default: NEON from 1 MB of pointwise weights on, AVX2 never (the
+    prefetches slowed 1.0/224 on Zen 2), AVX-512 never either: its layers of 2 MB and more chunk their
+    reduction instead (``kc``); the knob alone decides the marks."""
     from mntvm.templates.cpu import dw_pointwise_knobs
     from mntvm.templates.families import family_for
 
-    for bits, v, want in ((512, 16, [0, 0, 1, 1]), (256, 8, [0, 0, 0, 0])):
+    layers = ((256, 256, 14), (512, 512, 14), (512, 1024, 7), (1024, 1024, 7))
+    for bits, v in ((512, 16), (256, 8)):
         fam = family_for(TARGET, bits)
-        got = [dw_pointwise_knobs(o // v, h, h, c // v, v, fam)["prefetch"]
-               for c, o, h in ((256, 256, 14), (512, 512, 14), (512, 1024, 7), (1024, 1024, 7))]
-        assert got == want, (bits, got)
+        got = [dw_pointwise_knobs(o // v, h, h, c // v, v, fam)["prefetch"] for c, o, h in layers]
+        assert got == [0, 0, 0, 0], (bits, got)
+    avx512 = family_for(TARGET, 512)
+    assert [dw_pointwise_knobs(o // 16, h, h, c // 16, 16, avx512)["kc"] > 0 for c, o, h in layers] == \
+        [False, False, True, True]
     arm = family_for(tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "num-cores": 2}), 128)
     assert dw_pointwise_knobs(128, 7, 7, 256, 4, arm)["prefetch"] == 1
-    assert prefetch.KEY not in _fused(512, 512, 4).script()
-    assert prefetch.KEY in _fused(512, 1024, 4).script()
+    assert prefetch.KEY not in _fused(512, 1024, 4).script()

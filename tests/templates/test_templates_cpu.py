@@ -246,7 +246,7 @@ def test_dw_pointwise_avx2_chunked_reduction(h, extra):
     """AVX2, 512 -> 128 channels: a register tile of 4 channel vectors has a 64 KB weight panel, more
     than the family's ``chunk_panels``, so the default splits the reduction into chunks of 4 input
     blocks (4 KB of the panel) run outside the register tiles; it matches numpy, and computed past
-    the map's end its reduction has no bounds mask. A 32 KB panel, and the AVX-512 family (none set),
+    the map's end its reduction has no bounds mask. A 32 KB panel, and the AVX-512 family (no panel rule),
     keep the reduction whole, and so does a tile of 5 positions (its weights serve more FMAs). On the
     10x10 and 5x5 maps, where a 2x5 tile divides the positions, the chunked ragged 4x3 is chosen."""
     fam = family_for(TARGET, 256)
@@ -255,6 +255,11 @@ def test_dw_pointwise_avx2_chunked_reduction(h, extra):
     assert d["ob"][2] == 4 and d["ragged"] == 3 and d["kc"] == 4 and 4 * 4 * v * v * 4 == CHUNK_BYTES, d
     assert reduction_chunk(4, 3, 32, v, fam) == 0 and reduction_chunk(4, 3, 64, v, family_for(TARGET, 512)) == 0
     assert reduction_chunk(2, 5, 128, v, fam) == 0 and reduction_chunk(2, 4, 128, v, fam) == 8
+    # AVX-512 chunks by the layer's weights instead (2 MB and more: from L3), whatever the tile; a 4-vector
+    # tile's input block alone holds 4 KB of weights: chunks of the fewest blocks that divide (2)
+    avx512 = family_for(TARGET, 512)
+    assert reduction_chunk(4, 5, 64, 16, avx512, 4 << 20) == 2 and reduction_chunk(2, 7, 64, 16, avx512, 4 << 20) == 2
+    assert reduction_chunk(4, 6, 32, 16, avx512, 1 << 20) == 0 and reduction_chunk(2, 7, 32, 16, avx512, 1 << 20) == 0
 
     def schedule(tensors, block, rule):
         mod = default_schedule(tvm.IRModule({"main": te.create_prim_func(tensors)}), TARGET, 256).mod
