@@ -10,9 +10,13 @@ is at or below the final estimate of the run from nothing::
 
     sum over tasks of (calls in the network x defaults' time x best-so-far / defaults) / sum of (calls x defaults' time)
 
-Each task's first record is its defaults, and tune times every candidate side by side with them
+Each task's first trial is its defaults, and tune times every candidate side by side with them
 (ratios, not raw times: a slow minute does not look like a bad candidate), so the curve is the
-search's own claim, to about 2 %. The closing check of each run (tasks kept from the log vs back
+search's own claim, to about 2 %. The defaults' time is the scale tune reports per task (its summary's
+``defaults_ms``), not the log's first record: once tune has timed a task's finalists again, their new
+records (the defaults' often among them) replace the old ones at the end of the log, and the first
+record left is a drawn candidate (on an Emerald Rapids-class VM, read as the baseline, 2-3x slower than
+the defaults: a claimed 0.375x). The closing check of each run (tasks kept from the log vs back
 to the defaults, timed side by side at the profile's threads) is printed too; a whole-network
 A/B of a log is ``schedules_effect.py --log DIR``.
 
@@ -57,14 +61,19 @@ def task_costs(folder: Path) -> dict[str, list[float]]:
     return costs
 
 
-def curve(costs: dict[str, list[float]], calls: Counter, trials: int) -> list[tuple[int, float]]:
-    """[(k, network estimate relative to the defaults after k trials per task)]: each task's first
-    record is its defaults'; a task with fewer than k records keeps its best."""
-    weight = {t: calls[t] * c[0] for t, c in costs.items() if t in calls}
+def curve(costs: dict[str, list[float]], calls: Counter, trials: int,
+          defaults: dict[str, float] | None = None) -> list[tuple[int, float]]:
+    """[(k, network estimate relative to the defaults after k trials per task)]: ``defaults`` holds each
+    task's defaults' time (the scale tune recorded its costs in: its summary's ``defaults_ms``), measured as
+    its first trial; a task without one takes its first record. A task with fewer than k records keeps
+    its best. The finalists that tune timed again (:mod:`mntvm.tuning.settle`, usually with the defaults
+    among them) are at the end of the log, so before the last k the curve is on the slow side."""
+    base = {t: (defaults or {}).get(t) or c[0] for t, c in costs.items()}
+    weight = {t: calls[t] * base[t] for t in costs if t in calls}
     total = sum(weight.values())
     out = []
     for k in (*[k for k in CHECKPOINTS if k < trials], trials):
-        est = sum(w * min(costs[t][:k]) / costs[t][0] for t, w in weight.items()) / total
+        est = sum(w * min(base[t], *costs[t][:k]) / base[t] for t, w in weight.items()) / total
         out.append((k, est))
     return out
 
@@ -95,7 +104,8 @@ def main(argv=None) -> int:
         for start in ("none", a.start_from):
             out = root / f"from-{'none' if start == 'none' else 'stand-in'}"
             s = tune(cfg, target="x86", trials=a.trials, out=out, threads=a.threads, start_from=start, progress=False)
-            points = curve(task_costs(out), calls, a.trials)
+            defaults = {n: t["defaults_ms"] / 1e3 for n, t in s["tasks"].items() if t.get("defaults_ms")}
+            points = curve(task_costs(out), calls, a.trials, defaults)
             check = s.get("check") or {}
             runs[start] = {"seconds": s["seconds"], "trials_run": s["trials_run"],
                            "started_from": (s.get("started_from") or {}).get("database"),

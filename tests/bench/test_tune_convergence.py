@@ -50,3 +50,12 @@ def test_network_estimate_weights_tasks_by_calls_and_defaults_time(conv):
     assert points == [(1, pytest.approx(1.0)), (2, pytest.approx((0.9 + 10) / 11)), (3, pytest.approx(0.9))]
     assert conv.first_at(points, 0.995) == 2 and conv.first_at(points, 0.9) == 3
     assert conv.first_at(points, 0.89) is None
+
+
+def test_the_defaults_time_is_the_baseline_not_the_first_record_left(conv):
+    """After settling, a task's defaults record is at the end of its log and its first record is a drawn
+    candidate: with the defaults' time given, the estimate starts at 1 and never claims more than the records."""
+    costs = {"a": [2.0, 0.9, 1.0]}  # a slow candidate, a fast one, the defaults timed again last
+    points = conv.curve(costs, Counter({"a": 1}), 3, {"a": 1.0})
+    assert points == [(1, pytest.approx(1.0)), (2, pytest.approx(0.9)), (3, pytest.approx(0.9))]
+    assert conv.curve(costs, Counter({"a": 1}), 3)[-1] == (3, pytest.approx(0.45))  # read off the first record
