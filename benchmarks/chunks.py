@@ -28,8 +28,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.common import single_build_options  # noqa: E402
+from mntvm.templates.x86 import AVX2  # noqa: E402
 
-PANELS = 32 << 10  # the AVX2 family's chunk_panels
+PANELS = AVX2.chunk_panels  # the panel rule of the AVX2 defaults, for both families
 
 
 def _chunked_kernels(cfg, w, profile) -> int:
