@@ -396,6 +396,28 @@ def test_tile_ceiling_script_json():
                 assert 0.05 * r["peak_gflops"] < row[key] <= 1.25 * r["peak_gflops"], (row, key)
 
 
+def test_weights_from_memory_script_json():
+    """benchmarks/weights_from_memory.py: by default the kernel the network calls most, the paper's five
+    repeated 512-channel layers (at alpha 0.25: 128 channels, whose depthwise and pointwise weights and biases it
+    counts), timed in every mode for the defaults and a knob variant that computes the same outputs; an unknown
+    kernel is refused in one line that names it."""
+    script = str(ROOT / "benchmarks" / "weights_from_memory.py")
+    p = subprocess.run([sys.executable, script, "--alpha", "0.25", "--resolution", "96", "--chains", "2,3",
+                        "--stream-mb", "4", "--rounds", "1", "--per-round", "1", "--knobs", '{"chunks": {"kc": 2}}',
+                        "--json"], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    c = 128
+    assert r["calls_in_network"] == 5 and r["weight_bytes"] == 4 * (c * 9 + c + c * c + c)
+    assert r["modes"] == ["hot", "chain2", "chain3", "streamed"] and set(r["builds"]) == {"default", "chunks"}
+    assert r["builds"]["chunks"]["knobs"]["kc"] == 2 and r["builds"]["default"]["knobs"]["kc"] != 2
+    for b in r["builds"].values():
+        assert all(b["us"][m] > 0 for m in r["modes"]) and b["max_diff"] < 1e-4
+    p = subprocess.run([sys.executable, script, "--alpha", "0.25", "--resolution", "96", "--kernel", "mntvm_nope",
+                        "--rounds", "1"], capture_output=True, text=True, timeout=600)
+    assert p.returncode != 0 and "mntvm_nope" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
 def test_cli_bench_compare(cmp_art):
     """`mntvm bench ARTIFACT --compare ort`: the CLI face of bench.compare."""
     p = run_cli("bench", str(cmp_art), "--compare", "ort", "--threads", "1", "--json")
