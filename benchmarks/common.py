@@ -29,15 +29,21 @@ def timing_options(p: argparse.ArgumentParser, rounds: int = 20, per_round: int 
     p.add_argument("--json", action="store_true")
 
 
-def thread_counts(text: str) -> list[int]:
-    """``"1,2"`` -> [1, 2]; anything else is refused by argparse in one line."""
-    try:
-        counts = [int(t) for t in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from None
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f"thread counts must be >= 1, got {text!r}")
-    return counts
+def counts(what: str):
+    """An argparse type for ``"1,2"`` -> [1, 2]: comma-separated integers >= 1, anything else refused
+    in one line that names ``what`` they count."""
+    def parse(text: str) -> list[int]:
+        try:
+            out = [int(t) for t in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"comma-separated integers, got {text!r}") from None
+        if not out or min(out) < 1:
+            raise argparse.ArgumentTypeError(f"{what} must be >= 1, got {text!r}")
+        return out
+    return parse
+
+
+thread_counts = counts("thread counts")
 
 
 def model_and_reference(alpha: float, resolution: int, threads: int):

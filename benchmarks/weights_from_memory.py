@@ -34,7 +34,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import kernel_calls, model_options, thread_counts  # noqa: E402
+from benchmarks.common import counts, kernel_calls, model_options  # noqa: E402
+from mntvm import MntvmError  # noqa: E402
 
 
 def _knob_variants(text: str) -> dict:
@@ -70,19 +71,18 @@ def run(alpha: float, resolution: int, threads: int, kernel: str | None, chains:
     cfg = MobileNetConfig(alpha=alpha, resolution=resolution)
     prof = get_profile("x86")
     calls = kernel_calls(lower(cfg, random_weights(cfg, 0), prof))
-    counts = collections.Counter(name for name, _ in calls)
+    calls_of = collections.Counter(name for name, _ in calls)
     funcs = dict(calls)
     if kernel is None:
-        kernel = max(counts, key=lambda n: (counts[n], n.startswith("mntvm_dwpw")))
+        kernel = max(calls_of, key=lambda n: (calls_of[n], n.startswith("mntvm_dwpw")))
     if kernel not in funcs:
-        raise SystemExit(f"weights_from_memory.py: error: no kernel {kernel!r} in {cfg.tag} "
-                         f"(it has {', '.join(sorted(counts))})")
+        raise MntvmError(f"no kernel {kernel!r} in {cfg.tag} (it has {', '.join(sorted(calls_of))})")
     func = funcs[kernel]
     mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     target, dev = prof.tvm_target(), tvm.cpu()
     _, defaults = knob_schedule(mod, target, None, vector_bits=prof.vector_bits)
     if not defaults:
-        raise SystemExit(f"weights_from_memory.py: error: {kernel} has no template knobs to vary")
+        raise MntvmError(f"{kernel} has no template knobs to vary")
 
     rng = np.random.default_rng(0)
 
@@ -104,7 +104,7 @@ def run(alpha: float, resolution: int, threads: int, kernel: str | None, chains:
         try:
             sch, _ = knob_schedule(mod, target, knobs, vector_bits=prof.vector_bits)
         except (ValueError, KeyError) as e:
-            raise SystemExit(f"weights_from_memory.py: error: --knobs {name}: {e}") from None
+            raise MntvmError(f"--knobs {name}: {e}") from None
         f = prefetch.compile_cpu(sch.mod, target).mod["main"]
         out = tensor(params[-1])
         f(acts[0], *layers[0], out)
@@ -145,7 +145,7 @@ def run(alpha: float, resolution: int, threads: int, kernel: str | None, chains:
                 builds[name]["samples"][mode].append(sample(builds[name]["f"], mode))
 
     base = {m: _median(builds["default"]["samples"][m]) for m in modes}
-    res = {"model": cfg.tag, "kernel": kernel, "calls_in_network": counts[kernel], "threads": threads,
+    res = {"model": cfg.tag, "kernel": kernel, "calls_in_network": calls_of[kernel], "threads": threads,
            "weight_bytes": weight_bytes, "stream_mb": stream_mb, "rounds": rounds, "modes": modes, "builds": {}}
     for name, b in builds.items():
         us = {m: _median(b["samples"][m]) * 1e6 for m in modes}
@@ -162,7 +162,7 @@ def main(argv=None) -> int:
     model_options(ap)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--kernel", default=None, help="a kernel of the lowered network (default: the most called)")
-    ap.add_argument("--chains", type=thread_counts, default="5,24",
+    ap.add_argument("--chains", type=counts("layer copies"), default="5,24",
                     help="comma-separated numbers of layer copies with their own weights")
     ap.add_argument("--stream-mb", type=int, default=128, help="MB streamed before each 'streamed' call (0: none)")
     ap.add_argument("--rounds", type=int, default=15)
@@ -172,7 +172,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.rounds < 1 or a.per_round < 1 or a.stream_mb < 0 or a.threads < 1:
         ap.error("--rounds, --per-round and --threads must be >= 1, --stream-mb >= 0")
-    res = run(a.alpha, a.resolution, a.threads, a.kernel, a.chains, a.stream_mb, a.rounds, a.per_round, a.knobs)
+    try:
+        res = run(a.alpha, a.resolution, a.threads, a.kernel, a.chains, a.stream_mb, a.rounds, a.per_round, a.knobs)
+    except MntvmError as e:
+        print(f"weights_from_memory.py: error: {e}", file=sys.stderr)
+        return 2
     if a.json:
         print(json.dumps(res, indent=1))
         return 0
